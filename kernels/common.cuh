@@ -1,0 +1,244 @@
+// Shared building blocks for every softmax kernel: dtype traits, global-memory accessors,
+// warp/block reductions and the online-normalizer state.
+//
+// This header compiles two ways: with nvcc for the GPU image, and with the host C++ compiler
+// (CS_EMULATOR defined) against emu/emu.h for the CPU SIMT emulator. All global-memory access
+// goes through load_pack/store_pack so that the emulator can check and count it; on the GPU the
+// check compiles to nothing.
+#pragma once
+
+#ifdef CS_EMULATOR
+#include "emu/emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#include <stdint.h>
+
+namespace cs {
+
+// ---- Kernel parameters: one struct for every softmax entry point (mirrored in src/kernel.rs).
+struct SoftmaxParams {
+  const void* x;  // rows x cols, contiguous rows; any element alignment
+  void* y;        // same shape; may equal x (in place), must not partly overlap it
+  long long rows;
+  long long cols;
+};
+
+// ---- Entry points: one extern "C" symbol per (family, dtype, tile configuration). The emulator
+// build also registers each one by name so that both backends launch the same names.
+#ifdef CS_EMULATOR
+#define CS_ENTRY(name, max_threads, call)                                                       \
+  extern "C" void name(cs::SoftmaxParams p) { call; }                                            \
+  static ::emu::KernelRegistrar cs_register_##name(                                              \
+      #name, [](const void* raw) { name(*static_cast<const cs::SoftmaxParams*>(raw)); },        \
+      sizeof(cs::SoftmaxParams));
+#else
+#define CS_ENTRY(name, max_threads, call) \
+  extern "C" __global__ void __launch_bounds__(max_threads) name(cs::SoftmaxParams p) { call; }
+#endif
+
+#ifdef CS_EMULATOR
+#define CS_CHECK_GLOBAL(ptr, bytes, is_write) ::emu::global_access((ptr), (bytes), (is_write))
+#else
+#define CS_CHECK_GLOBAL(ptr, bytes, is_write) ((void)0)
+#endif
+
+// ---- Dtype traits: storage type <-> f32 (all arithmetic is f32).
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Elements per 16-byte access.
+template <typename T>
+struct Vec16 {
+  static constexpr int n = 16 / sizeof(T);
+};
+
+// ---- Global-memory accessors. A Pack<T, N> is N elements moved as one access of
+// N * sizeof(T) bytes (16 bytes for the vector path, one element for the scalar path).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_pack(const T* src, float (&out)[N]) {
+  CS_CHECK_GLOBAL(src, sizeof(Pack<T, N>), false);
+  Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(src);
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = to_f32(p.v[i]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* dst, const float (&in)[N]) {
+  CS_CHECK_GLOBAL(dst, sizeof(Pack<T, N>), true);
+  Pack<T, N> p;
+#pragma unroll
+  for (int i = 0; i < N; ++i) p.v[i] = from_f32<T>(in[i]);
+  *reinterpret_cast<Pack<T, N>*>(dst) = p;
+}
+
+template <typename T>
+__device__ __forceinline__ float load_one(const T* src) {
+  float v[1];
+  load_pack<T, 1>(src, v);
+  return v[0];
+}
+
+template <typename T>
+__device__ __forceinline__ void store_one(T* dst, float v) {
+  float in[1] = {v};
+  store_pack<T, 1>(dst, in);
+}
+
+// Elements before the first 16-byte boundary at or after `p` (at most `n`): the scalar head
+// of a row whose start is not 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ long long head_elements(const T* p, long long n) {
+  long long mis = static_cast<long long>(reinterpret_cast<uintptr_t>(p) & 15u);
+  long long head = mis == 0 ? 0 : (16 - mis) / static_cast<long long>(sizeof(T));
+  return head < n ? head : n;
+}
+
+// ---- Numerics (DESIGN.md): exp as exp2 of a scaled difference. The difference x - m is
+// formed first (not fma(x, log2e, -m*log2e)) so that large-magnitude logits keep their
+// precision and x*log2e cannot overflow near the f32 maximum.
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -__builtin_huge_valf();
+
+// exp(x - m) for x <= m. An x of -inf contributes exactly 0, even when m is -inf too, so a
+// fully masked row never forms (-inf) - (-inf). A NaN x (or a NaN/+inf m) gives NaN.
+__device__ __forceinline__ float exp_shifted(float x, float m) {
+  return x == kNegInf ? 0.0f : exp2f((x - m) * kLog2e);
+}
+
+// 1/d, except that an all -inf row (d == 0) gives probabilities of 0 rather than NaN.
+__device__ __forceinline__ float safe_reciprocal(float d) { return d == 0.0f ? 0.0f : 1.0f / d; }
+
+// Online normalizer state (Milakov & Gimelshein 2018): running max m and d = sum exp(x - m).
+struct MaxSum {
+  float m;
+  float d;
+};
+
+__device__ __forceinline__ MaxSum maxsum_identity() { return MaxSum{kNegInf, 0.0f}; }
+
+// Merging two partial states is associative and commutative; -inf maxima scale by 0, not NaN.
+__device__ __forceinline__ MaxSum maxsum_merge(MaxSum a, MaxSum b) {
+  float m = fmaxf(a.m, b.m);
+  return MaxSum{m, a.d * exp_shifted(a.m, m) + b.d * exp_shifted(b.m, m)};
+}
+
+// Folds N more values into a state with one rescale (not one per element).
+template <int N>
+__device__ __forceinline__ MaxSum maxsum_add(MaxSum s, const float (&x)[N]) {
+  float m = s.m;
+#pragma unroll
+  for (int i = 0; i < N; ++i) m = fmaxf(m, x[i]);
+  float d = s.d * exp_shifted(s.m, m);
+#pragma unroll
+  for (int i = 0; i < N; ++i) d += exp_shifted(x[i], m);
+  return MaxSum{m, d};
+}
+
+// ---- Warp reductions over `Width` consecutive lanes (Width a power of two, <= 32). Every lane
+// of the warp must call them (full mask): callers keep loops warp-uniform.
+template <int Width>
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = Width / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, Width));
+  return v;
+}
+
+template <int Width>
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = Width / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o, Width);
+  return v;
+}
+
+__device__ __forceinline__ MaxSum warp_maxsum(MaxSum s) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    MaxSum other{__shfl_xor_sync(0xffffffffu, s.m, o), __shfl_xor_sync(0xffffffffu, s.d, o)};
+    s = maxsum_merge(s, other);
+  }
+  return s;
+}
+
+// ---- Block reductions (1-D blocks of Block threads, a multiple of 32). The result is returned
+// to every thread. The leading barrier protects the scratch from a previous call's readers.
+template <int Block>
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float scratch[Block / 32];
+  __shared__ float result;
+  v = warp_max<32>(v);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : kNegInf;
+    w = warp_max<32>(w);
+    if (threadIdx.x == 0) result = w;
+  }
+  __syncthreads();
+  return result;
+}
+
+template <int Block>
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float scratch[Block / 32];
+  __shared__ float result;
+  v = warp_sum<32>(v);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : 0.0f;
+    w = warp_sum<32>(w);
+    if (threadIdx.x == 0) result = w;
+  }
+  __syncthreads();
+  return result;
+}
+
+template <int Block>
+__device__ __forceinline__ MaxSum block_maxsum(MaxSum s) {
+  __shared__ MaxSum scratch[Block / 32];
+  __shared__ MaxSum result;
+  s = warp_maxsum(s);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    MaxSum w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : maxsum_identity();
+    w = warp_maxsum(w);
+    if (threadIdx.x == 0) result = w;
+  }
+  __syncthreads();
+  return result;
+}
+
+// ---- Dynamic shared memory, typed.
+template <typename T>
+__device__ __forceinline__ T* dynamic_smem() {
+#ifdef CS_EMULATOR
+  return reinterpret_cast<T*>(::emu::cur_dynamic_smem);
+#else
+  extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
+  return reinterpret_cast<T*>(cs_dynamic_smem);
+#endif
+}
+
+}  // namespace cs

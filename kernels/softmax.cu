@@ -1,0 +1,243 @@
+// Forward softmax over the last dimension: y[r, :] = exp(x[r, :] - max) / sum(exp(x[r, :] - max)).
+//
+// Three kernel families, chosen by src/planner.rs from the row length:
+// - softmax_warp:   a row in registers, owned by a group of Width lanes (several rows per warp
+//                   when Width < 32). Reads x once, writes y once.
+// - softmax_block:  a block per row, the row held in shared memory as f32. Reads x once.
+// - softmax_online: a block per row for rows too long for shared memory: one pass computes the
+//                   online (max, sum) state, a second pass reads x again and writes y.
+// Every loop over rows is uniform across the warp/block (inactive rows still take part in the
+// reductions), because the reductions use full-mask shuffles and block barriers.
+#include "common.cuh"
+
+namespace cs {
+
+// Views a run of N floats inside a register array as an array reference for load/store_pack.
+template <int N>
+__device__ __forceinline__ float (&sub_array(float* p))[N] {
+  return *reinterpret_cast<float(*)[N]>(p);
+}
+
+template <typename T, int Width, int Cols, int Vec>
+__device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
+  static_assert(Cols % Vec == 0, "a lane's columns are whole packs");
+  static_assert(Width >= 1 && Width <= 32 && (Width & (Width - 1)) == 0, "Width is a power of two");
+  constexpr int kPacks = Cols / Vec;
+  constexpr int kRowsPerWarp = 32 / Width;
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  const long long warps_per_block = blockDim.x / 32;
+  const long long warp = static_cast<long long>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const long long row_step = static_cast<long long>(gridDim.x) * warps_per_block * kRowsPerWarp;
+  const int lane = threadIdx.x % Width;
+  const int group = (threadIdx.x % 32) / Width;
+
+  for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step) {
+    const long long row = base + group;
+    const bool active = row < p.rows;
+    const long long row_offset = active ? row * p.cols : 0;
+    float v[Cols];
+    float m = kNegInf;
+    // Pack i of a lane sits at pack index i * Width + lane: a group's accesses are contiguous.
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
+      if (active && col < p.cols) {
+        load_pack<T, Vec>(x + row_offset + col, sub_array<Vec>(v + i * Vec));
+      } else {
+#pragma unroll
+        for (int j = 0; j < Vec; ++j) v[i * Vec + j] = kNegInf;
+      }
+#pragma unroll
+      for (int j = 0; j < Vec; ++j) m = fmaxf(m, v[i * Vec + j]);
+    }
+    m = warp_max<Width>(m);
+    float d = 0.0f;
+#pragma unroll
+    for (int j = 0; j < Cols; ++j) {
+      v[j] = exp_shifted(v[j], m);
+      d += v[j];
+    }
+    const float inv = safe_reciprocal(warp_sum<Width>(d));
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
+      if (active && col < p.cols) {
+#pragma unroll
+        for (int j = 0; j < Vec; ++j) v[i * Vec + j] *= inv;
+        store_pack<T, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
+      }
+    }
+  }
+}
+
+// Calls f(first_col, values) for every element of `row`, in chunks of one or Vec elements:
+// a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar tail. Thread t of the
+// block takes elements/packs t, t + Block, ...
+template <typename T, int Block, typename F>
+__device__ __forceinline__ void for_each_loaded(const T* row, long long cols, F&& f) {
+  constexpr int V = Vec16<T>::n;
+  const long long head = head_elements(row, cols);
+  const long long packs = (cols - head) / V;
+  const long long tail_start = head + packs * V;
+  for (long long c = threadIdx.x; c < head; c += Block) {
+    float v[1] = {load_one(row + c)};
+    f(c, v);
+  }
+  for (long long k = threadIdx.x; k < packs; k += Block) {
+    float v[V];
+    load_pack<T, V>(row + head + k * V, v);
+    f(head + k * V, v);
+  }
+  for (long long c = tail_start + threadIdx.x; c < cols; c += Block) {
+    float v[1] = {load_one(row + c)};
+    f(c, v);
+  }
+}
+
+// Stores g(first_col, values) for every element of `row`, chunked by the alignment of `row`
+// (which may differ from the input's) the same way as for_each_loaded.
+template <typename T, int Block, typename G>
+__device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
+  constexpr int V = Vec16<T>::n;
+  const long long head = head_elements(row, cols);
+  const long long packs = (cols - head) / V;
+  const long long tail_start = head + packs * V;
+  for (long long c = threadIdx.x; c < head; c += Block) {
+    float v[1];
+    g(c, v);
+    store_pack<T, 1>(row + c, v);
+  }
+  for (long long k = threadIdx.x; k < packs; k += Block) {
+    float v[V];
+    g(head + k * V, v);
+    store_pack<T, V>(row + head + k * V, v);
+  }
+  for (long long c = tail_start + threadIdx.x; c < cols; c += Block) {
+    float v[1];
+    g(c, v);
+    store_pack<T, 1>(row + c, v);
+  }
+}
+
+template <typename T, int Block>
+__device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  float* buf = dynamic_smem<float>();  // p.cols floats: the row, then its exponentials
+  for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const T* xr = x + row * p.cols;
+    T* yr = y + row * p.cols;
+    float m = kNegInf;
+    for_each_loaded<T, Block>(xr, p.cols, [&](long long c, auto& v) {
+      constexpr int n = sizeof(v) / sizeof(float);
+#pragma unroll
+      for (int j = 0; j < n; ++j) {
+        buf[c + j] = v[j];
+        m = fmaxf(m, v[j]);
+      }
+    });
+    // block_max's barriers also publish every thread's writes to buf.
+    m = block_max<Block>(m);
+    float d = 0.0f;
+    for (long long c = threadIdx.x; c < p.cols; c += Block) {
+      const float e = exp_shifted(buf[c], m);
+      buf[c] = e;
+      d += e;
+    }
+    const float inv = safe_reciprocal(block_sum<Block>(d));
+    for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
+      constexpr int n = sizeof(v) / sizeof(float);
+#pragma unroll
+      for (int j = 0; j < n; ++j) v[j] = buf[c + j] * inv;
+    });
+    __syncthreads();  // the next row overwrites buf
+  }
+}
+
+template <typename T, int Block>
+__device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
+  constexpr int V = Vec16<T>::n;
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const T* xr = x + row * p.cols;
+    T* yr = y + row * p.cols;
+    MaxSum s = maxsum_identity();
+    for_each_loaded<T, Block>(xr, p.cols, [&](long long, auto& v) { s = maxsum_add(s, v); });
+    s = block_maxsum<Block>(s);
+    const float inv = safe_reciprocal(s.d);
+    // Second pass, chunked by y's alignment. x shares it in the usual case (same offsets), and
+    // then is read in packs too; otherwise x is read element by element.
+    const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
+    for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
+      constexpr int n = sizeof(v) / sizeof(float);
+      if (n == V && same_alignment) {
+        load_pack<T, n>(xr + c, v);
+      } else {
+#pragma unroll
+        for (int j = 0; j < n; ++j) v[j] = load_one(xr + c + j);
+      }
+#pragma unroll
+      for (int j = 0; j < n; ++j) v[j] = exp_shifted(v[j], s.m) * inv;
+    });
+  }
+}
+
+}  // namespace cs
+
+// ---- Entry points. Keep in step with src/planner.rs (KernelConfig::all); a test checks both
+// the emulator's table and the PTX against the planner's list.
+#define CS_WARP(dt, T, W, C, V) \
+  CS_ENTRY(softmax_warp_##dt##_w##W##_c##C##_v##V, 128, (cs::softmax_warp<T, W, C, V>(p)))
+#define CS_BLOCK(dt, T, B) CS_ENTRY(softmax_block_##dt##_b##B, B, (cs::softmax_block<T, B>(p)))
+#define CS_ONLINE(dt, T, B) CS_ENTRY(softmax_online_##dt##_b##B, B, (cs::softmax_online<T, B>(p)))
+
+// Short rows: Width lanes per row, one column per lane.
+#define CS_WARP_SMALL(dt, T) \
+  CS_WARP(dt, T, 1, 1, 1)    \
+  CS_WARP(dt, T, 2, 1, 1)    \
+  CS_WARP(dt, T, 4, 1, 1)    \
+  CS_WARP(dt, T, 8, 1, 1)    \
+  CS_WARP(dt, T, 16, 1, 1)
+// A warp per row, scalar access (rows whose start is not 16-byte aligned).
+#define CS_WARP_SCALAR(dt, T) \
+  CS_WARP(dt, T, 32, 1, 1)    \
+  CS_WARP(dt, T, 32, 2, 1)    \
+  CS_WARP(dt, T, 32, 4, 1)    \
+  CS_WARP(dt, T, 32, 8, 1)    \
+  CS_WARP(dt, T, 32, 16, 1)   \
+  CS_WARP(dt, T, 32, 32, 1)   \
+  CS_WARP(dt, T, 32, 64, 1)
+// Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
+#define CS_BLOCKS(dt, T) \
+  CS_BLOCK(dt, T, 128)   \
+  CS_BLOCK(dt, T, 256)   \
+  CS_BLOCK(dt, T, 512)   \
+  CS_ONLINE(dt, T, 512)
+
+// A warp per row, 16-byte access: 4 f32 or 8 f16/bf16 per pack.
+CS_WARP_SMALL(f32, float)
+CS_WARP_SCALAR(f32, float)
+CS_WARP(f32, float, 32, 4, 4)
+CS_WARP(f32, float, 32, 8, 4)
+CS_WARP(f32, float, 32, 16, 4)
+CS_WARP(f32, float, 32, 32, 4)
+CS_WARP(f32, float, 32, 64, 4)
+CS_BLOCKS(f32, float)
+
+CS_WARP_SMALL(f16, __half)
+CS_WARP_SCALAR(f16, __half)
+CS_WARP(f16, __half, 32, 8, 8)
+CS_WARP(f16, __half, 32, 16, 8)
+CS_WARP(f16, __half, 32, 32, 8)
+CS_WARP(f16, __half, 32, 64, 8)
+CS_BLOCKS(f16, __half)
+
+CS_WARP_SMALL(bf16, __nv_bfloat16)
+CS_WARP_SCALAR(bf16, __nv_bfloat16)
+CS_WARP(bf16, __nv_bfloat16, 32, 8, 8)
+CS_WARP(bf16, __nv_bfloat16, 32, 16, 8)
+CS_WARP(bf16, __nv_bfloat16, 32, 32, 8)
+CS_WARP(bf16, __nv_bfloat16, 32, 64, 8)
+CS_BLOCKS(bf16, __nv_bfloat16)

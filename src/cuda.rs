@@ -1,0 +1,172 @@
+//! The CUDA backend: a cudarc context and stream, the embedded image loaded once, and kernel
+//! functions cached by name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+
+use crate::error::{Error, Result};
+use crate::image;
+use crate::kernel::Launch;
+use crate::planner::DeviceLimits;
+
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
+
+struct CachedFunction {
+    function: CudaFunction,
+    /// The dynamic shared memory this function has been allowed so far.
+    smem_allowed: u32,
+}
+
+pub(crate) struct CudaBackend {
+    pub stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    functions: Mutex<HashMap<String, CachedFunction>>,
+    pub limits: DeviceLimits,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+}
+
+/// Runs `f`, turning a panic inside cudarc (for example a driver symbol it cannot find) into an
+/// error: library code must not panic because of the machine it runs on.
+fn no_panic<R>(call: &'static str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "cudarc panicked".into());
+        Err(Error::Driver { call, detail })
+    })
+}
+
+pub(crate) fn driver_version() -> i32 {
+    let mut v = 0;
+    // SAFETY: only called after the driver library was found and initialised.
+    let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    v
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` on its default stream (no extra per-launch event work).
+    pub fn open(ordinal: usize) -> Result<CudaBackend> {
+        if image::FATBIN.is_none() {
+            return Err(Error::NoCudaImage);
+        }
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::DriverNotFound);
+        }
+        no_panic("cuInit", || {
+            match cudarc::driver::result::init() {
+                Ok(()) => {}
+                Err(e)
+                    if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NO_DEVICE =>
+                {
+                    return Err(Error::NoGpu);
+                }
+                Err(e) => return Err(Error::driver("cuInit", e)),
+            }
+            let count = CudaContext::device_count().map_err(|e| Error::driver("cuDeviceGetCount", e))?;
+            let count = count.max(0) as usize;
+            if count == 0 {
+                return Err(Error::NoGpu);
+            }
+            if ordinal >= count {
+                return Err(Error::NoSuchDevice { ordinal, count });
+            }
+            let ctx = CudaContext::new(ordinal).map_err(|e| Error::driver("cuDevicePrimaryCtxRetain", e))?;
+            // Our allocations never cross streams, so per-allocation events are pure overhead.
+            // SAFETY: called before this context allocates anything.
+            unsafe { ctx.disable_event_tracking() };
+            Self::on_stream(ctx.default_stream())
+        })
+    }
+
+    /// Uses a stream the caller already has (and its context).
+    pub fn on_stream(stream: Arc<CudaStream>) -> Result<CudaBackend> {
+        let fatbin = image::FATBIN.ok_or(Error::NoCudaImage)?;
+        no_panic("cuModuleLoadData", || {
+            let ctx = stream.context().clone();
+            let attr = |a| ctx.attribute(a).map_err(|e| Error::driver("cuDeviceGetAttribute", e));
+            let cc = (
+                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            );
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
+                .map_err(|e| Error::ImageLoad {
+                    driver_version: driver_version(),
+                    compute_capability: cc,
+                    detail: format!("{e:?}"),
+                })?;
+            let limits = DeviceLimits {
+                sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32,
+                max_shared_mem_per_block: attr(
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                )?
+                .max(0) as u32,
+            };
+            let name = ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());
+            Ok(CudaBackend {
+                stream,
+                module,
+                functions: Mutex::new(HashMap::new()),
+                limits,
+                name,
+                compute_capability: cc,
+            })
+        })
+    }
+
+    /// Enqueues the launch on the stream; does not wait for it.
+    pub fn launch(&self, launch: &Launch) -> Result<()> {
+        let name = launch.plan.kernel.name();
+        let smem = launch.plan.shared_mem_bytes;
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if !functions.contains_key(&name) {
+            let function = self.module.load_function(&name).map_err(|e| Error::Launch {
+                kernel: name.clone(),
+                detail: format!("entry point missing from the image: {e:?}"),
+            })?;
+            functions.insert(
+                name.clone(),
+                CachedFunction {
+                    function,
+                    smem_allowed: DEFAULT_DYNAMIC_SMEM,
+                },
+            );
+        }
+        let cached = functions.get_mut(&name).expect("inserted above");
+        if smem > cached.smem_allowed {
+            cached
+                .function
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(|e| Error::Launch {
+                    kernel: name.clone(),
+                    detail: format!("cannot allow {smem} bytes of dynamic shared memory: {e:?}"),
+                })?;
+            cached.smem_allowed = smem;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (launch.plan.grid, 1, 1),
+            block_dim: (launch.plan.block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut builder = self.stream.launch_builder(&cached.function);
+        builder.arg(&launch.params);
+        // SAFETY: the parameter block matches the kernel signature (one SoftmaxParams by value);
+        // the op validated that both tensors hold rows * cols elements at these addresses.
+        unsafe { builder.launch(cfg) }.map_err(|e| Error::Launch {
+            kernel: name,
+            detail: format!("{e:?}"),
+        })?;
+        Ok(())
+    }
+}

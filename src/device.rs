@@ -1,0 +1,197 @@
+//! `Device`: where tensors live and kernels run. Either a CUDA GPU (through cudarc) or the CPU
+//! SIMT emulator, behind one API; the same planner and kernel names serve both.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use crate::cuda::CudaBackend;
+use crate::element::Element;
+use crate::emulator::{EMULATOR_LIMITS, Emulator, EmulatorConfig, HostBuffer, LaunchStats};
+use crate::error::{Error, Result};
+use crate::kernel::Launch;
+use crate::planner::DeviceLimits;
+
+pub(crate) enum Backend {
+    Cuda(CudaBackend),
+    Emulator(Emulator),
+}
+
+/// A handle to a device; cheap to clone (clones share the context, stream and loaded kernels).
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) backend: Arc<Backend>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.name())
+    }
+}
+
+/// Device memory behind one or more tensors (views share it).
+pub(crate) enum Buffer<T> {
+    Cuda(CudaSlice<T>),
+    Host(HostBuffer),
+}
+
+impl<T> Buffer<T> {
+    /// Address of element 0 in the device's address space.
+    pub fn base_addr(&self) -> u64 {
+        match self {
+            Buffer::Cuda(s) => {
+                let (ptr, _sync) = s.device_ptr(s.stream());
+                ptr
+            }
+            Buffer::Host(memory) => memory.addr(),
+        }
+    }
+}
+
+impl Device {
+    /// Opens CUDA device `ordinal` on its default stream. Errors (never panics) when the crate
+    /// was built without nvcc, the driver is missing or too old, there is no GPU, or the ordinal
+    /// is out of range; each error says what to do.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device {
+            backend: Arc::new(Backend::Cuda(CudaBackend::open(ordinal)?)),
+        })
+    }
+
+    /// Uses a cudarc stream the caller already owns: operations are enqueued on it, and
+    /// `CudaSlice`s from its context can be wrapped with `DeviceTensor::from_cuda_slice`.
+    pub fn cuda_on_stream(stream: Arc<CudaStream>) -> Result<Device> {
+        Ok(Device {
+            backend: Arc::new(Backend::Cuda(CudaBackend::on_stream(stream)?)),
+        })
+    }
+
+    /// The CPU SIMT emulator with default settings (forward schedule, one worker per core).
+    pub fn emulator() -> Device {
+        Device::emulator_with(EmulatorConfig::default())
+    }
+
+    pub fn emulator_with(config: EmulatorConfig) -> Device {
+        Device {
+            backend: Arc::new(Backend::Emulator(Emulator::new(config))),
+        }
+    }
+
+    pub fn is_emulator(&self) -> bool {
+        matches!(*self.backend, Backend::Emulator(_))
+    }
+
+    pub fn name(&self) -> String {
+        match &*self.backend {
+            Backend::Cuda(c) => format!(
+                "{} (sm_{}{})",
+                c.name, c.compute_capability.0, c.compute_capability.1
+            ),
+            Backend::Emulator(e) => format!("CPU SIMT emulator ({:?} schedule)", e.config.schedule),
+        }
+    }
+
+    /// What the planner sees of this device.
+    pub fn limits(&self) -> DeviceLimits {
+        match &*self.backend {
+            Backend::Cuda(c) => c.limits,
+            Backend::Emulator(_) => EMULATOR_LIMITS,
+        }
+    }
+
+    /// Waits for all work enqueued on this device's stream (a no-op on the emulator, whose
+    /// launches complete before they return).
+    pub fn synchronize(&self) -> Result<()> {
+        match &*self.backend {
+            Backend::Cuda(c) => c
+                .stream
+                .synchronize()
+                .map_err(|e| Error::driver("cuStreamSynchronize", e)),
+            Backend::Emulator(_) => Ok(()),
+        }
+    }
+
+    /// Global-memory traffic of the last launch on an emulator device (`None` on a GPU).
+    pub fn last_launch_stats(&self) -> Option<LaunchStats> {
+        match &*self.backend {
+            Backend::Emulator(e) => e.last_stats(),
+            Backend::Cuda(_) => None,
+        }
+    }
+
+    /// The cudarc stream operations run on (`None` on the emulator).
+    pub fn cuda_stream(&self) -> Option<&Arc<CudaStream>> {
+        match &*self.backend {
+            Backend::Cuda(c) => Some(&c.stream),
+            Backend::Emulator(_) => None,
+        }
+    }
+
+    /// True when both handles refer to the same opened device.
+    pub fn same_as(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.backend, &other.backend)
+    }
+
+    pub(crate) fn alloc<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
+        match &*self.backend {
+            // SAFETY: any bit pattern is a valid f32/f16/bf16; callers overwrite or zero it.
+            // One element at least, so that every buffer has a real address.
+            Backend::Cuda(c) => unsafe { c.stream.alloc::<T>(len.max(1)) }
+                .map(Buffer::Cuda)
+                .map_err(|e| Error::driver("cuMemAlloc", e)),
+            Backend::Emulator(_) => {
+                let bytes = len
+                    .checked_mul(std::mem::size_of::<T>())
+                    .ok_or(Error::LengthMismatch {
+                        expected: usize::MAX,
+                        got: len,
+                    })?;
+                Ok(Buffer::Host(HostBuffer::new(bytes)?))
+            }
+        }
+    }
+
+    pub(crate) fn launch(&self, launch: &Launch) -> Result<()> {
+        match &*self.backend {
+            Backend::Cuda(c) => c.launch(launch),
+            Backend::Emulator(e) => e.launch(launch),
+        }
+    }
+
+    /// Runs one of the emulator's planted-bug kernels (kernels/emu/selftest.cu) as a single
+    /// block of `threads` threads writing `y`. For the emulator's own tests.
+    #[doc(hidden)]
+    pub fn emulator_selftest(
+        &self,
+        kernel: &str,
+        threads: u32,
+        dynamic_smem: u32,
+        y: &mut crate::DeviceTensor<f32>,
+    ) -> Result<()> {
+        let Backend::Emulator(e) = &*self.backend else {
+            return Err(Error::Launch {
+                kernel: kernel.into(),
+                detail: "self-test kernels exist only on the emulator".into(),
+            });
+        };
+        let launch = Launch {
+            plan: crate::planner::plan_softmax(
+                &crate::planner::SoftmaxProblem {
+                    rows: 1,
+                    cols: 1,
+                    dtype: crate::Dtype::F32,
+                    aligned16: true,
+                },
+                &EMULATOR_LIMITS,
+            ),
+            params: crate::kernel::SoftmaxParams {
+                x: 0,
+                y: y.addr(),
+                rows: 1,
+                cols: y.len() as i64,
+            },
+            ranges: vec![y.access_range(true)],
+        };
+        e.launch_named(kernel, 1, threads, dynamic_smem, &launch)
+    }
+}

@@ -1,0 +1,117 @@
+//! The storage types kernels accept: f32, f16 and bf16 (sealed; arithmetic is always f32).
+
+use half::{bf16, f16};
+
+/// A storage type's identity, used by the planner and for kernel names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
+    /// The name used in kernel symbols.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// Elements in one 16-byte access.
+    pub fn vector_width(self) -> usize {
+        16 / self.size_bytes()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// A tensor element type. Implemented for `f32`, `half::f16` and `half::bf16` only.
+pub trait Element:
+    sealed::Sealed
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
+{
+    const DTYPE: Dtype;
+    /// Rounds to nearest even, as the kernels' stores do.
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// The largest finite value.
+    const MAX_FINITE: f64;
+    /// A bit pattern no kernel writes (a NaN with a distinctive payload): output poison.
+    fn poison() -> Self;
+    fn is_poison(self) -> bool;
+}
+
+impl Element for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    const MAX_FINITE: f64 = f32::MAX as f64;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn poison() -> Self {
+        f32::from_bits(0x7fa5_5a5a)
+    }
+    fn is_poison(self) -> bool {
+        self.to_bits() == 0x7fa5_5a5a
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    const MAX_FINITE: f64 = 65504.0;
+    fn from_f64(v: f64) -> Self {
+        f16::from_f64(v)
+    }
+    fn to_f64(self) -> f64 {
+        f16::to_f64(self)
+    }
+    fn poison() -> Self {
+        f16::from_bits(0x7d5a)
+    }
+    fn is_poison(self) -> bool {
+        self.to_bits() == 0x7d5a
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    const MAX_FINITE: f64 = 3.3895313892515355e38;
+    fn from_f64(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+    fn to_f64(self) -> f64 {
+        bf16::to_f64(self)
+    }
+    fn poison() -> Self {
+        bf16::from_bits(0x7fa5)
+    }
+    fn is_poison(self) -> bool {
+        self.to_bits() == 0x7fa5
+    }
+}

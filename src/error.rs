@@ -1,0 +1,146 @@
+//! Every way an operation can fail, each with what to do about it.
+
+use std::fmt;
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// The crate was built without nvcc, so it carries no GPU image.
+    NoCudaImage,
+    /// libcuda (the NVIDIA driver library) could not be loaded.
+    DriverNotFound,
+    /// The driver loaded but reports no CUDA device.
+    NoGpu,
+    /// `Device::cuda(ordinal)` with an ordinal past the last device.
+    NoSuchDevice { ordinal: usize, count: usize },
+    /// The driver could not load the embedded image (usually: driver older than the toolkit).
+    ImageLoad {
+        driver_version: i32,
+        compute_capability: (i32, i32),
+        detail: String,
+    },
+    /// A CUDA driver call failed.
+    Driver { call: &'static str, detail: String },
+    /// A kernel faulted on the emulator (out-of-bounds access, barrier or shuffle divergence).
+    EmulatorFault { kernel: String, detail: String },
+    /// A launch asked for something the device cannot do.
+    Launch { kernel: String, detail: String },
+    /// Host data and shape disagree in size.
+    LengthMismatch { expected: usize, got: usize },
+    /// Two tensors that must have the same shape do not.
+    ShapeMismatch {
+        what: &'static str,
+        left: Vec<usize>,
+        right: Vec<usize>,
+    },
+    /// A view or slice reaches past its buffer.
+    OutOfRange {
+        what: &'static str,
+        offset: usize,
+        len: usize,
+        available: usize,
+    },
+    /// The tensors of one operation live on different devices.
+    DeviceMismatch,
+    /// Output and input share memory without being the same elements.
+    PartialOverlap,
+    /// An operation that needs at least one dimension got a scalar.
+    ScalarInput { op: &'static str },
+    /// A CUDA buffer handed in does not match the device (wrong context).
+    ForeignBuffer,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoCudaImage => write!(
+                f,
+                "this build of cuda-softmax has no GPU image because nvcc was not found at build time; \
+                 install a CUDA toolkit or run scripts/install-nvcc.sh, then rebuild (Device::emulator() works without one)"
+            ),
+            Error::DriverNotFound => write!(
+                f,
+                "the NVIDIA driver library (libcuda.so) was not found: install an NVIDIA driver (580 or newer for the \
+                 CUDA 13.0 image) or use Device::emulator()"
+            ),
+            Error::NoGpu => write!(
+                f,
+                "the NVIDIA driver reports no CUDA device; check nvidia-smi and CUDA_VISIBLE_DEVICES, or use Device::emulator()"
+            ),
+            Error::NoSuchDevice { ordinal, count } => write!(
+                f,
+                "there is no CUDA device {ordinal}: this machine has {count} (ordinals 0..{count})"
+            ),
+            Error::ImageLoad {
+                driver_version,
+                compute_capability,
+                detail,
+            } => write!(
+                f,
+                "the driver could not load the kernel image ({detail}). Driver supports CUDA {}.{}; GPU is sm_{}{}; \
+                 the image was built by CUDA toolkit {} (PTX ISA {}) for {}. Update the driver to one that supports the \
+                 toolkit, or rebuild with an older toolkit (CUDA_HOME / NVCC) or with CUDA_COMPUTE_CAP set to this GPU",
+                driver_version / 1000,
+                (driver_version % 1000) / 10,
+                compute_capability.0,
+                compute_capability.1,
+                crate::image::TOOLKIT_VERSION,
+                crate::image::PTX_VERSION,
+                crate::image::ARCHS,
+            ),
+            Error::Driver { call, detail } => write!(f, "CUDA driver call {call} failed: {detail}"),
+            Error::EmulatorFault { kernel, detail } => {
+                write!(f, "kernel {kernel} faulted on the emulator: {detail}")
+            }
+            Error::Launch { kernel, detail } => write!(f, "cannot launch {kernel}: {detail}"),
+            Error::LengthMismatch { expected, got } => write!(
+                f,
+                "host data has {got} elements but the shape needs {expected}"
+            ),
+            Error::ShapeMismatch { what, left, right } => {
+                write!(f, "{what}: shapes {left:?} and {right:?} differ")
+            }
+            Error::OutOfRange {
+                what,
+                offset,
+                len,
+                available,
+            } => write!(
+                f,
+                "{what}: elements {offset}..{} are outside the {available} available",
+                offset + len
+            ),
+            Error::DeviceMismatch => write!(
+                f,
+                "the tensors are on different devices; copy them to one device first"
+            ),
+            Error::PartialOverlap => write!(
+                f,
+                "output and input share memory without being the same elements; use separate buffers or the exact same \
+                 view for an in-place operation"
+            ),
+            Error::ScalarInput { op } => write!(
+                f,
+                "{op} works over the last dimension and needs a tensor of rank 1 or more"
+            ),
+            Error::ForeignBuffer => write!(
+                f,
+                "the CUDA buffer belongs to another context than this device's; wrap it with a Device made from the same \
+                 stream (Device::cuda_on_stream)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    pub(crate) fn driver(call: &'static str, e: impl fmt::Debug) -> Error {
+        Error::Driver {
+            call,
+            detail: format!("{e:?}"),
+        }
+    }
+}

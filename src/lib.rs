@@ -1,0 +1,33 @@
+//! Hand-written CUDA softmax kernels for Rust, compiled at build time, loaded with cudarc, behind
+//! a typed device-tensor API, with a CPU SIMT emulator that runs the very same kernel sources.
+//!
+//! ```no_run
+//! use cuda_softmax::{Device, DeviceTensor, softmax};
+//! # fn main() -> cuda_softmax::Result<()> {
+//! let device = Device::cuda(0).unwrap_or_else(|_| Device::emulator());
+//! let x = DeviceTensor::<f32>::from_host(&device, &[1.0, 2.0, 3.0, 4.0, 0.0, 0.0], &[2, 3])?;
+//! let y = softmax(&x)?;
+//! let probabilities = y.to_host()?;
+//! # Ok(()) }
+//! ```
+
+pub mod check;
+mod cuda;
+mod device;
+mod element;
+mod emulator;
+mod error;
+pub mod image;
+mod kernel;
+pub mod planner;
+pub mod reference;
+mod softmax;
+mod tensor;
+
+pub use device::Device;
+pub use element::{Dtype, Element};
+pub use emulator::{EmulatorConfig, LaunchStats, Schedule, emulator_kernel_names};
+pub use error::{Error, Result};
+pub use half::{bf16, f16};
+pub use softmax::{softmax, softmax_into};
+pub use tensor::DeviceTensor;

@@ -1,0 +1,66 @@
+//! Forward softmax over the last dimension: validate, plan, launch.
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::kernel::{Launch, SoftmaxParams};
+use crate::planner::{SoftmaxProblem, plan_softmax};
+use crate::tensor::{DeviceTensor, Overlap};
+
+/// `softmax(x)` over the last dimension, into a new tensor of the same shape. Asynchronous on a
+/// GPU: the result is ready when read back or after `Device::synchronize`.
+pub fn softmax<T: Element>(x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
+    if x.shape().is_empty() {
+        return Err(Error::ScalarInput { op: "softmax" });
+    }
+    let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
+    softmax_into(x, &mut y)?;
+    Ok(y)
+}
+
+/// `softmax(x)` over the last dimension, written to `y` (same shape and device). `y` may be the
+/// very same view as `x` (in place) but must not partly overlap it. On error nothing is written.
+pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) -> Result<()> {
+    let Some(&cols) = x.shape().last() else {
+        return Err(Error::ScalarInput { op: "softmax" });
+    };
+    if !x.device().same_as(y.device()) {
+        return Err(Error::DeviceMismatch);
+    }
+    if x.shape() != y.shape() {
+        return Err(Error::ShapeMismatch {
+            what: "softmax_into: input and output",
+            left: x.shape().to_vec(),
+            right: y.shape().to_vec(),
+        });
+    }
+    if x.overlap(y) == Overlap::Partial {
+        return Err(Error::PartialOverlap);
+    }
+    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let (x_addr, y_addr) = (x.addr(), y.addr());
+    let problem = SoftmaxProblem {
+        rows,
+        cols,
+        dtype: T::DTYPE,
+        aligned16: x_addr % 16 == 0 && y_addr % 16 == 0,
+    };
+    let plan = plan_softmax(&problem, &x.device().limits());
+    let in_place = x_addr == y_addr;
+    let mut ranges = vec![y.access_range(true)];
+    if !in_place {
+        ranges.push(x.access_range(false));
+    }
+    x.device().launch(&Launch {
+        plan,
+        params: SoftmaxParams {
+            x: x_addr,
+            y: y_addr,
+            rows: rows as i64,
+            cols: cols as i64,
+        },
+        ranges,
+    })
+}

@@ -1,0 +1,297 @@
+//! `DeviceTensor<T>`: a typed, shaped view of device memory. Views (rows, slices, reshapes)
+//! share memory with the tensor they come from, like CUDA pointers do.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaView};
+
+use crate::device::{Buffer, Device};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::kernel::AccessRange;
+
+pub struct DeviceTensor<T: Element> {
+    device: Device,
+    buffer: Arc<Buffer<T>>,
+    /// First element of this view within `buffer`.
+    offset: usize,
+    shape: Vec<usize>,
+}
+
+impl<T: Element> std::fmt::Debug for DeviceTensor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceTensor<{}>(shape {:?}, offset {}, on {:?})",
+            T::DTYPE.name(),
+            self.shape,
+            self.offset,
+            self.device
+        )
+    }
+}
+
+fn element_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or(Error::LengthMismatch {
+            expected: usize::MAX,
+            got: 0,
+        })
+}
+
+impl<T: Element> DeviceTensor<T> {
+    /// Copies `data` to a new tensor of `shape` (any rank; `data.len()` must equal the product).
+    pub fn from_host(device: &Device, data: &[T], shape: &[usize]) -> Result<Self> {
+        let expected = element_count(shape)?;
+        if data.len() != expected {
+            return Err(Error::LengthMismatch {
+                expected,
+                got: data.len(),
+            });
+        }
+        let mut t = Self::uninit(device, shape)?;
+        t.copy_from_host(data)?;
+        Ok(t)
+    }
+
+    /// A new tensor whose contents are unspecified (every bit pattern is a valid element).
+    pub fn uninit(device: &Device, shape: &[usize]) -> Result<Self> {
+        let len = element_count(shape)?;
+        Ok(DeviceTensor {
+            device: device.clone(),
+            buffer: Arc::new(device.alloc::<T>(len)?),
+            offset: 0,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A new tensor of zeros.
+    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Self> {
+        let len = element_count(shape)?;
+        let mut t = Self::uninit(device, shape)?;
+        t.copy_from_host(&vec![T::default(); len])?;
+        Ok(t)
+    }
+
+    /// Wraps a cudarc buffer; the device must have been made from a stream of the same context
+    /// (`Device::cuda_on_stream`). `shape` may cover a prefix of the buffer.
+    pub fn from_cuda_slice(device: &Device, slice: CudaSlice<T>, shape: &[usize]) -> Result<Self> {
+        let stream = device.cuda_stream().ok_or(Error::ForeignBuffer)?;
+        if slice.context().cu_ctx() != stream.context().cu_ctx() {
+            return Err(Error::ForeignBuffer);
+        }
+        let len = element_count(shape)?;
+        if len > slice.len() {
+            return Err(Error::OutOfRange {
+                what: "from_cuda_slice",
+                offset: 0,
+                len,
+                available: slice.len(),
+            });
+        }
+        Ok(DeviceTensor {
+            device: device.clone(),
+            buffer: Arc::new(Buffer::Cuda(slice)),
+            offset: 0,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Hands the underlying cudarc buffer back when this tensor is its only user and covers it
+    /// from the start; otherwise returns the tensor unchanged.
+    pub fn into_cuda_slice(self) -> std::result::Result<CudaSlice<T>, Self> {
+        if self.offset != 0 || !matches!(*self.buffer, Buffer::Cuda(_)) {
+            return Err(self);
+        }
+        match Arc::try_unwrap(self.buffer) {
+            Ok(Buffer::Cuda(slice)) => Ok(slice),
+            Ok(Buffer::Host(_)) => unreachable!("checked above"),
+            Err(buffer) => Err(DeviceTensor {
+                device: self.device,
+                buffer,
+                offset: self.offset,
+                shape: self.shape,
+            }),
+        }
+    }
+
+    /// The elements of this view as a cudarc view (`None` on the emulator).
+    pub fn cuda_view(&self) -> Option<CudaView<'_, T>> {
+        match &*self.buffer {
+            Buffer::Cuda(s) => Some(s.slice(self.offset..self.offset + self.len())),
+            Buffer::Host(_) => None,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// First element of this view within its buffer.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// A view of `shape` starting `offset` elements into this view (within its extent).
+    pub fn view(&self, offset: usize, shape: &[usize]) -> Result<Self> {
+        let len = element_count(shape)?;
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(Error::OutOfRange {
+                what: "view",
+                offset,
+                len,
+                available: self.len(),
+            });
+        }
+        Ok(DeviceTensor {
+            device: self.device.clone(),
+            buffer: self.buffer.clone(),
+            offset: self.offset + offset,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// The same elements with another shape.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        if element_count(shape)? != self.len() {
+            return Err(Error::ShapeMismatch {
+                what: "reshape",
+                left: self.shape.clone(),
+                right: shape.to_vec(),
+            });
+        }
+        self.view(0, shape)
+    }
+
+    /// Rows `start..end` along the first dimension.
+    pub fn rows(&self, start: usize, end: usize) -> Result<Self> {
+        let (&n, rest) = self.shape.split_first().ok_or(Error::ScalarInput { op: "rows" })?;
+        if start > end || end > n {
+            return Err(Error::OutOfRange {
+                what: "rows",
+                offset: start,
+                len: end.saturating_sub(start),
+                available: n,
+            });
+        }
+        let row_len: usize = rest.iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        self.view(start * row_len, &shape)
+    }
+
+    /// Row `i` along the first dimension, with the first dimension dropped.
+    pub fn row(&self, i: usize) -> Result<Self> {
+        let r = self.rows(i, i + 1)?;
+        r.reshape(&self.shape[1..])
+    }
+
+    /// Overwrites this view's elements with `data` (same length).
+    pub fn copy_from_host(&mut self, data: &[T]) -> Result<()> {
+        if data.len() != self.len() {
+            return Err(Error::LengthMismatch {
+                expected: self.len(),
+                got: data.len(),
+            });
+        }
+        match &*self.buffer {
+            Buffer::Cuda(s) => {
+                // SAFETY: the destination range lies inside the allocation (view invariant).
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(self.addr(), data, s.stream().cu_stream())
+                }
+                .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))?;
+                s.stream()
+                    .synchronize()
+                    .map_err(|e| Error::driver("cuStreamSynchronize", e))
+            }
+            Buffer::Host(memory) => {
+                // SAFETY: offset + len is within the buffer (view invariant).
+                unsafe {
+                    memory.write(
+                        self.offset * size_of::<T>(),
+                        data.as_ptr() as *const u8,
+                        std::mem::size_of_val(data),
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies this view's elements to the host, after the work already enqueued on the device.
+    pub fn to_host(&self) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); self.len()];
+        match &*self.buffer {
+            Buffer::Cuda(s) => {
+                // SAFETY: the source range lies inside the allocation (view invariant).
+                unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, self.addr(), s.stream().cu_stream()) }
+                    .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+                s.stream()
+                    .synchronize()
+                    .map_err(|e| Error::driver("cuStreamSynchronize", e))?;
+            }
+            Buffer::Host(memory) => {
+                // SAFETY: offset + len is within the buffer (view invariant).
+                unsafe {
+                    memory.read(
+                        self.offset * size_of::<T>(),
+                        out.as_mut_ptr() as *mut u8,
+                        out.len() * size_of::<T>(),
+                    )
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Address of this view's first element on its device.
+    pub(crate) fn addr(&self) -> u64 {
+        self.buffer.base_addr() + (self.offset * size_of::<T>()) as u64
+    }
+
+    pub(crate) fn access_range(&self, writable: bool) -> AccessRange {
+        AccessRange {
+            addr: self.addr(),
+            bytes: (self.len() * size_of::<T>()) as u64,
+            writable,
+        }
+    }
+
+    /// How two views on one device relate in memory. Compared by address, so that buffers
+    /// wrapped twice from the same cudarc memory are caught too.
+    pub(crate) fn overlap(&self, other: &Self) -> Overlap {
+        let bytes = |t: &Self| (t.len() * size_of::<T>()) as u64;
+        let (a0, b0) = (self.addr(), other.addr());
+        let (a1, b1) = (a0 + bytes(self), b0 + bytes(other));
+        if self.is_empty() || other.is_empty() || a1 <= b0 || b1 <= a0 {
+            Overlap::None
+        } else if a0 == b0 && a1 == b1 {
+            Overlap::Identical
+        } else {
+            Overlap::Partial
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overlap {
+    None,
+    Identical,
+    Partial,
+}
