@@ -69,11 +69,17 @@ fn kernel_sources(kernels: &Path) -> Vec<PathBuf> {
 /// One translation unit (so that every kernel's registration object is linked) with the
 /// emulator runtime, every kernel source and the emulator's planted-bug kernels.
 fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
-    let mut unity = format!("#include \"{}\"\n", kernels.join("emu/runtime.cpp").display());
+    let mut unity = format!(
+        "#include \"{}\"\n",
+        kernels.join("emu/runtime.cpp").display()
+    );
     for s in sources {
         unity += &format!("#include \"{}\"\n", s.display());
     }
-    unity += &format!("#include \"{}\"\n", kernels.join("emu/selftest.cu").display());
+    unity += &format!(
+        "#include \"{}\"\n",
+        kernels.join("emu/selftest.cu").display()
+    );
     let unity_path = out.join("emulator_unity.cpp");
     fs::write(&unity_path, unity).expect("write emulator unity file");
     cc::Build::new()
@@ -119,7 +125,11 @@ fn find_nvcc() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
     if let Some(cache) = cache {
-        candidates.push(cache.join("cuda-softmax/cuda-13.0/nvidia/cu13/bin").join(exe));
+        candidates.push(
+            cache
+                .join("cuda-softmax/cuda-13.0/nvidia/cu13/bin")
+                .join(exe),
+        );
     }
     candidates.into_iter().find(|p| p.is_file())
 }
@@ -189,10 +199,16 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
     let fatbin = out.join("softmax.fatbin");
     let mut cmd = Command::new(nvcc);
     common(&mut cmd);
-    cmd.arg("--fatbin").arg("--threads").arg("0").arg("-Xptxas").arg("-v");
+    cmd.arg("--fatbin")
+        .arg("--threads")
+        .arg("0")
+        .arg("-Xptxas")
+        .arg("-v");
     for a in &archs {
         if *a == ptx_arch {
-            cmd.arg(format!("-gencode=arch=compute_{a},code=[sm_{a},compute_{a}]"));
+            cmd.arg(format!(
+                "-gencode=arch=compute_{a},code=[sm_{a},compute_{a}]"
+            ));
         } else {
             cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
         }

@@ -113,7 +113,8 @@ impl std::fmt::Display for Comparison {
             self.max_rel_error,
             self.unwritten,
             self.class_mismatches,
-            self.first_bad.map_or(String::new(), |i| format!(" (first at {i})"))
+            self.first_bad
+                .map_or(String::new(), |i| format!(" (first at {i})"))
         )
     }
 }

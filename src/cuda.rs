@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
+};
 
 use crate::error::{Error, Result};
 use crate::image;
@@ -63,14 +65,13 @@ impl CudaBackend {
         no_panic("cuInit", || {
             match cudarc::driver::result::init() {
                 Ok(()) => {}
-                Err(e)
-                    if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NO_DEVICE =>
-                {
+                Err(e) if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => {
                     return Err(Error::NoGpu);
                 }
                 Err(e) => return Err(Error::driver("cuInit", e)),
             }
-            let count = CudaContext::device_count().map_err(|e| Error::driver("cuDeviceGetCount", e))?;
+            let count =
+                CudaContext::device_count().map_err(|e| Error::driver("cuDeviceGetCount", e))?;
             let count = count.max(0) as usize;
             if count == 0 {
                 return Err(Error::NoGpu);
@@ -78,7 +79,8 @@ impl CudaBackend {
             if ordinal >= count {
                 return Err(Error::NoSuchDevice { ordinal, count });
             }
-            let ctx = CudaContext::new(ordinal).map_err(|e| Error::driver("cuDevicePrimaryCtxRetain", e))?;
+            let ctx = CudaContext::new(ordinal)
+                .map_err(|e| Error::driver("cuDevicePrimaryCtxRetain", e))?;
             // Our allocations never cross streams, so per-allocation events are pure overhead.
             // SAFETY: called before this context allocates anything.
             unsafe { ctx.disable_event_tracking() };
@@ -91,7 +93,10 @@ impl CudaBackend {
         let fatbin = image::FATBIN.ok_or(Error::NoCudaImage)?;
         no_panic("cuModuleLoadData", || {
             let ctx = stream.context().clone();
-            let attr = |a| ctx.attribute(a).map_err(|e| Error::driver("cuDeviceGetAttribute", e));
+            let attr = |a| {
+                ctx.attribute(a)
+                    .map_err(|e| Error::driver("cuDeviceGetAttribute", e))
+            };
             let cc = (
                 attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
                 attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
@@ -104,7 +109,8 @@ impl CudaBackend {
                     detail: format!("{e:?}"),
                 })?;
             let limits = DeviceLimits {
-                sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32,
+                sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1)
+                    as u32,
                 max_shared_mem_per_block: attr(
                     CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
                 )?
@@ -128,10 +134,13 @@ impl CudaBackend {
         let smem = launch.plan.shared_mem_bytes;
         let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
         if !functions.contains_key(&name) {
-            let function = self.module.load_function(&name).map_err(|e| Error::Launch {
-                kernel: name.clone(),
-                detail: format!("entry point missing from the image: {e:?}"),
-            })?;
+            let function = self
+                .module
+                .load_function(&name)
+                .map_err(|e| Error::Launch {
+                    kernel: name.clone(),
+                    detail: format!("entry point missing from the image: {e:?}"),
+                })?;
             functions.insert(
                 name.clone(),
                 CachedFunction {

@@ -140,12 +140,12 @@ impl Device {
                 .map(Buffer::Cuda)
                 .map_err(|e| Error::driver("cuMemAlloc", e)),
             Backend::Emulator(_) => {
-                let bytes = len
-                    .checked_mul(std::mem::size_of::<T>())
-                    .ok_or(Error::LengthMismatch {
-                        expected: usize::MAX,
-                        got: len,
-                    })?;
+                let bytes =
+                    len.checked_mul(std::mem::size_of::<T>())
+                        .ok_or(Error::LengthMismatch {
+                            expected: usize::MAX,
+                            got: len,
+                        })?;
                 Ok(Buffer::Host(HostBuffer::new(bytes)?))
             }
         }

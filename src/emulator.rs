@@ -118,7 +118,10 @@ impl Emulator {
     }
 
     pub fn last_stats(&self) -> Option<LaunchStats> {
-        self.last_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn launch(&self, launch: &Launch) -> Result<()> {
@@ -133,7 +136,14 @@ impl Emulator {
     }
 
     /// Launches an entry point by name (the planted-bug self-test kernels have no plan).
-    pub fn launch_named(&self, name: &str, grid: u32, block: u32, smem: u32, launch: &Launch) -> Result<()> {
+    pub fn launch_named(
+        &self,
+        name: &str,
+        grid: u32,
+        block: u32,
+        smem: u32,
+        launch: &Launch,
+    ) -> Result<()> {
         let c_name = CString::new(name).map_err(|_| Error::Launch {
             kernel: name.to_string(),
             detail: "kernel name contains a NUL byte".into(),
@@ -173,7 +183,9 @@ impl Emulator {
             )
         };
         // SAFETY: the emulator always NUL-terminates within err_len.
-        let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        let message = unsafe { CStr::from_ptr(err.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         let kernel = name.to_string();
         match code {
             0 => {

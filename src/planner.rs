@@ -278,7 +278,9 @@ mod tests {
                         }
                         Family::Block { .. } => {
                             assert_eq!(p.shared_mem_bytes as usize, cols * 4);
-                            assert!(p.shared_mem_bytes <= DeviceLimits::H100.max_shared_mem_per_block);
+                            assert!(
+                                p.shared_mem_bytes <= DeviceLimits::H100.max_shared_mem_per_block
+                            );
                         }
                         Family::Online { .. } => assert!(cols * 4 > 227 * 1024),
                     }
@@ -312,7 +314,10 @@ mod tests {
             dtype: Dtype::F32,
             aligned16: true,
         };
-        assert_eq!(plan_softmax(&problem, &small).kernel.family, Family::Online { threads: 512 });
+        assert_eq!(
+            plan_softmax(&problem, &small).kernel.family,
+            Family::Online { threads: 512 }
+        );
     }
 
     #[test]
@@ -340,7 +345,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         for dtype in Dtype::ALL {
-            let of = |f: fn(&Family) -> bool| all.iter().filter(|k| k.dtype == dtype && f(&k.family)).count();
+            let of = |f: fn(&Family) -> bool| {
+                all.iter()
+                    .filter(|k| k.dtype == dtype && f(&k.family))
+                    .count()
+            };
             // 5 small-row widths + 7 scalar + (5 f32 | 4 f16/bf16) vector warp configs.
             let vector = if dtype == Dtype::F32 { 5 } else { 4 };
             assert_eq!(of(|f| matches!(f, Family::Warp { .. })), 12 + vector);

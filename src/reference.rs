@@ -45,7 +45,11 @@ mod tests {
         assert_eq!(softmax_rows(&[ninf, ninf], 2), vec![0.0, 0.0]);
         assert_eq!(softmax_rows(&[ninf, 1.0], 2), vec![0.0, 1.0]);
         assert!(softmax_rows(&[1.0, f64::NAN], 2).iter().all(|v| v.is_nan()));
-        assert!(softmax_rows(&[1.0, f64::INFINITY], 2).iter().all(|v| v.is_nan()));
+        assert!(
+            softmax_rows(&[1.0, f64::INFINITY], 2)
+                .iter()
+                .all(|v| v.is_nan())
+        );
         // Shift invariance at extreme magnitudes.
         let y = softmax_rows(&[3e38, 3e38, -3e38], 3);
         assert_eq!(y, vec![0.5, 0.5, 0.0]);

@@ -180,7 +180,10 @@ impl<T: Element> DeviceTensor<T> {
 
     /// Rows `start..end` along the first dimension.
     pub fn rows(&self, start: usize, end: usize) -> Result<Self> {
-        let (&n, rest) = self.shape.split_first().ok_or(Error::ScalarInput { op: "rows" })?;
+        let (&n, rest) = self
+            .shape
+            .split_first()
+            .ok_or(Error::ScalarInput { op: "rows" })?;
         if start > end || end > n {
             return Err(Error::OutOfRange {
                 what: "rows",
@@ -213,7 +216,11 @@ impl<T: Element> DeviceTensor<T> {
             Buffer::Cuda(s) => {
                 // SAFETY: the destination range lies inside the allocation (view invariant).
                 unsafe {
-                    cudarc::driver::result::memcpy_htod_async(self.addr(), data, s.stream().cu_stream())
+                    cudarc::driver::result::memcpy_htod_async(
+                        self.addr(),
+                        data,
+                        s.stream().cu_stream(),
+                    )
                 }
                 .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))?;
                 s.stream()
@@ -240,8 +247,14 @@ impl<T: Element> DeviceTensor<T> {
         match &*self.buffer {
             Buffer::Cuda(s) => {
                 // SAFETY: the source range lies inside the allocation (view invariant).
-                unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, self.addr(), s.stream().cu_stream()) }
-                    .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+                unsafe {
+                    cudarc::driver::result::memcpy_dtoh_async(
+                        &mut out,
+                        self.addr(),
+                        s.stream().cu_stream(),
+                    )
+                }
+                .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
                 s.stream()
                     .synchronize()
                     .map_err(|e| Error::driver("cuStreamSynchronize", e))?;

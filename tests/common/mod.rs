@@ -1,0 +1,207 @@
+//! The correctness suite, shared by the emulator tests and the GPU tests: every case builds
+//! fresh random inputs (seed printed; replay with CS_TEST_SEED), poisons the output, runs the
+//! kernel and compares every element with the f64 reference.
+#![allow(dead_code)]
+
+use cuda_softmax::check::{Rng, Tolerance, compare};
+use cuda_softmax::{Device, DeviceTensor, Element, reference, softmax_into};
+
+/// Row lengths from DESIGN.md's edge list plus each family boundary.
+pub const EDGE_COLS: [usize; 19] = [
+    1, 2, 3, 16, 17, 31, 32, 33, 127, 781, 1023, 1024, 1025, 1152, 2048, 2049, 4097, 8003, 65537,
+];
+
+pub fn seeded_rng(test: &str) -> Rng {
+    let seed = Rng::seed_from_env();
+    println!("{test}: seed {seed} (set CS_TEST_SEED={seed} to replay)");
+    Rng::new(seed)
+}
+
+/// How a case lays out its tensors: element offsets of x and y inside larger buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub x_offset: usize,
+    pub y_offset: usize,
+}
+
+pub const ALIGNED: Layout = Layout {
+    x_offset: 0,
+    y_offset: 0,
+};
+
+/// Runs softmax on `x` (rows x cols) with the given layout; returns the output as host values.
+pub fn run_softmax<T: Element>(
+    device: &Device,
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+) -> Vec<T> {
+    let n = rows * cols;
+    let mut x_buf = vec![T::from_f64(0.0); n + layout.x_offset + 3];
+    x_buf[layout.x_offset..layout.x_offset + n].copy_from_slice(x);
+    let x_all = DeviceTensor::from_host(device, &x_buf, &[x_buf.len()]).expect("upload x");
+    let x_view = x_all.view(layout.x_offset, &[rows, cols]).expect("x view");
+    let y_buf = vec![T::poison(); n + layout.y_offset + 3];
+    let y_all = DeviceTensor::from_host(device, &y_buf, &[y_buf.len()]).expect("upload poisoned y");
+    let mut y_view = y_all.view(layout.y_offset, &[rows, cols]).expect("y view");
+    softmax_into(&x_view, &mut y_view).expect("softmax_into");
+    let y_host = y_all.to_host().expect("download y");
+    // Nothing outside the output view may change.
+    let outside = y_host[..layout.y_offset]
+        .iter()
+        .chain(&y_host[layout.y_offset + n..])
+        .filter(|v| !v.is_poison())
+        .count();
+    assert_eq!(
+        outside, 0,
+        "softmax wrote {outside} elements outside its output view"
+    );
+    y_host[layout.y_offset..layout.y_offset + n].to_vec()
+}
+
+/// Checks one case against the reference, panicking with the worst element on failure.
+pub fn check_case<T: Element>(
+    device: &Device,
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+    what: &str,
+) {
+    let got = run_softmax(device, x, rows, cols, layout);
+    let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+    let want = reference::softmax_rows(&x64, cols);
+    let c = compare(&got, &want, Tolerance::softmax(T::DTYPE));
+    assert!(
+        c.passed(),
+        "{what}: {} [{}x{}] {:?} on {}: {c}",
+        T::DTYPE.name(),
+        rows,
+        cols,
+        layout,
+        device.name()
+    );
+}
+
+/// Rows for a given row length: more rows for short rows, so that multi-row warps and grid
+/// loops are exercised, fewer for long ones.
+pub fn rows_for(cols: usize) -> usize {
+    match cols {
+        0..=64 => 301,
+        65..=2048 => 37,
+        2049..=10000 => 9,
+        _ => 2,
+    }
+}
+
+pub fn edge_shapes<T: Element>(device: &Device, rng: &mut Rng) {
+    for cols in EDGE_COLS {
+        let rows = rows_for(cols);
+        let x: Vec<T> = rng.logits(rows * cols, 8.0);
+        check_case(device, &x, rows, cols, ALIGNED, "edge shape");
+    }
+}
+
+pub fn huge_row<T: Element>(device: &Device, rng: &mut Rng) {
+    let cols = 1 << 20;
+    let x: Vec<T> = rng.logits(2 * cols, 12.0);
+    check_case(device, &x, 2, cols, ALIGNED, "2^20 columns");
+}
+
+pub fn many_rows<T: Element>(device: &Device, rng: &mut Rng) {
+    for cols in [3, 40] {
+        let rows = 70_001; // more rows than a 16-bit grid dimension holds
+        let x: Vec<T> = rng.logits(rows * cols, 6.0);
+        check_case(device, &x, rows, cols, ALIGNED, "more than 65535 rows");
+    }
+}
+
+/// Views that start 1..7 elements off a 16-byte boundary, input and output differently.
+pub fn misaligned_views<T: Element>(device: &Device, rng: &mut Rng) {
+    for cols in [5, 33, 256, 1024, 1025, 3000, 30_000] {
+        let rows = rows_for(cols).min(9);
+        for (xo, yo) in [(1, 1), (3, 0), (0, 5), (7, 2), (4, 4), (6, 1)] {
+            let x: Vec<T> = rng.logits(rows * cols, 8.0);
+            let layout = Layout {
+                x_offset: xo,
+                y_offset: yo,
+            };
+            check_case(device, &x, rows, cols, layout, "misaligned view");
+        }
+    }
+}
+
+/// NaN rows, all -inf rows, one +inf, masked (-inf) entries, extreme magnitudes.
+pub fn special_values<T: Element>(device: &Device, rng: &mut Rng) {
+    let ninf = T::from_f64(f64::NEG_INFINITY);
+    for cols in [1, 7, 32, 100, 1024, 2049, 8003, 30_000] {
+        let rows = 6;
+        let mut x: Vec<T> = rng.logits(rows * cols, 4.0);
+        let row = |r: usize| r * cols..(r + 1) * cols;
+        // Row 0: one NaN somewhere.
+        x[rng.below(cols)] = T::from_f64(f64::NAN);
+        // Row 1: every element -inf.
+        x[row(1)].fill(ninf);
+        // Row 2: one +inf.
+        x[cols * 2 + rng.below(cols)] = T::from_f64(f64::INFINITY);
+        // Row 3: all but one element masked.
+        let keep = rng.below(cols);
+        for (i, v) in x[row(3)].iter_mut().enumerate() {
+            if i != keep {
+                *v = ninf;
+            }
+        }
+        // Row 4: magnitudes near the dtype's maximum, both signs.
+        for v in x[row(4)].iter_mut() {
+            *v = T::from_f64((rng.uniform() * 2.0 - 1.0) * T::MAX_FINITE * 0.999);
+        }
+        // Row 5: large and close together (differences of a few units near the maximum of f16,
+        // of many orders of magnitude less than the values for f32/bf16).
+        let top = T::MAX_FINITE * 0.99;
+        for v in x[row(5)].iter_mut() {
+            *v = T::from_f64(top - (rng.uniform() * 0.01 * top.min(1000.0)));
+        }
+        check_case(device, &x, rows, cols, ALIGNED, "special values");
+    }
+}
+
+/// Higher-rank tensors, in-place operation, and an empty batch.
+pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
+    // Rank 3: softmax over the last dimension of [4, 5, 77].
+    let x: Vec<T> = rng.logits(4 * 5 * 77, 5.0);
+    let xt = DeviceTensor::from_host(device, &x, &[4, 5, 77]).unwrap();
+    let y = cuda_softmax::softmax(&xt).unwrap();
+    assert_eq!(y.shape(), &[4, 5, 77]);
+    let want = reference::softmax_rows(&x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), 77);
+    let c = compare(&y.to_host().unwrap(), &want, Tolerance::softmax(T::DTYPE));
+    assert!(c.passed(), "rank 3: {c}");
+
+    // In place, for each family.
+    for cols in [7, 500, 4000, 30_000] {
+        let x: Vec<T> = rng.logits(3 * cols, 5.0);
+        let t = DeviceTensor::from_host(device, &x, &[3, cols]).unwrap();
+        let mut same = t.view(0, &[3, cols]).unwrap();
+        softmax_into(&t, &mut same).unwrap();
+        let want = reference::softmax_rows(&x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), cols);
+        let c = compare(&t.to_host().unwrap(), &want, Tolerance::softmax(T::DTYPE));
+        assert!(c.passed(), "in place, {cols} columns: {c}");
+    }
+
+    // Zero rows: Ok, nothing launched, nothing written.
+    let empty = DeviceTensor::<T>::from_host(device, &[], &[0, 5]).unwrap();
+    let mut out = DeviceTensor::<T>::from_host(device, &[], &[0, 5]).unwrap();
+    softmax_into(&empty, &mut out).unwrap();
+    assert_eq!(cuda_softmax::softmax(&empty).unwrap().shape(), &[0, 5]);
+}
+
+/// The whole suite for one dtype on one device.
+pub fn full_suite<T: Element>(device: &Device, test: &str) {
+    let mut rng = seeded_rng(test);
+    edge_shapes::<T>(device, &mut rng);
+    huge_row::<T>(device, &mut rng);
+    many_rows::<T>(device, &mut rng);
+    misaligned_views::<T>(device, &mut rng);
+    special_values::<T>(device, &mut rng);
+    shapes_and_in_place::<T>(device, &mut rng);
+}

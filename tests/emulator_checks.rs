@@ -1,0 +1,219 @@
+//! The emulator's own checks: planted bugs are caught, shuffle semantics follow PTX, the kernel
+//! table matches the planner, and traffic counters match the performance model.
+
+use cuda_softmax::planner::{Family, KernelConfig};
+use cuda_softmax::{
+    Device, DeviceTensor, EmulatorConfig, Error, Schedule, emulator_kernel_names, softmax,
+};
+
+fn emulator(schedule: Schedule) -> Device {
+    Device::emulator_with(EmulatorConfig {
+        schedule,
+        workers: 1,
+    })
+}
+
+fn poisoned(device: &Device, n: usize) -> DeviceTensor<f32> {
+    DeviceTensor::from_host(device, &vec![f32::from_bits(0x7fa5_5a5a); n], &[n]).unwrap()
+}
+
+fn fault_text(result: cuda_softmax::Result<()>) -> String {
+    match result {
+        Err(Error::EmulatorFault { detail, .. }) => detail,
+        other => panic!("expected an emulator fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_barrier_changes_the_result_in_some_schedule() {
+    let threads = 64;
+    let expected: Vec<f32> = (0..threads)
+        .map(|t| ((t + 1) % threads + 1) as f32)
+        .collect();
+    let mut wrong_somewhere = false;
+    for schedule in [Schedule::Forward, Schedule::Reverse] {
+        let d = emulator(schedule);
+        // With the barrier: right in every order.
+        let mut y = poisoned(&d, threads);
+        d.emulator_selftest(
+            "emu_selftest_barrier_ok",
+            threads as u32,
+            threads as u32 * 4,
+            &mut y,
+        )
+        .unwrap();
+        assert_eq!(y.to_host().unwrap(), expected, "{schedule:?}");
+        // Without it: reads of unwritten (poisoned) shared memory in at least one order.
+        let mut y = poisoned(&d, threads);
+        d.emulator_selftest(
+            "emu_selftest_missing_barrier",
+            threads as u32,
+            threads as u32 * 4,
+            &mut y,
+        )
+        .unwrap();
+        wrong_somewhere |= y.to_host().unwrap() != expected;
+    }
+    assert!(
+        wrong_somewhere,
+        "the missing barrier went unnoticed in both schedules"
+    );
+}
+
+#[test]
+fn an_out_of_bounds_write_is_a_fault_and_is_not_performed() {
+    let d = emulator(Schedule::Forward);
+    // y is a view of 8 elements inside a buffer of 16: the element after the view must survive.
+    let all = poisoned(&d, 16);
+    let mut y = all.view(0, &[8]).unwrap();
+    let text = fault_text(d.emulator_selftest("emu_selftest_out_of_bounds", 32, 0, &mut y));
+    assert!(text.contains("outside every tensor"), "{text}");
+    assert!(
+        all.to_host()
+            .unwrap()
+            .iter()
+            .all(|v| v.to_bits() == 0x7fa5_5a5a)
+    );
+}
+
+#[test]
+fn a_barrier_not_reached_by_every_thread_is_a_fault() {
+    for schedule in [Schedule::Forward, Schedule::Reverse] {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 64);
+        let text = fault_text(d.emulator_selftest("emu_selftest_divergent_barrier", 64, 0, &mut y));
+        assert!(
+            text.contains("__syncthreads() not reached by every thread"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_shuffle_not_reached_by_every_lane_is_a_fault() {
+    for schedule in [Schedule::Forward, Schedule::Reverse] {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 64);
+        let text = fault_text(d.emulator_selftest("emu_selftest_partial_shuffle", 64, 0, &mut y));
+        assert!(text.contains("shuffle not reached by every lane"), "{text}");
+    }
+}
+
+#[test]
+fn shuffles_follow_ptx_semantics() {
+    // Lane l, per emu/selftest.cu: xor 1 (width 32), down 1 (width 8), up 2 (width 16),
+    // indexed 3 (width 4); a source outside the lane's segment gives the lane its own value.
+    let expect = |l: i64| -> f32 {
+        let xor = l ^ 1;
+        let down = if (l % 8) + 1 < 8 { l + 1 } else { l };
+        let up = if l % 16 >= 2 { l - 2 } else { l };
+        let idx = (l & !3) + 3;
+        (xor as f64 + 100.0 * down as f64 + 10000.0 * up as f64 + 1e6 * idx as f64) as f32
+    };
+    for schedule in [Schedule::Forward, Schedule::Reverse] {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 96);
+        d.emulator_selftest("emu_selftest_shuffle_semantics", 96, 0, &mut y)
+            .unwrap();
+        let want: Vec<f32> = (0..96).map(|t| expect(t % 32)).collect();
+        assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
+    }
+}
+
+#[test]
+fn the_emulator_has_every_kernel_the_planner_can_pick() {
+    let names = emulator_kernel_names();
+    for k in KernelConfig::all() {
+        assert!(
+            names.contains(&k.name()),
+            "{} missing from the emulator",
+            k.name()
+        );
+    }
+}
+
+/// Bytes moved over the minimum (rows * cols * size in, the same out), and the share of 16-byte
+/// accesses, per family: the static side of the performance model.
+#[test]
+fn global_traffic_matches_the_performance_model() {
+    let d = emulator(Schedule::Forward);
+    // (cols, expected family, read ratio, all accesses 16 bytes wide)
+    let cases: [(usize, fn(&Family) -> bool, f64, bool); 5] = [
+        (
+            8,
+            |f| matches!(f, Family::Warp { width: 8, .. }),
+            1.0,
+            false,
+        ),
+        (
+            1024,
+            |f| matches!(f, Family::Warp { vec: 4, .. }),
+            1.0,
+            true,
+        ),
+        (
+            1023,
+            |f| matches!(f, Family::Warp { vec: 1, .. }),
+            1.0,
+            false,
+        ),
+        (8192, |f| matches!(f, Family::Block { .. }), 1.0, true),
+        (65536, |f| matches!(f, Family::Online { .. }), 2.0, true),
+    ];
+    for (cols, family, read_ratio, all_vector) in cases {
+        let rows = 6;
+        let n = rows * cols;
+        let x = DeviceTensor::<f32>::from_host(&d, &vec![0.5; n], &[rows, cols]).unwrap();
+        let _y = softmax(&x).unwrap();
+        let stats = d.last_launch_stats().unwrap();
+        let config = KernelConfig::all()
+            .into_iter()
+            .find(|k| k.name() == stats.kernel)
+            .unwrap();
+        assert!(
+            family(&config.family),
+            "{cols} columns ran {}",
+            stats.kernel
+        );
+        let min = (n * 4) as f64;
+        assert_eq!(
+            stats.kernel_bytes_read as f64 / min,
+            read_ratio,
+            "{}",
+            stats.kernel
+        );
+        assert_eq!(
+            stats.kernel_bytes_written as f64 / min,
+            1.0,
+            "{}",
+            stats.kernel
+        );
+        if all_vector {
+            assert_eq!(stats.accesses_16b, stats.accesses, "{}", stats.kernel);
+        } else {
+            assert_eq!(stats.accesses_16b, 0, "{}", stats.kernel);
+        }
+        println!(
+            "{:>6} cols: {:<28} traffic {:.2}x of minimum, {:.0}% of accesses 16 B",
+            cols,
+            stats.kernel,
+            (stats.kernel_bytes_read + stats.kernel_bytes_written) as f64 / (2.0 * min),
+            100.0 * stats.accesses_16b as f64 / stats.accesses as f64
+        );
+    }
+}
+
+/// A misaligned view keeps 16-byte accesses for the body of long rows (scalar head and tail).
+#[test]
+fn misaligned_long_rows_still_use_vector_accesses() {
+    let d = emulator(Schedule::Forward);
+    let cols = 8003;
+    let all =
+        DeviceTensor::<f32>::from_host(&d, &vec![0.25; cols * 3 + 1], &[cols * 3 + 1]).unwrap();
+    let x = all.view(1, &[3, cols]).unwrap();
+    let _y = softmax(&x).unwrap();
+    let s = d.last_launch_stats().unwrap();
+    let vector_bytes = s.accesses_16b * 16;
+    let total = s.kernel_bytes_read + s.kernel_bytes_written;
+    assert!(vector_bytes as f64 > 0.99 * total as f64, "{s:?}");
+}

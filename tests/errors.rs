@@ -1,0 +1,129 @@
+//! Bad input gets a clear error and changes nothing; missing hardware is an error, not a panic.
+
+use cuda_softmax::{Device, DeviceTensor, Error, softmax, softmax_into};
+
+fn poison(n: usize) -> Vec<f32> {
+    vec![f32::from_bits(0x7fa5_5a5a); n]
+}
+
+fn untouched(t: &DeviceTensor<f32>) -> bool {
+    t.to_host()
+        .unwrap()
+        .iter()
+        .all(|v| v.to_bits() == 0x7fa5_5a5a)
+}
+
+#[test]
+fn mismatched_shapes_are_rejected_and_the_output_is_untouched() {
+    let d = Device::emulator();
+    let x = DeviceTensor::from_host(&d, &[1.0f32; 12], &[3, 4]).unwrap();
+    let mut y = DeviceTensor::from_host(&d, &poison(12), &[4, 3]).unwrap();
+    let e = softmax_into(&x, &mut y).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("[3, 4]"), "{e}");
+    assert!(untouched(&y));
+}
+
+#[test]
+fn partly_overlapping_views_are_rejected() {
+    let d = Device::emulator();
+    let all = DeviceTensor::from_host(&d, &poison(20), &[20]).unwrap();
+    let x = all.view(0, &[2, 8]).unwrap();
+    let mut y = all.view(1, &[2, 8]).unwrap();
+    assert_eq!(softmax_into(&x, &mut y).unwrap_err(), Error::PartialOverlap);
+    assert!(untouched(&all));
+}
+
+#[test]
+fn tensors_on_different_devices_are_rejected() {
+    let (a, b) = (Device::emulator(), Device::emulator());
+    let x = DeviceTensor::from_host(&a, &[1.0f32; 4], &[4]).unwrap();
+    let mut y = DeviceTensor::from_host(&b, &poison(4), &[4]).unwrap();
+    assert_eq!(softmax_into(&x, &mut y).unwrap_err(), Error::DeviceMismatch);
+    assert!(untouched(&y));
+}
+
+#[test]
+fn scalars_have_no_last_dimension() {
+    let d = Device::emulator();
+    let x = DeviceTensor::from_host(&d, &[1.0f32], &[]).unwrap();
+    assert!(matches!(
+        softmax(&x).unwrap_err(),
+        Error::ScalarInput { .. }
+    ));
+}
+
+#[test]
+fn host_data_must_match_the_shape() {
+    let d = Device::emulator();
+    let e = DeviceTensor::from_host(&d, &[1.0f32; 5], &[2, 3]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::LengthMismatch {
+            expected: 6,
+            got: 5
+        }
+    );
+    let mut t = DeviceTensor::from_host(&d, &poison(6), &[2, 3]).unwrap();
+    assert!(t.copy_from_host(&[0.0; 7]).is_err());
+    assert!(untouched(&t));
+}
+
+#[test]
+fn views_must_stay_inside_their_tensor() {
+    let d = Device::emulator();
+    let t = DeviceTensor::from_host(&d, &poison(12), &[3, 4]).unwrap();
+    assert!(matches!(
+        t.view(10, &[3]).unwrap_err(),
+        Error::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        t.view(usize::MAX, &[3]).unwrap_err(),
+        Error::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        t.rows(2, 4).unwrap_err(),
+        Error::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        t.reshape(&[5, 2]).unwrap_err(),
+        Error::ShapeMismatch { .. }
+    ));
+    // Views compose: row 1 of [3,4] then elements 1..3 of it.
+    let r = t.row(1).unwrap().view(1, &[2]).unwrap();
+    assert_eq!(r.offset(), 5);
+    assert_eq!(r.shape(), &[2]);
+}
+
+#[test]
+fn cuda_without_a_gpu_is_an_error_that_says_what_to_do() {
+    // On a machine with a GPU this opens it; the error paths are what matter elsewhere.
+    match Device::cuda(0) {
+        Ok(d) => println!("a GPU is present: {}", d.name()),
+        Err(e) => {
+            let text = e.to_string();
+            println!("Device::cuda(0): {text}");
+            assert!(
+                matches!(e, Error::NoCudaImage | Error::DriverNotFound | Error::NoGpu),
+                "{e:?}"
+            );
+            assert!(
+                text.contains("emulator") || text.contains("nvidia-smi"),
+                "{text}"
+            );
+        }
+    }
+    match Device::cuda(4096) {
+        Ok(_) => panic!("no machine has 4097 GPUs"),
+        Err(e) => assert!(
+            matches!(
+                e,
+                Error::NoCudaImage
+                    | Error::DriverNotFound
+                    | Error::NoGpu
+                    | Error::NoSuchDevice { .. }
+            ),
+            "{e:?}"
+        ),
+    }
+}

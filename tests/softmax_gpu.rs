@@ -1,0 +1,70 @@
+//! The same correctness suite on a real GPU (device 0). Without one, each test says plainly that
+//! it skipped, unless CS_REQUIRE_GPU=1 (set by scripts/gpu-check.sh), which turns a skip into a
+//! failure.
+
+mod common;
+
+use cuda_softmax::{Device, bf16, f16};
+
+fn gpu(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(d) => {
+            println!("{test}: running on {}", d.name());
+            Some(d)
+        }
+        Err(e) => {
+            if std::env::var("CS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: CS_REQUIRE_GPU=1 but no GPU could be opened: {e}");
+            }
+            println!("{test}: SKIPPED, no GPU: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn gpu_f32() {
+    if let Some(d) = gpu("gpu_f32") {
+        common::full_suite::<f32>(&d, "gpu_f32");
+    }
+}
+
+#[test]
+fn gpu_f16() {
+    if let Some(d) = gpu("gpu_f16") {
+        common::full_suite::<f16>(&d, "gpu_f16");
+    }
+}
+
+#[test]
+fn gpu_bf16() {
+    if let Some(d) = gpu("gpu_bf16") {
+        common::full_suite::<bf16>(&d, "gpu_bf16");
+    }
+}
+
+/// Every entry point the planner can pick loads from the image on this GPU's architecture.
+#[test]
+fn gpu_every_entry_point_loads() {
+    if let Some(d) = gpu("gpu_every_entry_point_loads") {
+        let mut rng = common::seeded_rng("gpu_every_entry_point_loads");
+        // One launch per family/configuration reachable on this device.
+        for cols in [
+            1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384, 300_000,
+        ] {
+            let x: Vec<f32> = rng.logits(2 * cols, 3.0);
+            common::check_case(&d, &x, 2, cols, common::ALIGNED, "entry point");
+            common::check_case(
+                &d,
+                &x,
+                2,
+                cols,
+                common::Layout {
+                    x_offset: 1,
+                    y_offset: 1,
+                },
+                "entry point, scalar",
+            );
+        }
+    }
+}
