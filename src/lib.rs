@@ -23,6 +23,7 @@ pub mod planner;
 pub mod reference;
 mod softmax;
 mod tensor;
+pub mod timing;
 
 pub use device::Device;
 pub use element::{Dtype, Element};

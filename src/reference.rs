@@ -40,7 +40,8 @@ mod tests {
     fn matches_closed_forms_and_the_edge_policy() {
         let y = softmax_rows(&[0.0, 0.0, (2.0f64).ln(), 0.0], 2);
         assert_eq!(y[0], 0.5);
-        assert!((y[2] - 2.0 / 3.0).abs() < 1e-15 && (y[3] - 1.0 / 3.0).abs() < 1e-15);
+        approx::assert_relative_eq!(y[2], 2.0 / 3.0, max_relative = 1e-15);
+        approx::assert_relative_eq!(y[3], 1.0 / 3.0, max_relative = 1e-15);
         let ninf = f64::NEG_INFINITY;
         assert_eq!(softmax_rows(&[ninf, ninf], 2), vec![0.0, 0.0]);
         assert_eq!(softmax_rows(&[ninf, 1.0], 2), vec![0.0, 1.0]);

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds, on a machine with Rust, the release binaries that scripts/gpu-check.sh runs on a GPU
+# machine (which has a driver and CUDA tools but no Rust), into gpu-bundle/ (git-ignored).
+#   scripts/build-gpu-bundle.sh            # full image (sm_75..sm_120 + compute_75 PTX)
+#   CUDA_COMPUTE_CAP=90 scripts/build-gpu-bundle.sh   # H100/H200 only: faster to build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null; then
+  CUDA_HOME="$(scripts/install-nvcc.sh)"
+  export CUDA_HOME
+fi
+out=gpu-bundle
+rm -rf "$out" && mkdir -p "$out"
+
+# Test and bench executables: cargo prints their paths as JSON artifacts.
+list=$(cargo test --release --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["kind"]==["test"]:
+        print(m["target"]["name"], m["executable"])')
+# Only what gpu-check.sh runs (the device tool carries at most 64 MiB).
+echo "$list" | while read -r name exe; do
+  case "$name" in softmax_gpu|cuda_image) cp "$exe" "$out/test-$name" ;; esac
+done
+bench=$(cargo bench --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["kind"]==["bench"]:
+        print(m["executable"])')
+cp $bench "$out/bench-softmax"
+cargo build --release --bin cuda-softmax
+cp target/release/cuda-softmax "$out/cuda-softmax"
+
+strip "$out"/* 2>/dev/null || true
+# The GPU machine's glibc may be older than this one's: report the newest symbol version needed.
+need=$(for f in "$out"/*; do objdump -T "$f" 2>/dev/null; done | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -n1)
+echo "gpu-bundle/: $(ls "$out" | tr '\n' ' ')"
+echo "newest glibc symbol needed: ${need:-none} (the GPU machines need 2.34 at most)"
+du -sh "$out"
