@@ -22,22 +22,27 @@ fn bench_dtype<T: Element>(c: &mut Criterion, device: &Device) {
     let mut group = c.benchmark_group(format!("softmax_forward_{}", T::DTYPE.name()));
     for (rows, cols) in SHAPES {
         let n = rows * cols;
-        let x = DeviceTensor::<T>::from_host(device, &Rng::new(3).logits(n, 4.0), &[rows, cols]).expect("upload");
+        let x = DeviceTensor::<T>::from_host(device, &Rng::new(3).logits(n, 4.0), &[rows, cols])
+            .expect("upload");
         let mut y = DeviceTensor::<T>::uninit(device, &[rows, cols]).expect("alloc");
         group.throughput(Throughput::Bytes((2 * n * size_of::<T>()) as u64));
         group.bench_function(BenchmarkId::new("softmax", format!("{rows}x{cols}")), |b| {
             b.iter_custom(|iters| {
-                let ms = time_on_stream(device, 0, iters as usize, || softmax_into(&x, &mut y)).expect("softmax");
+                let ms = time_on_stream(device, 0, iters as usize, || softmax_into(&x, &mut y))
+                    .expect("softmax");
                 Duration::from_secs_f64(ms * iters as f64 / 1e3)
             })
         });
         let bytes = n * size_of::<T>();
-        group.bench_function(BenchmarkId::new("d2d_copy", format!("{rows}x{cols}")), |b| {
-            b.iter_custom(|iters| {
-                let ms = time_copy(device, bytes, iters as usize).expect("copy");
-                Duration::from_secs_f64(ms * iters as f64 / 1e3)
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("d2d_copy", format!("{rows}x{cols}")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let ms = time_copy(device, bytes, iters as usize).expect("copy");
+                    Duration::from_secs_f64(ms * iters as f64 / 1e3)
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -12,7 +12,8 @@ use std::time::Instant;
 use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::timing::{gb_per_s, time_copy, time_softmax};
 use cuda_softmax::{
-    Device, DeviceTensor, Element, EmulatorConfig, Schedule, bf16, f16, reference, softmax, softmax_into,
+    Device, DeviceTensor, Element, EmulatorConfig, Schedule, bf16, f16, reference, softmax,
+    softmax_into,
 };
 
 /// Row lengths that reach every family: several rows per warp, warp per row (vector and scalar),
@@ -60,10 +61,16 @@ fn self_check(device: &Device, seed: u64) -> bool {
     ok
 }
 
-fn bandwidth_row<T: Element>(device: &Device, rows: usize, cols: usize, copy_gbs: f64) -> Result<(), String> {
+fn bandwidth_row<T: Element>(
+    device: &Device,
+    rows: usize,
+    cols: usize,
+    copy_gbs: f64,
+) -> Result<(), String> {
     let n = rows * cols;
     let mut rng = Rng::new(7);
-    let x = DeviceTensor::<T>::from_host(device, &rng.logits(n, 4.0), &[rows, cols]).map_err(|e| e.to_string())?;
+    let x = DeviceTensor::<T>::from_host(device, &rng.logits(n, 4.0), &[rows, cols])
+        .map_err(|e| e.to_string())?;
     let mut y = DeviceTensor::<T>::uninit(device, &[rows, cols]).map_err(|e| e.to_string())?;
     let ms = time_softmax(&x, &mut y, 20).map_err(|e| e.to_string())?;
     let gbs = gb_per_s(2 * n * size_of::<T>(), ms);
@@ -84,7 +91,10 @@ fn bandwidth_table(device: &Device) -> Result<(), String> {
     let bytes = 256 << 20;
     let copy_ms = time_copy(device, bytes, 20).map_err(|e| e.to_string())?;
     let copy_gbs = gb_per_s(2 * bytes, copy_ms);
-    println!("bandwidth on {} (device-to-device copy: {copy_gbs:.1} GB/s read+write):", device.name());
+    println!(
+        "bandwidth on {} (device-to-device copy: {copy_gbs:.1} GB/s read+write):",
+        device.name()
+    );
     let shapes = [
         (65536, 128),
         (16384, 1024),
@@ -110,12 +120,18 @@ fn emulator_report() -> Result<(), String> {
     });
     println!("emulator (one core):");
     for (rows, cols) in [(1024, 128), (4096, 1024), (64, 4000), (4, 70_000)] {
-        let x = DeviceTensor::<f32>::from_host(&device, &Rng::new(1).logits(rows * cols, 4.0), &[rows, cols])
-            .map_err(|e| e.to_string())?;
+        let x = DeviceTensor::<f32>::from_host(
+            &device,
+            &Rng::new(1).logits(rows * cols, 4.0),
+            &[rows, cols],
+        )
+        .map_err(|e| e.to_string())?;
         let start = Instant::now();
         softmax(&x).map_err(|e| e.to_string())?;
         let secs = start.elapsed().as_secs_f64();
-        let s = device.last_launch_stats().expect("emulator launches record statistics");
+        let s = device
+            .last_launch_stats()
+            .expect("emulator launches record statistics");
         let min = (2 * rows * cols * 4) as f64;
         println!(
             "  {rows:>5} x {cols:<6} {:<28} {:>9.0} threads/s  traffic {:.2}x of minimum, {:>3.0}% of accesses 16 B",
@@ -138,7 +154,11 @@ fn main() -> ExitCode {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(Rng::seed_from_env);
 
-    let gpu = if force_emulator { None } else { Some(Device::cuda(0)) };
+    let gpu = if force_emulator {
+        None
+    } else {
+        Some(Device::cuda(0))
+    };
     match gpu {
         Some(Ok(device)) => {
             let ok = self_check(&device, seed);
@@ -157,7 +177,9 @@ fn main() -> ExitCode {
         }
         other => {
             match other {
-                Some(Err(e)) => println!("No GPU found: {e}\nRunning on the CPU SIMT emulator instead.\n"),
+                Some(Err(e)) => {
+                    println!("No GPU found: {e}\nRunning on the CPU SIMT emulator instead.\n")
+                }
                 _ => println!("--emulator: running on the CPU SIMT emulator.\n"),
             }
             let ok = self_check(&Device::emulator(), seed);
@@ -165,7 +187,11 @@ fn main() -> ExitCode {
                 println!("emulator report failed: {e}");
                 return ExitCode::FAILURE;
             }
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

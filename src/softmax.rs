@@ -36,7 +36,7 @@ pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) ->
     if x.overlap(y) == Overlap::Partial {
         return Err(Error::PartialOverlap);
     }
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     if rows == 0 || cols == 0 {
         return Ok(());
     }

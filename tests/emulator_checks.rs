@@ -138,7 +138,8 @@ fn the_emulator_has_every_kernel_the_planner_can_pick() {
 fn global_traffic_matches_the_performance_model() {
     let d = emulator(Schedule::Forward);
     // (cols, expected family, read ratio, all accesses 16 bytes wide)
-    let cases: [(usize, fn(&Family) -> bool, f64, bool); 5] = [
+    type IsFamily = fn(&Family) -> bool;
+    let cases: [(usize, IsFamily, f64, bool); 5] = [
         (
             8,
             |f| matches!(f, Family::Warp { width: 8, .. }),
