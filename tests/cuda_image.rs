@@ -13,9 +13,9 @@ fn image_or_skip(test: &str) -> Option<(&'static str, &'static str)> {
             if std::env::var("CS_REQUIRE_CUDA_IMAGE").is_ok_and(|v| v == "1") {
                 panic!("{test}: CS_REQUIRE_CUDA_IMAGE=1 but the crate was built without nvcc");
             }
-            println!(
+            skip_notice(&format!(
                 "{test}: SKIPPED, the crate was built without nvcc (run scripts/install-nvcc.sh)"
-            );
+            ));
             None
         }
     }
@@ -118,4 +118,11 @@ fn no_spills_or_stack_frames_on_sm80_and_sm90() {
             );
         }
     }
+}
+
+/// Written to stderr directly, not through println!, so that it shows even when the test
+/// harness captures output of passing tests.
+fn skip_notice(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }

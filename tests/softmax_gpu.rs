@@ -16,7 +16,7 @@ fn gpu(test: &str) -> Option<Device> {
             if std::env::var("CS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("{test}: CS_REQUIRE_GPU=1 but no GPU could be opened: {e}");
             }
-            println!("{test}: SKIPPED, no GPU: {e}");
+            skip_notice(&format!("{test}: SKIPPED, no GPU: {e}"));
             None
         }
     }
@@ -67,4 +67,11 @@ fn gpu_every_entry_point_loads() {
             );
         }
     }
+}
+
+/// Written to stderr directly, not through println!, so that it shows even when the test
+/// harness captures output of passing tests.
+fn skip_notice(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
