@@ -97,7 +97,7 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
 
 fn find_nvcc() -> Option<PathBuf> {
     let exe = if cfg!(windows) { "nvcc.exe" } else { "nvcc" };
-    if let Some(p) = env::var_os("NVCC") {
+    if let Some(p) = env::var_os("NVCC").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {

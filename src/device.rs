@@ -174,24 +174,17 @@ impl Device {
                 detail: "self-test kernels exist only on the emulator".into(),
             });
         };
-        let launch = Launch {
-            plan: crate::planner::plan_softmax(
-                &crate::planner::SoftmaxProblem {
-                    rows: 1,
-                    cols: 1,
-                    dtype: crate::Dtype::F32,
-                    aligned16: true,
-                },
-                &EMULATOR_LIMITS,
-            ),
-            params: crate::kernel::SoftmaxParams {
-                x: 0,
-                y: y.addr(),
-                rows: 1,
-                cols: y.len() as i64,
-            },
-            ranges: vec![y.access_range(true)],
+        let params = crate::kernel::SoftmaxParams {
+            x: 0,
+            y: y.addr(),
+            rows: 1,
+            cols: y.len() as i64,
         };
-        e.launch_named(kernel, 1, threads, dynamic_smem, &launch)
+        e.run(
+            kernel,
+            [1, threads, dynamic_smem],
+            &params,
+            &[y.access_range(true)],
+        )
     }
 }

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::kernel::Launch;
+use crate::kernel::{AccessRange, Launch, SoftmaxParams};
 use crate::planner::DeviceLimits;
 
 #[repr(C)]
@@ -125,31 +125,31 @@ impl Emulator {
     }
 
     pub fn launch(&self, launch: &Launch) -> Result<()> {
-        let name = launch.plan.kernel.name();
-        self.launch_named(
-            &name,
-            launch.plan.grid,
-            launch.plan.block,
-            launch.plan.shared_mem_bytes,
-            launch,
+        let plan = &launch.plan;
+        self.run(
+            &plan.kernel.name(),
+            [plan.grid, plan.block, plan.shared_mem_bytes],
+            &launch.params,
+            &launch.ranges,
         )
     }
 
-    /// Launches an entry point by name (the planted-bug self-test kernels have no plan).
-    pub fn launch_named(
+    /// Runs entry point `name` with `[grid, block, dynamic shared memory bytes]` to completion.
+    /// (The planted-bug self-test kernels are launched this way, without a plan.)
+    pub fn run(
         &self,
         name: &str,
-        grid: u32,
-        block: u32,
-        smem: u32,
-        launch: &Launch,
+        geometry: [u32; 3],
+        params: &SoftmaxParams,
+        ranges: &[AccessRange],
     ) -> Result<()> {
+        let [grid, block, smem] = geometry;
         let c_name = CString::new(name).map_err(|_| Error::Launch {
             kernel: name.to_string(),
             detail: "kernel name contains a NUL byte".into(),
         })?;
-        // Writable ranges first: an in-place launch lists the same range twice.
-        let mut ranges = launch.ranges.clone();
+        // Writable ranges first, so that a range listed as both is writable.
+        let mut ranges = ranges.to_vec();
         ranges.sort_by_key(|r| !r.writable);
         let regions: Vec<CsEmuRegion> = ranges
             .iter()
@@ -171,8 +171,8 @@ impl Emulator {
                 grid3.as_ptr(),
                 block3.as_ptr(),
                 smem as u64,
-                &launch.params as *const _ as *const c_void,
-                std::mem::size_of_val(&launch.params) as u64,
+                params as *const SoftmaxParams as *const c_void,
+                size_of::<SoftmaxParams>() as u64,
                 regions.as_ptr(),
                 regions.len() as u64,
                 (self.config.schedule == Schedule::Reverse) as i32,

@@ -32,3 +32,16 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use softmax::{softmax, softmax_into};
 pub use tensor::DeviceTensor;
+
+#[cfg(test)]
+mod tests {
+    fn send_and_sync<T: Send + Sync>() {}
+
+    /// Devices and tensors can move to and be shared with other threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        send_and_sync::<crate::Device>();
+        send_and_sync::<crate::DeviceTensor<f32>>();
+        send_and_sync::<crate::DeviceTensor<crate::bf16>>();
+    }
+}
