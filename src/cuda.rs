@@ -128,28 +128,43 @@ impl CudaBackend {
         })
     }
 
-    /// Enqueues the launch on the stream; does not wait for it.
-    pub fn launch(&self, launch: &Launch) -> Result<()> {
-        let name = launch.plan.kernel.name();
-        let smem = launch.plan.shared_mem_bytes;
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if !functions.contains_key(&name) {
-            let function = self
-                .module
-                .load_function(&name)
-                .map_err(|e| Error::Launch {
-                    kernel: name.clone(),
-                    detail: format!("entry point missing from the image: {e:?}"),
-                })?;
+    /// Looks `name` up in the loaded image once; later calls hit the cache.
+    fn cached<'a>(
+        functions: &'a mut HashMap<String, CachedFunction>,
+        module: &Arc<CudaModule>,
+        name: &str,
+    ) -> Result<&'a mut CachedFunction> {
+        if !functions.contains_key(name) {
+            let function = module.load_function(name).map_err(|e| Error::Launch {
+                kernel: name.to_string(),
+                detail: format!("entry point missing from the image: {e:?}"),
+            })?;
             functions.insert(
-                name.clone(),
+                name.to_string(),
                 CachedFunction {
                     function,
                     smem_allowed: DEFAULT_DYNAMIC_SMEM,
                 },
             );
         }
-        let cached = functions.get_mut(&name).expect("inserted above");
+        Ok(functions.get_mut(name).expect("inserted above"))
+    }
+
+    /// Resolves every named entry point now (instead of at first use).
+    pub fn preload(&self, names: &[String]) -> Result<()> {
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        for name in names {
+            Self::cached(&mut functions, &self.module, name)?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues the launch on the stream; does not wait for it.
+    pub fn launch(&self, launch: &Launch) -> Result<()> {
+        let name = launch.plan.kernel.name();
+        let smem = launch.plan.shared_mem_bytes;
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = Self::cached(&mut functions, &self.module, &name)?;
         if smem > cached.smem_allowed {
             cached
                 .function

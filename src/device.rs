@@ -10,7 +10,7 @@ use crate::element::Element;
 use crate::emulator::{EMULATOR_LIMITS, Emulator, EmulatorConfig, HostBuffer, LaunchStats};
 use crate::error::{Error, Result};
 use crate::kernel::Launch;
-use crate::planner::DeviceLimits;
+use crate::planner::{DeviceLimits, KernelConfig};
 
 pub(crate) enum Backend {
     Cuda(CudaBackend),
@@ -130,6 +130,26 @@ impl Device {
     /// True when both handles refer to the same opened device.
     pub fn same_as(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.backend, &other.backend)
+    }
+
+    /// Resolves every kernel entry point the planner can choose, so that a broken or partial
+    /// image fails here rather than at a first launch, and first launches pay no lookup.
+    /// Returns how many entry points were checked.
+    pub fn preload_kernels(&self) -> Result<usize> {
+        let names: Vec<String> = KernelConfig::all().iter().map(KernelConfig::name).collect();
+        match &*self.backend {
+            Backend::Cuda(c) => c.preload(&names)?,
+            Backend::Emulator(_) => {
+                let available = crate::emulator::emulator_kernel_names();
+                if let Some(missing) = names.iter().find(|n| !available.contains(n)) {
+                    return Err(Error::Launch {
+                        kernel: missing.clone(),
+                        detail: "entry point missing from the emulator image".into(),
+                    });
+                }
+            }
+        }
+        Ok(names.len())
     }
 
     pub(crate) fn alloc<T: Element>(&self, len: usize) -> Result<Buffer<T>> {

@@ -1,6 +1,8 @@
 //! The emulator's own checks: planted bugs are caught, shuffle semantics follow PTX, the kernel
 //! table matches the planner, and traffic counters match the performance model.
 
+mod common;
+
 use cuda_softmax::planner::{Family, KernelConfig};
 use cuda_softmax::{
     Device, DeviceTensor, EmulatorConfig, Error, Schedule, emulator_kernel_names, softmax,

@@ -195,6 +195,25 @@ pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
     assert_eq!(cuda_softmax::softmax(&empty).unwrap().shape(), &[0, 5]);
 }
 
+/// One small case per warp configuration and per block family, aligned and misaligned: every
+/// entry point the planner can reach, cheaply (for sanitizer runs).
+pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
+    let mut cols_list = vec![
+        1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
+    ];
+    // The online family: longer than shared memory holds as f32.
+    cols_list.push(device.limits().max_shared_mem_per_block as usize / 4 + 1);
+    for cols in cols_list {
+        let x: Vec<T> = rng.logits(2 * cols, 3.0);
+        check_case(device, &x, 2, cols, ALIGNED, "family sweep");
+        let shifted = Layout {
+            x_offset: 1,
+            y_offset: 1,
+        };
+        check_case(device, &x, 2, cols, shifted, "family sweep, misaligned");
+    }
+}
+
 /// The whole suite for one dtype on one device.
 pub fn full_suite<T: Element>(device: &Device, test: &str) {
     let mut rng = seeded_rng(test);
