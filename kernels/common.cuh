@@ -179,55 +179,48 @@ __device__ __forceinline__ MaxSum warp_maxsum(MaxSum s) {
 
 // ---- Block reductions (1-D blocks of Block threads, a multiple of 32). The result is returned
 // to every thread. The leading barrier protects the scratch from a previous call's readers.
+struct MaxOp {
+  __device__ __forceinline__ static float identity() { return kNegInf; }
+  __device__ __forceinline__ static float warp(float v) { return warp_max<32>(v); }
+};
+struct SumOp {
+  __device__ __forceinline__ static float identity() { return 0.0f; }
+  __device__ __forceinline__ static float warp(float v) { return warp_sum<32>(v); }
+};
+struct MaxSumOp {
+  __device__ __forceinline__ static MaxSum identity() { return maxsum_identity(); }
+  __device__ __forceinline__ static MaxSum warp(MaxSum s) { return warp_maxsum(s); }
+};
+
+template <int Block, typename Op, typename V>
+__device__ __forceinline__ V block_reduce(V v) {
+  static_assert(Block % 32 == 0 && Block <= 1024, "whole warps, at most 32 of them");
+  __shared__ V scratch[Block / 32];
+  __shared__ V result;
+  v = Op::warp(v);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    V w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : Op::identity();
+    w = Op::warp(w);
+    if (threadIdx.x == 0) result = w;
+  }
+  __syncthreads();
+  return result;
+}
+
 template <int Block>
 __device__ __forceinline__ float block_max(float v) {
-  __shared__ float scratch[Block / 32];
-  __shared__ float result;
-  v = warp_max<32>(v);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : kNegInf;
-    w = warp_max<32>(w);
-    if (threadIdx.x == 0) result = w;
-  }
-  __syncthreads();
-  return result;
+  return block_reduce<Block, MaxOp>(v);
 }
-
 template <int Block>
 __device__ __forceinline__ float block_sum(float v) {
-  __shared__ float scratch[Block / 32];
-  __shared__ float result;
-  v = warp_sum<32>(v);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : 0.0f;
-    w = warp_sum<32>(w);
-    if (threadIdx.x == 0) result = w;
-  }
-  __syncthreads();
-  return result;
+  return block_reduce<Block, SumOp>(v);
 }
-
 template <int Block>
 __device__ __forceinline__ MaxSum block_maxsum(MaxSum s) {
-  __shared__ MaxSum scratch[Block / 32];
-  __shared__ MaxSum result;
-  s = warp_maxsum(s);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    MaxSum w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : maxsum_identity();
-    w = warp_maxsum(w);
-    if (threadIdx.x == 0) result = w;
-  }
-  __syncthreads();
-  return result;
+  return block_reduce<Block, MaxSumOp>(s);
 }
 
 // ---- Dynamic shared memory, typed.

@@ -209,35 +209,25 @@ __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   CS_WARP(dt, T, 32, 16, 1)   \
   CS_WARP(dt, T, 32, 32, 1)   \
   CS_WARP(dt, T, 32, 64, 1)
+// A warp per row, 16-byte access, V elements per pack (4 for f32, 8 for f16/bf16).
+#define CS_WARP_VECTOR(dt, T, V) \
+  CS_WARP(dt, T, 32, 8, V)       \
+  CS_WARP(dt, T, 32, 16, V)      \
+  CS_WARP(dt, T, 32, 32, V)      \
+  CS_WARP(dt, T, 32, 64, V)
 // Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
 #define CS_BLOCKS(dt, T) \
   CS_BLOCK(dt, T, 128)   \
   CS_BLOCK(dt, T, 256)   \
   CS_BLOCK(dt, T, 512)   \
   CS_ONLINE(dt, T, 512)
+#define CS_ALL_FAMILIES(dt, T, V) \
+  CS_WARP_SMALL(dt, T)            \
+  CS_WARP_SCALAR(dt, T)           \
+  CS_WARP_VECTOR(dt, T, V)        \
+  CS_BLOCKS(dt, T)
 
-// A warp per row, 16-byte access: 4 f32 or 8 f16/bf16 per pack.
-CS_WARP_SMALL(f32, float)
-CS_WARP_SCALAR(f32, float)
-CS_WARP(f32, float, 32, 4, 4)
-CS_WARP(f32, float, 32, 8, 4)
-CS_WARP(f32, float, 32, 16, 4)
-CS_WARP(f32, float, 32, 32, 4)
-CS_WARP(f32, float, 32, 64, 4)
-CS_BLOCKS(f32, float)
-
-CS_WARP_SMALL(f16, __half)
-CS_WARP_SCALAR(f16, __half)
-CS_WARP(f16, __half, 32, 8, 8)
-CS_WARP(f16, __half, 32, 16, 8)
-CS_WARP(f16, __half, 32, 32, 8)
-CS_WARP(f16, __half, 32, 64, 8)
-CS_BLOCKS(f16, __half)
-
-CS_WARP_SMALL(bf16, __nv_bfloat16)
-CS_WARP_SCALAR(bf16, __nv_bfloat16)
-CS_WARP(bf16, __nv_bfloat16, 32, 8, 8)
-CS_WARP(bf16, __nv_bfloat16, 32, 16, 8)
-CS_WARP(bf16, __nv_bfloat16, 32, 32, 8)
-CS_WARP(bf16, __nv_bfloat16, 32, 64, 8)
-CS_BLOCKS(bf16, __nv_bfloat16)
+CS_ALL_FAMILIES(f32, float, 4)
+CS_WARP(f32, float, 32, 4, 4)  // f32 packs of 4 also serve rows of 65-128 columns
+CS_ALL_FAMILIES(f16, __half, 8)
+CS_ALL_FAMILIES(bf16, __nv_bfloat16, 8)
