@@ -28,6 +28,10 @@ struct CsEmuStats {
 }
 
 unsafe extern "C" {
+    fn cs_emu_f32_to_f16(f: f32) -> u16;
+    fn cs_emu_f16_to_f32(h: u16) -> f32;
+    fn cs_emu_f32_to_bf16(f: f32) -> u16;
+    fn cs_emu_bf16_to_f32(b: u16) -> f32;
     fn cs_emu_kernel_count() -> usize;
     fn cs_emu_kernel_name(i: usize) -> *const c_char;
     #[allow(clippy::too_many_arguments)]
@@ -208,6 +212,28 @@ impl Emulator {
                 detail: message,
             }),
         }
+    }
+}
+
+/// The emulator's host versions of `__float2half_rn`, `__half2float`, `__float2bfloat16_rn`
+/// and `__bfloat162float`, exposed for the emulator's tests.
+#[doc(hidden)]
+pub mod conversions {
+    pub fn f32_to_f16_bits(f: f32) -> u16 {
+        // SAFETY: pure functions of their argument.
+        unsafe { super::cs_emu_f32_to_f16(f) }
+    }
+    pub fn f16_bits_to_f32(h: u16) -> f32 {
+        // SAFETY: as above.
+        unsafe { super::cs_emu_f16_to_f32(h) }
+    }
+    pub fn f32_to_bf16_bits(f: f32) -> u16 {
+        // SAFETY: as above.
+        unsafe { super::cs_emu_f32_to_bf16(f) }
+    }
+    pub fn bf16_bits_to_f32(b: u16) -> f32 {
+        // SAFETY: as above.
+        unsafe { super::cs_emu_bf16_to_f32(b) }
     }
 }
 

@@ -27,7 +27,10 @@ pub mod timing;
 
 pub use device::Device;
 pub use element::{Dtype, Element};
-pub use emulator::{EmulatorConfig, LaunchStats, Schedule, emulator_kernel_names};
+pub use emulator::{
+    EmulatorConfig, LaunchStats, Schedule, conversions as emulator_conversions,
+    emulator_kernel_names,
+};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use softmax::{softmax, softmax_into};

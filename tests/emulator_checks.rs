@@ -220,3 +220,59 @@ fn misaligned_long_rows_still_use_vector_accesses() {
     let total = s.kernel_bytes_read + s.kernel_bytes_written;
     assert!(vector_bytes as f64 > 0.99 * total as f64, "{s:?}");
 }
+
+/// The emulator's __half / __nv_bfloat16 conversions agree bit for bit with the `half` crate
+/// (round to nearest even): every 16-bit pattern widened, and f32 values narrowed across the
+/// whole range, including subnormals, ties, overflow and NaN.
+#[test]
+fn storage_type_conversions_round_to_nearest_even() {
+    use cuda_softmax::emulator_conversions as emu;
+    use cuda_softmax::{bf16, f16};
+    for bits in 0..=u16::MAX {
+        let (a, b) = (emu::f16_bits_to_f32(bits), f16::from_bits(bits).to_f32());
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "f16 {bits:#06x}"
+        );
+        let (a, b) = (emu::bf16_bits_to_f32(bits), bf16::from_bits(bits).to_f32());
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "bf16 {bits:#06x}"
+        );
+    }
+    // Every f32 bit pattern with a stride that visits every exponent and many mantissa
+    // patterns, plus the exact rounding boundaries of both formats.
+    let mut patterns: Vec<u32> = (0..=u32::MAX).step_by(997).collect();
+    for h in 0..=u16::MAX as u32 {
+        let f = f16::from_bits(h as u16).to_f32().to_bits();
+        patterns.extend([
+            f,
+            f.wrapping_add(0x1000),
+            f.wrapping_add(0xfff),
+            f.wrapping_add(0x1001),
+        ]);
+        let b = h << 16;
+        patterns.extend([b | 0x8000, b | 0x7fff, b | 0x8001]);
+    }
+    for bits in patterns {
+        let f = f32::from_bits(bits);
+        let (a, b) = (emu::f32_to_f16_bits(f), f16::from_f32(f));
+        if f.is_nan() {
+            assert!(
+                f16::from_bits(a).is_nan(),
+                "f32 {bits:#010x} -> f16 must stay NaN"
+            );
+        } else {
+            assert_eq!(a, b.to_bits(), "f32 {bits:#010x} ({f:e}) -> f16");
+        }
+        let (a, b) = (emu::f32_to_bf16_bits(f), bf16::from_f32(f));
+        if f.is_nan() {
+            assert!(
+                bf16::from_bits(a).is_nan(),
+                "f32 {bits:#010x} -> bf16 must stay NaN"
+            );
+        } else {
+            assert_eq!(a, b.to_bits(), "f32 {bits:#010x} ({f:e}) -> bf16");
+        }
+    }
+}

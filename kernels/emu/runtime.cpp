@@ -508,3 +508,11 @@ int cs_emu_launch(const char* name, const uint32_t grid[3], const uint32_t block
 }
 
 }  // extern "C"
+
+// The emulator's storage-type conversions, for tests against a reference implementation.
+extern "C" {
+uint16_t cs_emu_f32_to_f16(float f) { return __float2half_rn(f).bits; }
+float cs_emu_f16_to_f32(uint16_t h) { return __half2float(__half{h}); }
+uint16_t cs_emu_f32_to_bf16(float f) { return __float2bfloat16_rn(f).bits; }
+float cs_emu_bf16_to_f32(uint16_t b) { return __bfloat162float(__nv_bfloat16{b}); }
+}
