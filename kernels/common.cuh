@@ -24,6 +24,8 @@ struct SoftmaxParams {
   void* y;        // same shape; may equal x (in place), must not partly overlap it
   long long rows;
   long long cols;
+  float* workspace;      // split-row kernels only: (max, sum) per (row, chunk); else null
+  long long chunk_cols;  // split-row kernels only: columns per chunk (the last may be shorter)
 };
 
 // ---- Entry points: one extern "C" symbol per (family, dtype, tile configuration). The emulator

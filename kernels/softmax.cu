@@ -1,11 +1,14 @@
 // Forward softmax over the last dimension: y[r, :] = exp(x[r, :] - max) / sum(exp(x[r, :] - max)).
 //
-// Three kernel families, chosen by src/planner.rs from the row length:
+// Kernel families, chosen by src/planner.rs from the row length and row count:
 // - softmax_warp:   a row in registers, owned by a group of Width lanes (several rows per warp
 //                   when Width < 32). Reads x once, writes y once.
 // - softmax_block:  a block per row, the row held in shared memory as f32. Reads x once.
 // - softmax_online: a block per row for rows too long for shared memory: one pass computes the
 //                   online (max, sum) state, a second pass reads x again and writes y.
+// - softmax_split_*: few long rows. Each row is cut into chunks, one block per (chunk, row):
+//                   split_stats writes each chunk's (max, sum) to a workspace; split_write merges
+//                   the row's states and writes its chunk. Fills the GPU when rows < SMs.
 // Every loop over rows is uniform across the warp/block (inactive rows still take part in the
 // reductions), because the reductions use full-mask shuffles and block barriers.
 #include "common.cuh"
@@ -155,33 +158,74 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
   }
 }
 
+// y = exp(x - m) * inv over one row (or chunk) of n elements: the second pass of the online and
+// split-row kernels. Chunked by y's alignment; x shares it in the usual case (same offsets) and
+// is then read in packs too, otherwise element by element.
+template <typename T, int Block>
+__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, float m, float inv) {
+  constexpr int V = Vec16<T>::n;
+  const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
+  for_each_stored<T, Block>(yr, n, [&](long long c, auto& v) {
+    constexpr int k = sizeof(v) / sizeof(float);
+    if (k == V && same_alignment) {
+      load_pack<T, k>(xr + c, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < k; ++j) v[j] = load_one(xr + c + j);
+    }
+#pragma unroll
+    for (int j = 0; j < k; ++j) v[j] = exp_shifted(v[j], m) * inv;
+  });
+}
+
+// The online (max, sum) state of n elements, reduced over the block.
+template <typename T, int Block>
+__device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n) {
+  MaxSum s = maxsum_identity();
+  for_each_loaded<T, Block>(xr, n, [&](long long, auto& v) { s = maxsum_add(s, v); });
+  return block_maxsum<Block>(s);
+}
+
 template <typename T, int Block>
 __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
-  constexpr int V = Vec16<T>::n;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
-    const T* xr = x + row * p.cols;
-    T* yr = y + row * p.cols;
-    MaxSum s = maxsum_identity();
-    for_each_loaded<T, Block>(xr, p.cols, [&](long long, auto& v) { s = maxsum_add(s, v); });
-    s = block_maxsum<Block>(s);
-    const float inv = safe_reciprocal(s.d);
-    // Second pass, chunked by y's alignment. x shares it in the usual case (same offsets), and
-    // then is read in packs too; otherwise x is read element by element.
-    const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
-    for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
-      constexpr int n = sizeof(v) / sizeof(float);
-      if (n == V && same_alignment) {
-        load_pack<T, n>(xr + c, v);
-      } else {
-#pragma unroll
-        for (int j = 0; j < n; ++j) v[j] = load_one(xr + c + j);
-      }
-#pragma unroll
-      for (int j = 0; j < n; ++j) v[j] = exp_shifted(v[j], s.m) * inv;
-    });
+    const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols);
+    write_normalized<T, Block>(x + row * p.cols, y + row * p.cols, p.cols, s.m, safe_reciprocal(s.d));
   }
+}
+
+// Split-row pass 1: block (chunk, row) stores its chunk's (max, sum) at workspace[row][chunk].
+template <typename T, int Block>
+__device__ __forceinline__ void softmax_split_stats(const SoftmaxParams& p) {
+  const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
+  const long long first = chunk * p.chunk_cols;
+  const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
+  const MaxSum s = block_row_state<T, Block>(static_cast<const T*>(p.x) + row * p.cols + first, n);
+  if (threadIdx.x == 0) {
+    const float state[2] = {s.m, s.d};
+    store_pack<float, 2>(p.workspace + 2 * (row * chunks + chunk), state);
+  }
+}
+
+// Split-row pass 2: block (chunk, row) merges every chunk state of its row (associative, so the
+// order does not matter) and writes its own chunk.
+template <typename T, int Block>
+__device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
+  const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
+  const long long first = chunk * p.chunk_cols;
+  const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
+  MaxSum s = maxsum_identity();
+  for (long long k = threadIdx.x; k < chunks; k += Block) {
+    float state[2];
+    load_pack<float, 2>(p.workspace + 2 * (row * chunks + k), state);
+    s = maxsum_merge(s, MaxSum{state[0], state[1]});
+  }
+  s = block_maxsum<Block>(s);
+  const long long offset = row * p.cols + first;
+  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n, s.m,
+                             safe_reciprocal(s.d));
 }
 
 }  // namespace cs
@@ -192,6 +236,9 @@ __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   CS_ENTRY(softmax_warp_##dt##_w##W##_c##C##_v##V, 128, (cs::softmax_warp<T, W, C, V>(p)))
 #define CS_BLOCK(dt, T, B) CS_ENTRY(softmax_block_##dt##_b##B, B, (cs::softmax_block<T, B>(p)))
 #define CS_ONLINE(dt, T, B) CS_ENTRY(softmax_online_##dt##_b##B, B, (cs::softmax_online<T, B>(p)))
+#define CS_SPLIT(dt, T, B)                                                                      \
+  CS_ENTRY(softmax_split_stats_##dt##_b##B, B, (cs::softmax_split_stats<T, B>(p)))              \
+  CS_ENTRY(softmax_split_write_##dt##_b##B, B, (cs::softmax_split_write<T, B>(p)))
 
 // Short rows: Width lanes per row, one column per lane.
 #define CS_WARP_SMALL(dt, T) \
@@ -220,7 +267,8 @@ __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   CS_BLOCK(dt, T, 128)   \
   CS_BLOCK(dt, T, 256)   \
   CS_BLOCK(dt, T, 512)   \
-  CS_ONLINE(dt, T, 512)
+  CS_ONLINE(dt, T, 512)  \
+  CS_SPLIT(dt, T, 256)
 #define CS_ALL_FAMILIES(dt, T, V) \
   CS_WARP_SMALL(dt, T)            \
   CS_WARP_SCALAR(dt, T)           \

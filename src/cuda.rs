@@ -161,8 +161,8 @@ impl CudaBackend {
 
     /// Enqueues the launch on the stream; does not wait for it.
     pub fn launch(&self, launch: &Launch) -> Result<()> {
-        let name = launch.plan.kernel.name();
-        let smem = launch.plan.shared_mem_bytes;
+        let name = launch.stage.kernel.name();
+        let smem = launch.stage.shared_mem_bytes;
         let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
         let cached = Self::cached(&mut functions, &self.module, &name)?;
         if smem > cached.smem_allowed {
@@ -179,8 +179,8 @@ impl CudaBackend {
             cached.smem_allowed = smem;
         }
         let cfg = LaunchConfig {
-            grid_dim: (launch.plan.grid, 1, 1),
-            block_dim: (launch.plan.block, 1, 1),
+            grid_dim: (launch.stage.grid.0, launch.stage.grid.1, 1),
+            block_dim: (launch.stage.block, 1, 1),
             shared_mem_bytes: smem,
         };
         let mut builder = self.stream.launch_builder(&cached.function);

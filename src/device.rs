@@ -171,10 +171,11 @@ impl Device {
         }
     }
 
-    pub(crate) fn launch(&self, launch: &Launch) -> Result<()> {
+    /// Runs the launches of one operation in order on this device's stream.
+    pub(crate) fn launch(&self, launches: &[Launch]) -> Result<()> {
         match &*self.backend {
-            Backend::Cuda(c) => c.launch(launch),
-            Backend::Emulator(e) => e.launch(launch),
+            Backend::Cuda(c) => launches.iter().try_for_each(|l| c.launch(l)),
+            Backend::Emulator(e) => e.launch(launches),
         }
     }
 
@@ -195,16 +196,14 @@ impl Device {
             });
         };
         let params = crate::kernel::SoftmaxParams {
-            x: 0,
             y: y.addr(),
             rows: 1,
             cols: y.len() as i64,
+            ..Default::default()
         };
-        e.run(
-            kernel,
-            [1, threads, dynamic_smem],
-            &params,
-            &[y.access_range(true)],
-        )
+        let ranges = [y.access_range(true)];
+        let stats = e.run(kernel, [1, 1, threads, dynamic_smem], &params, &ranges)?;
+        e.record(stats);
+        Ok(())
     }
 }

@@ -79,7 +79,8 @@ impl Default for EmulatorConfig {
     }
 }
 
-/// Global-memory traffic of one emulated launch, counted at the kernels' accessors.
+/// Global-memory traffic of one emulated operation (all its kernel launches), counted at the
+/// kernels' accessors.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LaunchStats {
     pub kernel_bytes_read: u64,
@@ -90,7 +91,7 @@ pub struct LaunchStats {
     pub accesses_16b: u64,
     /// Emulated threads the launch ran (grid x block).
     pub threads: u64,
-    /// The kernel that ran.
+    /// The kernel that ran (`a+b` when one operation ran several).
     pub kernel: String,
 }
 
@@ -128,26 +129,45 @@ impl Emulator {
             .clone()
     }
 
-    pub fn launch(&self, launch: &Launch) -> Result<()> {
-        let plan = &launch.plan;
-        self.run(
-            &plan.kernel.name(),
-            [plan.grid, plan.block, plan.shared_mem_bytes],
-            &launch.params,
-            &launch.ranges,
-        )
+    /// Runs the launches in order; the recorded statistics are their sum.
+    pub fn launch(&self, launches: &[Launch]) -> Result<()> {
+        let mut total = LaunchStats::default();
+        for l in launches {
+            let s = &l.stage;
+            let stats = self.run(
+                &s.kernel.name(),
+                [s.grid.0, s.grid.1, s.block, s.shared_mem_bytes],
+                &l.params,
+                &l.ranges,
+            )?;
+            total.kernel_bytes_read += stats.kernel_bytes_read;
+            total.kernel_bytes_written += stats.kernel_bytes_written;
+            total.accesses += stats.accesses;
+            total.accesses_16b += stats.accesses_16b;
+            total.threads += stats.threads;
+            if !total.kernel.is_empty() {
+                total.kernel.push('+');
+            }
+            total.kernel += &stats.kernel;
+        }
+        self.record(total);
+        Ok(())
     }
 
-    /// Runs entry point `name` with `[grid, block, dynamic shared memory bytes]` to completion.
-    /// (The planted-bug self-test kernels are launched this way, without a plan.)
+    pub fn record(&self, stats: LaunchStats) {
+        *self.last_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    /// Runs entry point `name` with `[grid x, grid y, block, dynamic shared memory bytes]` to
+    /// completion. (The planted-bug self-test kernels are launched this way, without a plan.)
     pub fn run(
         &self,
         name: &str,
-        geometry: [u32; 3],
+        geometry: [u32; 4],
         params: &SoftmaxParams,
         ranges: &[AccessRange],
-    ) -> Result<()> {
-        let [grid, block, smem] = geometry;
+    ) -> Result<LaunchStats> {
+        let [grid_x, grid_y, block, smem] = geometry;
         let c_name = CString::new(name).map_err(|_| Error::Launch {
             kernel: name.to_string(),
             detail: "kernel name contains a NUL byte".into(),
@@ -163,7 +183,7 @@ impl Emulator {
                 writable: r.writable as i32,
             })
             .collect();
-        let grid3 = [grid, 1, 1];
+        let grid3 = [grid_x, grid_y, 1];
         let block3 = [block, 1, 1];
         let mut stats = CsEmuStats::default();
         let mut err = vec![0 as c_char; 1024];
@@ -192,17 +212,14 @@ impl Emulator {
             .into_owned();
         let kernel = name.to_string();
         match code {
-            0 => {
-                *self.last_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(LaunchStats {
-                    kernel_bytes_read: stats.bytes_read,
-                    kernel_bytes_written: stats.bytes_written,
-                    accesses: stats.accesses,
-                    accesses_16b: stats.accesses16,
-                    threads: stats.threads,
-                    kernel,
-                });
-                Ok(())
-            }
+            0 => Ok(LaunchStats {
+                kernel_bytes_read: stats.bytes_read,
+                kernel_bytes_written: stats.bytes_written,
+                accesses: stats.accesses,
+                accesses_16b: stats.accesses16,
+                threads: stats.threads,
+                kernel,
+            }),
             3 => Err(Error::EmulatorFault {
                 kernel,
                 detail: message,

@@ -1,7 +1,7 @@
 //! The parameter block every softmax entry point takes (mirrors `cs::SoftmaxParams` in
 //! kernels/common.cuh), and the description of one launch that both backends execute.
 
-use crate::planner::LaunchPlan;
+use crate::planner::Stage;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -12,10 +12,14 @@ pub(crate) struct SoftmaxParams {
     pub y: u64,
     pub rows: i64,
     pub cols: i64,
+    /// Device address of the split-row workspace (0 for other kernels).
+    pub workspace: u64,
+    /// Columns per chunk for split-row kernels (0 for others).
+    pub chunk_cols: i64,
 }
 
-// SAFETY: plain #[repr(C)] data with the same layout as the CUDA struct (two pointers, two
-// 64-bit integers), passed by value as the kernel's only parameter.
+// SAFETY: plain #[repr(C)] data with the same layout as the CUDA struct (pointers and 64-bit
+// integers, no padding), passed by value as the kernel's only parameter.
 unsafe impl cudarc::driver::DeviceRepr for SoftmaxParams {}
 
 /// A memory range a launch may touch; the emulator rejects accesses outside every range.
@@ -26,10 +30,10 @@ pub(crate) struct AccessRange {
     pub writable: bool,
 }
 
-/// One kernel launch: the plan, the parameters and the ranges it may touch.
+/// One kernel launch: the stage of a plan, the parameters and the ranges it may touch.
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {
-    pub plan: LaunchPlan,
+    pub stage: Stage,
     pub params: SoftmaxParams,
     pub ranges: Vec<AccessRange>,
 }

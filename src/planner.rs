@@ -5,7 +5,9 @@
 //! - `cols <= 16`: several rows per warp, `width` lanes per row, one element per lane;
 //! - `cols <= 2048`: a warp per row, the row in registers (16-byte packs when rows are aligned);
 //! - row fits in shared memory as f32: a block per row, the row on chip (global traffic 1.0x);
-//! - longer: a block per row, online (max, sum) pass then a write pass (traffic 1.5x).
+//! - longer: a block per row, online (max, sum) pass then a write pass (traffic 1.5x);
+//! - few long rows (fewer rows than SMs, at least SPLIT_MIN_COLS): split-row, two kernels over
+//!   a (chunks x rows) grid with a small workspace of per-chunk (max, sum) states.
 
 use crate::element::Dtype;
 
@@ -50,6 +52,10 @@ pub enum Family {
     Block { threads: u32 },
     /// A block of `threads` per row, online normalizer then a second read.
     Online { threads: u32 },
+    /// Split-row pass 1: a block per (chunk, row) writes the chunk's (max, sum).
+    SplitStats { threads: u32 },
+    /// Split-row pass 2: a block per (chunk, row) merges the row's states, writes its chunk.
+    SplitWrite { threads: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +72,13 @@ const SMALL_ROW_WIDTHS: [u32; 5] = [1, 2, 4, 8, 16];
 const LANE_COLS: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
 const BLOCK_THREADS: [u32; 3] = [128, 256, 512];
 const ONLINE_THREADS: u32 = 512;
+const SPLIT_THREADS: u32 = 256;
+/// Rows at least this long are split when there are fewer rows than SMs.
+pub const SPLIT_MIN_COLS: usize = 16 * 1024;
+/// Smallest chunk worth a block (elements); chunks are multiples of SPLIT_CHUNK_ALIGN so that
+/// every chunk of an aligned row starts on a 16-byte boundary for every dtype.
+const SPLIT_MIN_CHUNK: usize = 2048;
+const SPLIT_CHUNK_ALIGN: usize = 8;
 /// Grids are capped at this many blocks per SM; kernels loop over the remaining rows.
 const BLOCKS_PER_SM: u32 = 32;
 
@@ -81,13 +94,18 @@ impl KernelConfig {
             } => format!("softmax_warp_{dt}_w{width}_c{cols_per_lane}_v{vec}"),
             Family::Block { threads } => format!("softmax_block_{dt}_b{threads}"),
             Family::Online { threads } => format!("softmax_online_{dt}_b{threads}"),
+            Family::SplitStats { threads } => format!("softmax_split_stats_{dt}_b{threads}"),
+            Family::SplitWrite { threads } => format!("softmax_split_write_{dt}_b{threads}"),
         }
     }
 
     pub fn threads_per_block(&self) -> u32 {
         match self.family {
             Family::Warp { .. } => WARP_FAMILY_THREADS,
-            Family::Block { threads } | Family::Online { threads } => threads,
+            Family::Block { threads }
+            | Family::Online { threads }
+            | Family::SplitStats { threads }
+            | Family::SplitWrite { threads } => threads,
         }
     }
 
@@ -124,28 +142,64 @@ impl KernelConfig {
             push(Family::Online {
                 threads: ONLINE_THREADS,
             });
+            push(Family::SplitStats {
+                threads: SPLIT_THREADS,
+            });
+            push(Family::SplitWrite {
+                threads: SPLIT_THREADS,
+            });
         }
         all
     }
 }
 
-/// Kernel and launch geometry for one call.
+/// One kernel launch of a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaunchPlan {
+pub struct Stage {
     pub kernel: KernelConfig,
-    pub grid: u32,
+    /// (x, y) blocks: x over row groups or chunks, y over rows (split-row only; else 1).
+    pub grid: (u32, u32),
     pub block: u32,
     pub shared_mem_bytes: u32,
 }
 
-/// Picks the kernel and geometry for a softmax. `rows` and `cols` must be non-zero (the
+/// Kernels and geometry for one call: stages run in order on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub stages: Vec<Stage>,
+    /// f32 elements of scratch the stages share (split-row: 2 per chunk per row); 0 if none.
+    pub workspace_floats: usize,
+    /// Columns per chunk for split-row plans; 0 otherwise.
+    pub chunk_cols: usize,
+}
+
+impl LaunchPlan {
+    fn single(kernel: KernelConfig, grid: u32, shared_mem_bytes: u32) -> LaunchPlan {
+        LaunchPlan {
+            stages: vec![Stage {
+                kernel,
+                grid: (grid, 1),
+                block: kernel.threads_per_block(),
+                shared_mem_bytes,
+            }],
+            workspace_floats: 0,
+            chunk_cols: 0,
+        }
+    }
+}
+
+/// Picks the kernels and geometry for a softmax. `rows` and `cols` must be non-zero (the
 /// operation returns before planning otherwise); the result is clamped to a valid launch anyway.
 pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
     let rows = p.rows.max(1);
     let cols = p.cols.max(1);
     let v = p.dtype.vector_width();
-    let grid_cap = (limits.sm_count.max(1) as usize) * BLOCKS_PER_SM as usize;
-    let grid_for = |blocks: usize| blocks.clamp(1, grid_cap) as u32;
+    let sm_count = limits.sm_count.max(1) as usize;
+    let grid_for = |blocks: usize| blocks.clamp(1, sm_count * BLOCKS_PER_SM as usize) as u32;
+    let config = |family| KernelConfig {
+        dtype: p.dtype,
+        family,
+    };
 
     if cols <= WARP_FAMILY_MAX_COLS {
         let (width, cols_per_lane, vec) = if cols <= 16 {
@@ -161,51 +215,58 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
             }
         };
         let rows_per_block = (WARP_FAMILY_THREADS / 32 * (32 / width)) as usize;
-        return LaunchPlan {
-            kernel: KernelConfig {
-                dtype: p.dtype,
-                family: Family::Warp {
-                    width,
-                    cols_per_lane,
-                    vec,
-                },
-            },
-            grid: grid_for(rows.div_ceil(rows_per_block)),
-            block: WARP_FAMILY_THREADS,
+        let family = Family::Warp {
+            width,
+            cols_per_lane,
+            vec,
+        };
+        return LaunchPlan::single(config(family), grid_for(rows.div_ceil(rows_per_block)), 0);
+    }
+
+    if rows < sm_count && cols >= SPLIT_MIN_COLS {
+        // About two blocks per SM in all, each chunk at least SPLIT_MIN_CHUNK long.
+        let max_chunks = (cols / SPLIT_MIN_CHUNK).max(2);
+        let chunks = (2 * sm_count).div_ceil(rows).clamp(2, max_chunks);
+        let chunk_cols = cols.div_ceil(chunks).next_multiple_of(SPLIT_CHUNK_ALIGN);
+        let chunks = cols.div_ceil(chunk_cols);
+        let stage = |family| Stage {
+            kernel: config(family),
+            grid: (chunks as u32, rows as u32),
+            block: SPLIT_THREADS,
             shared_mem_bytes: 0,
+        };
+        return LaunchPlan {
+            stages: vec![
+                stage(Family::SplitStats {
+                    threads: SPLIT_THREADS,
+                }),
+                stage(Family::SplitWrite {
+                    threads: SPLIT_THREADS,
+                }),
+            ],
+            workspace_floats: 2 * chunks * rows,
+            chunk_cols,
         };
     }
 
     let row_bytes = cols * std::mem::size_of::<f32>();
     if row_bytes <= limits.max_shared_mem_per_block as usize {
-        let packs = cols.div_ceil(v);
-        let threads = match packs {
+        let threads = match cols.div_ceil(v) {
             0..=1024 => 128,
             1025..=2048 => 256,
             _ => 512,
         };
-        return LaunchPlan {
-            kernel: KernelConfig {
-                dtype: p.dtype,
-                family: Family::Block { threads },
-            },
-            grid: grid_for(rows),
-            block: threads,
-            shared_mem_bytes: row_bytes as u32,
-        };
+        return LaunchPlan::single(
+            config(Family::Block { threads }),
+            grid_for(rows),
+            row_bytes as u32,
+        );
     }
 
-    LaunchPlan {
-        kernel: KernelConfig {
-            dtype: p.dtype,
-            family: Family::Online {
-                threads: ONLINE_THREADS,
-            },
-        },
-        grid: grid_for(rows),
-        block: ONLINE_THREADS,
-        shared_mem_bytes: 0,
-    }
+    let family = Family::Online {
+        threads: ONLINE_THREADS,
+    };
+    LaunchPlan::single(config(family), grid_for(rows), 0)
 }
 
 #[cfg(test)]
@@ -224,65 +285,103 @@ mod tests {
         )
     }
 
+    /// The only stage of a single-kernel plan.
+    fn single(rows: usize, cols: usize, dtype: Dtype, aligned16: bool) -> Stage {
+        let p = plan(rows, cols, dtype, aligned16);
+        assert_eq!(p.stages.len(), 1, "{p:?}");
+        assert_eq!(p.workspace_floats, 0);
+        p.stages[0]
+    }
+
     #[test]
     fn short_rows_pack_several_rows_per_warp() {
         for (cols, width) in [(1, 1), (2, 2), (3, 4), (5, 8), (16, 16)] {
-            let p = plan(1000, cols, Dtype::F32, true);
-            assert_eq!(
-                p.kernel.family,
-                Family::Warp {
-                    width,
-                    cols_per_lane: 1,
-                    vec: 1
-                },
-                "cols {cols}"
-            );
-            assert_eq!(p.block, 128);
+            let s = single(1000, cols, Dtype::F32, true);
+            let expected = Family::Warp {
+                width,
+                cols_per_lane: 1,
+                vec: 1,
+            };
+            assert_eq!(s.kernel.family, expected, "cols {cols}");
+            assert_eq!(s.block, 128);
         }
     }
 
     #[test]
     fn warp_rows_use_vectors_only_when_every_row_is_aligned() {
-        let p = plan(64, 1024, Dtype::F32, true);
-        assert_eq!(p.kernel.name(), "softmax_warp_f32_w32_c32_v4");
-        let p = plan(64, 1024, Dtype::F32, false);
-        assert_eq!(p.kernel.name(), "softmax_warp_f32_w32_c32_v1");
+        let name = |rows, cols, dtype, aligned| single(rows, cols, dtype, aligned).kernel.name();
+        assert_eq!(
+            name(64, 1024, Dtype::F32, true),
+            "softmax_warp_f32_w32_c32_v4"
+        );
+        assert_eq!(
+            name(64, 1024, Dtype::F32, false),
+            "softmax_warp_f32_w32_c32_v1"
+        );
         // 1023 columns: row starts drift off 16-byte boundaries.
-        let p = plan(64, 1023, Dtype::F32, true);
-        assert_eq!(p.kernel.name(), "softmax_warp_f32_w32_c32_v1");
+        assert_eq!(
+            name(64, 1023, Dtype::F32, true),
+            "softmax_warp_f32_w32_c32_v1"
+        );
         // f16 packs hold 8 elements: 32 columns still use one 8-wide pack per lane.
-        let p = plan(64, 32, Dtype::F16, true);
-        assert_eq!(p.kernel.name(), "softmax_warp_f16_w32_c8_v8");
-        let p = plan(64, 2048, Dtype::Bf16, true);
-        assert_eq!(p.kernel.name(), "softmax_warp_bf16_w32_c64_v8");
+        assert_eq!(name(64, 32, Dtype::F16, true), "softmax_warp_f16_w32_c8_v8");
+        assert_eq!(
+            name(64, 2048, Dtype::Bf16, true),
+            "softmax_warp_bf16_w32_c64_v8"
+        );
     }
 
     #[test]
-    fn every_row_length_gets_a_kernel_that_covers_it() {
+    fn every_shape_gets_kernels_that_cover_it() {
+        let all = KernelConfig::all();
         for dtype in Dtype::ALL {
-            for cols in (1..=4100).chain([8003, 65537, 1 << 20]) {
-                for aligned in [true, false] {
-                    let p = plan(3, cols, dtype, aligned);
-                    assert!(KernelConfig::all().contains(&p.kernel), "{p:?}");
-                    match p.kernel.family {
-                        Family::Warp {
-                            width,
-                            cols_per_lane,
-                            vec,
-                        } => {
-                            assert!((width * cols_per_lane) as usize >= cols);
-                            assert!(cols_per_lane % vec == 0);
-                            if vec > 1 {
-                                assert!(aligned && cols % vec as usize == 0);
+            for cols in (1..=4100).chain([8003, 16384, 65537, 1 << 20]) {
+                for rows in [1, 3, 131, 132, 5000] {
+                    for aligned in [true, false] {
+                        let p = plan(rows, cols, dtype, aligned);
+                        for s in &p.stages {
+                            assert!(all.contains(&s.kernel), "{p:?}");
+                            assert!(s.grid.0 >= 1 && s.grid.1 >= 1 && s.grid.1 <= 65535);
+                        }
+                        match p.stages[0].kernel.family {
+                            Family::Warp {
+                                width,
+                                cols_per_lane,
+                                vec,
+                            } => {
+                                assert!((width * cols_per_lane) as usize >= cols);
+                                assert!(cols_per_lane % vec == 0);
+                                if vec > 1 {
+                                    assert!(aligned && cols % vec as usize == 0);
+                                }
+                            }
+                            Family::Block { .. } => {
+                                let s = p.stages[0];
+                                assert_eq!(s.shared_mem_bytes as usize, cols * 4);
+                                assert!(
+                                    s.shared_mem_bytes
+                                        <= DeviceLimits::H100.max_shared_mem_per_block
+                                );
+                            }
+                            Family::Online { .. } => assert!(cols * 4 > 227 * 1024),
+                            Family::SplitStats { .. } => {
+                                let chunks = p.stages[0].grid.0 as usize;
+                                assert_eq!(p.stages[0].grid, p.stages[1].grid);
+                                assert!(matches!(
+                                    p.stages[1].kernel.family,
+                                    Family::SplitWrite { .. }
+                                ));
+                                assert_eq!(p.stages[0].grid.1 as usize, rows);
+                                // The chunks tile the row exactly, none empty.
+                                assert!(chunks * p.chunk_cols >= cols);
+                                assert!((chunks - 1) * p.chunk_cols < cols);
+                                assert_eq!(p.chunk_cols % 8, 0);
+                                assert_eq!(p.workspace_floats, 2 * chunks * rows);
+                            }
+                            Family::SplitWrite { .. } => {
+                                panic!("split-row starts with its stats pass")
                             }
                         }
-                        Family::Block { .. } => {
-                            assert_eq!(p.shared_mem_bytes as usize, cols * 4);
-                            assert!(
-                                p.shared_mem_bytes <= DeviceLimits::H100.max_shared_mem_per_block
-                            );
-                        }
-                        Family::Online { .. } => assert!(cols * 4 > 227 * 1024),
                     }
                 }
             }
@@ -291,50 +390,73 @@ mod tests {
 
     #[test]
     fn family_boundaries_follow_the_device_limits() {
-        let p = plan(8, 2048, Dtype::F32, true);
-        assert!(matches!(p.kernel.family, Family::Warp { .. }));
-        let p = plan(8, 2049, Dtype::F32, true);
-        assert_eq!(p.kernel.family, Family::Block { threads: 128 });
-        assert_eq!(p.shared_mem_bytes, 2049 * 4);
-        let p = plan(8, 16384, Dtype::F32, true);
-        assert_eq!(p.kernel.family, Family::Block { threads: 512 });
+        let family = |rows, cols, dtype| single(rows, cols, dtype, true).kernel.family;
+        assert!(matches!(family(8, 2048, Dtype::F32), Family::Warp { .. }));
+        assert_eq!(family(8, 2049, Dtype::F32), Family::Block { threads: 128 });
+        assert_eq!(single(8, 2049, Dtype::F32, true).shared_mem_bytes, 2049 * 4);
+        assert_eq!(
+            family(200, 16384, Dtype::F32),
+            Family::Block { threads: 512 }
+        );
         let max_cols = 227 * 1024 / 4;
-        let p = plan(8, max_cols, Dtype::F16, true);
-        assert!(matches!(p.kernel.family, Family::Block { .. }));
-        let p = plan(8, max_cols + 1, Dtype::F16, true);
-        assert_eq!(p.kernel.family, Family::Online { threads: 512 });
+        assert!(matches!(
+            family(200, max_cols, Dtype::F16),
+            Family::Block { .. }
+        ));
+        assert_eq!(
+            family(200, max_cols + 1, Dtype::F16),
+            Family::Online { threads: 512 }
+        );
         // A device with 48 KiB of shared memory switches to the online kernel sooner.
         let small = DeviceLimits {
             sm_count: 8,
             max_shared_mem_per_block: 48 * 1024,
         };
         let problem = SoftmaxProblem {
-            rows: 2,
+            rows: 200,
             cols: 12 * 1024 + 1,
             dtype: Dtype::F32,
             aligned16: true,
         };
+        let p = plan_softmax(&problem, &small);
+        assert_eq!(p.stages[0].kernel.family, Family::Online { threads: 512 });
+    }
+
+    #[test]
+    fn few_long_rows_are_split_across_the_gpu() {
+        // 8 rows of a 256K vocabulary on 132 SMs: 33 chunks per row, 264 blocks per pass.
+        let p = plan(8, 262_144, Dtype::Bf16, true);
+        assert_eq!(p.stages.len(), 2);
+        assert_eq!(p.stages[0].kernel.name(), "softmax_split_stats_bf16_b256");
+        assert_eq!(p.stages[1].kernel.name(), "softmax_split_write_bf16_b256");
+        assert_eq!(p.stages[0].grid, (33, 8));
+        assert_eq!(p.chunk_cols, 7944);
+        // One row: chunks of at least 2048 elements.
+        let p = plan(1, 20_000, Dtype::F32, true);
+        assert_eq!(p.stages[0].grid, (9, 1));
+        // As many rows as SMs: one block per row is enough parallelism.
+        assert_eq!(plan(132, 262_144, Dtype::F32, true).stages.len(), 1);
+        // Short rows are never split.
         assert_eq!(
-            plan_softmax(&problem, &small).kernel.family,
-            Family::Online { threads: 512 }
+            plan(1, SPLIT_MIN_COLS - 1, Dtype::F32, true).stages.len(),
+            1
         );
     }
 
     #[test]
     fn grids_cover_the_rows_and_are_capped() {
+        let grid = |rows, cols| single(rows, cols, Dtype::F32, true).grid;
         // 16 rows per block at width 8; 1000 rows need 63 blocks.
-        assert_eq!(plan(1000, 5, Dtype::F32, true).grid, 63);
+        assert_eq!(grid(1000, 5), (63, 1));
         // 4 rows per block (a warp per row).
-        assert_eq!(plan(1000, 100, Dtype::F32, true).grid, 250);
+        assert_eq!(grid(1000, 100), (250, 1));
         // Many rows: the grid stops at 32 blocks per SM and the kernel loops.
-        let p = plan(10_000_000, 100, Dtype::F32, true);
-        assert_eq!(p.grid, 132 * 32);
-        let p = plan(100_000, 4097, Dtype::F32, true);
-        assert_eq!(p.grid, 132 * 32);
-        assert_eq!(plan(3, 1 << 20, Dtype::F32, true).grid, 3);
+        assert_eq!(grid(10_000_000, 100), (132 * 32, 1));
+        assert_eq!(grid(100_000, 4097), (132 * 32, 1));
+        assert_eq!(grid(200, 1 << 20), (200, 1));
         // Degenerate inputs still give a valid launch.
-        let p = plan(0, 0, Dtype::F32, true);
-        assert!(p.grid >= 1 && p.block >= 1);
+        let s = single(0, 0, Dtype::F32, true);
+        assert!(s.grid.0 >= 1 && s.block >= 1);
     }
 
     #[test]
@@ -355,6 +477,8 @@ mod tests {
             assert_eq!(of(|f| matches!(f, Family::Warp { .. })), 12 + vector);
             assert_eq!(of(|f| matches!(f, Family::Block { .. })), 3);
             assert_eq!(of(|f| matches!(f, Family::Online { .. })), 1);
+            assert_eq!(of(|f| matches!(f, Family::SplitStats { .. })), 1);
+            assert_eq!(of(|f| matches!(f, Family::SplitWrite { .. })), 1);
         }
     }
 }

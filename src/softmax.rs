@@ -48,19 +48,35 @@ pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) ->
         aligned16: x_addr % 16 == 0 && y_addr % 16 == 0,
     };
     let plan = plan_softmax(&problem, &x.device().limits());
-    let in_place = x_addr == y_addr;
     let mut ranges = vec![y.access_range(true)];
-    if !in_place {
+    if x_addr != y_addr {
         ranges.push(x.access_range(false));
     }
-    x.device().launch(&Launch {
-        plan,
-        params: SoftmaxParams {
-            x: x_addr,
-            y: y_addr,
-            rows: rows as i64,
-            cols: cols as i64,
-        },
-        ranges,
-    })
+    // Split-row plans share a small scratch buffer of per-chunk (max, sum) states.
+    let workspace = match plan.workspace_floats {
+        0 => None,
+        n => Some(DeviceTensor::<f32>::uninit(x.device(), &[n])?),
+    };
+    if let Some(w) = &workspace {
+        ranges.push(w.access_range(true));
+    }
+    let params = SoftmaxParams {
+        x: x_addr,
+        y: y_addr,
+        rows: rows as i64,
+        cols: cols as i64,
+        workspace: workspace.as_ref().map_or(0, |w| w.addr()),
+        chunk_cols: plan.chunk_cols as i64,
+    };
+    let launches: Vec<Launch> = plan
+        .stages
+        .iter()
+        .map(|&stage| Launch {
+            stage,
+            params,
+            ranges: ranges.clone(),
+        })
+        .collect();
+    // The workspace is freed (stream-ordered on a GPU) after the launches are enqueued.
+    x.device().launch(&launches)
 }

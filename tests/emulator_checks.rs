@@ -139,39 +139,51 @@ fn the_emulator_has_every_kernel_the_planner_can_pick() {
 #[test]
 fn global_traffic_matches_the_performance_model() {
     let d = emulator(Schedule::Forward);
-    // (cols, expected family, read ratio, all accesses 16 bytes wide)
     type IsFamily = fn(&Family) -> bool;
-    let cases: [(usize, IsFamily, f64, bool); 5] = [
+    // (rows, cols, expected first family, bytes read / minimum, share of 16-byte accesses)
+    let cases: [(usize, usize, IsFamily, f64, f64); 6] = [
         (
+            6,
             8,
             |f| matches!(f, Family::Warp { width: 8, .. }),
             1.0,
-            false,
+            0.0,
         ),
         (
+            6,
             1024,
             |f| matches!(f, Family::Warp { vec: 4, .. }),
             1.0,
-            true,
+            1.0,
         ),
         (
+            6,
             1023,
             |f| matches!(f, Family::Warp { vec: 1, .. }),
             1.0,
-            false,
+            0.0,
         ),
-        (8192, |f| matches!(f, Family::Block { .. }), 1.0, true),
-        (65536, |f| matches!(f, Family::Online { .. }), 2.0, true),
+        (6, 8192, |f| matches!(f, Family::Block { .. }), 1.0, 1.0),
+        // As many rows as the emulator's nominal SMs: one block per row, two reads.
+        (8, 65536, |f| matches!(f, Family::Online { .. }), 2.0, 1.0),
+        // Fewer rows: split-row, two reads plus a few bytes of per-chunk states.
+        (
+            3,
+            65536,
+            |f| matches!(f, Family::SplitStats { .. }),
+            2.0,
+            0.999,
+        ),
     ];
-    for (cols, family, read_ratio, all_vector) in cases {
-        let rows = 6;
+    for (rows, cols, family, read_ratio, vector_share) in cases {
         let n = rows * cols;
         let x = DeviceTensor::<f32>::from_host(&d, &vec![0.5; n], &[rows, cols]).unwrap();
         let _y = softmax(&x).unwrap();
         let stats = d.last_launch_stats().unwrap();
+        let first = stats.kernel.split('+').next().unwrap();
         let config = KernelConfig::all()
             .into_iter()
-            .find(|k| k.name() == stats.kernel)
+            .find(|k| k.name() == first)
             .unwrap();
         assert!(
             family(&config.family),
@@ -179,29 +191,30 @@ fn global_traffic_matches_the_performance_model() {
             stats.kernel
         );
         let min = (n * 4) as f64;
-        assert_eq!(
-            stats.kernel_bytes_read as f64 / min,
-            read_ratio,
-            "{}",
+        let read = stats.kernel_bytes_read as f64 / min;
+        let written = stats.kernel_bytes_written as f64 / min;
+        let share = stats.accesses_16b as f64 / stats.accesses as f64;
+        // Split-row also reads its per-chunk states: a few bytes per block.
+        assert!(
+            (read - read_ratio).abs() < 2e-3,
+            "{}: read {read}",
             stats.kernel
         );
-        assert_eq!(
-            stats.kernel_bytes_written as f64 / min,
-            1.0,
-            "{}",
+        assert!(
+            (written - 1.0).abs() < 1e-3,
+            "{}: written {written}",
             stats.kernel
         );
-        if all_vector {
-            assert_eq!(stats.accesses_16b, stats.accesses, "{}", stats.kernel);
-        } else {
-            assert_eq!(stats.accesses_16b, 0, "{}", stats.kernel);
-        }
+        assert!(
+            share >= vector_share && (vector_share > 0.0 || share == 0.0),
+            "{}: {share}",
+            stats.kernel
+        );
         println!(
-            "{:>6} cols: {:<28} traffic {:.2}x of minimum, {:.0}% of accesses 16 B",
-            cols,
+            "{rows:>2} x {cols:>6}: {:<58} traffic {:.3}x of minimum, {:.1}% of accesses 16 B",
             stats.kernel,
             (stats.kernel_bytes_read + stats.kernel_bytes_written) as f64 / (2.0 * min),
-            100.0 * stats.accesses_16b as f64 / stats.accesses as f64
+            100.0 * share
         );
     }
 }

@@ -201,16 +201,35 @@ pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
     let mut cols_list = vec![
         1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
     ];
-    // The online family: longer than shared memory holds as f32.
-    cols_list.push(device.limits().max_shared_mem_per_block as usize / 4 + 1);
-    for cols in cols_list {
-        let x: Vec<T> = rng.logits(2 * cols, 3.0);
-        check_case(device, &x, 2, cols, ALIGNED, "family sweep");
+    // Longer than shared memory holds as f32: split-row with 2 rows, online with a row per SM.
+    let online_cols = device.limits().max_shared_mem_per_block as usize / 4 + 1;
+    let shapes = cols_list.into_iter().map(|c| (2, c)).chain([
+        (2, online_cols),
+        (device.limits().sm_count as usize, online_cols),
+    ]);
+    for (rows, cols) in shapes {
+        let x: Vec<T> = rng.logits(rows * cols, 3.0);
+        check_case(device, &x, rows, cols, ALIGNED, "family sweep");
         let shifted = Layout {
             x_offset: 1,
             y_offset: 1,
         };
-        check_case(device, &x, 2, cols, shifted, "family sweep, misaligned");
+        check_case(device, &x, rows, cols, shifted, "family sweep, misaligned");
+    }
+}
+
+/// Long rows through both long-row paths: split-row (few rows) and online (a row per SM).
+pub fn long_rows<T: Element>(device: &Device, rng: &mut Rng) {
+    let sm = device.limits().sm_count as usize;
+    let online_cols = device.limits().max_shared_mem_per_block as usize / 4 + 3;
+    for (rows, cols) in [(1, 16384), (1, 100_003), (5, 65537), (sm, online_cols)] {
+        let x: Vec<T> = rng.logits(rows * cols, 10.0);
+        check_case(device, &x, rows, cols, ALIGNED, "long rows");
+        let layout = Layout {
+            x_offset: 3,
+            y_offset: 6,
+        };
+        check_case(device, &x, rows, cols, layout, "long rows, misaligned");
     }
 }
 
@@ -219,6 +238,7 @@ pub fn full_suite<T: Element>(device: &Device, test: &str) {
     let mut rng = seeded_rng(test);
     edge_shapes::<T>(device, &mut rng);
     huge_row::<T>(device, &mut rng);
+    long_rows::<T>(device, &mut rng);
     many_rows::<T>(device, &mut rng);
     misaligned_views::<T>(device, &mut rng);
     special_values::<T>(device, &mut rng);
