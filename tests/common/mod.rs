@@ -198,7 +198,7 @@ pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
 /// One small case per warp configuration and per block family, aligned and misaligned: every
 /// entry point the planner can reach, cheaply (for sanitizer runs).
 pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
-    let mut cols_list = vec![
+    let cols_list = vec![
         1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
     ];
     // Longer than shared memory holds as f32: split-row with 2 rows, online with a row per SM.
