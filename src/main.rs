@@ -16,14 +16,26 @@ use cuda_softmax::{
     softmax_into,
 };
 
-/// Row lengths that reach every family: several rows per warp, warp per row (vector and scalar),
-/// block per row, and the online kernel (on the emulator's 96 KiB and an H100's 227 KiB).
-const CHECK_COLS: [usize; 8] = [7, 100, 1023, 1024, 4000, 30_000, 70_000, 300_000];
+/// Shapes that reach every family on this device: several rows per warp, a warp per row (vector
+/// and scalar), a block per row, split-row (few long rows) and online (a long row per SM).
+fn check_shapes(device: &Device) -> Vec<(usize, usize)> {
+    let limits = device.limits();
+    let online_cols = limits.max_shared_mem_per_block as usize / 4 + 1;
+    vec![
+        (257, 7),
+        (257, 100),
+        (257, 1023),
+        (257, 1024),
+        (9, 4000),
+        (3, 70_000),
+        (2, 300_000),
+        (limits.sm_count as usize, online_cols),
+    ]
+}
 
 fn self_check_dtype<T: Element>(device: &Device, rng: &mut Rng) -> Result<usize, String> {
     let mut cases = 0;
-    for cols in CHECK_COLS {
-        let rows = if cols <= 1024 { 257 } else { 3 };
+    for (rows, cols) in check_shapes(device) {
         let x: Vec<T> = rng.logits(rows * cols, 8.0);
         let xt = DeviceTensor::from_host(device, &x, &[rows, cols]).map_err(|e| e.to_string())?;
         let mut y = DeviceTensor::from_host(device, &vec![T::poison(); rows * cols], &[rows, cols])
@@ -119,7 +131,7 @@ fn emulator_report() -> Result<(), String> {
         workers: 1,
     });
     println!("emulator (one core):");
-    for (rows, cols) in [(1024, 128), (4096, 1024), (64, 4000), (4, 70_000)] {
+    for (rows, cols) in [(1024, 128), (4096, 1024), (64, 4000), (4, 70_000), (8, 70_000)] {
         let x = DeviceTensor::<f32>::from_host(
             &device,
             &Rng::new(1).logits(rows * cols, 4.0),
@@ -134,7 +146,7 @@ fn emulator_report() -> Result<(), String> {
             .expect("emulator launches record statistics");
         let min = (2 * rows * cols * 4) as f64;
         println!(
-            "  {rows:>5} x {cols:<6} {:<28} {:>9.0} threads/s  traffic {:.2}x of minimum, {:>3.0}% of accesses 16 B",
+            "  {rows:>5} x {cols:<6} {:<58} {:>9.0} threads/s  traffic {:.2}x of minimum, {:>3.0}% of accesses 16 B",
             s.kernel,
             s.threads as f64 / secs,
             (s.kernel_bytes_read + s.kernel_bytes_written) as f64 / min,
