@@ -14,12 +14,10 @@ use crate::image;
 use crate::kernel::Launch;
 use crate::planner::DeviceLimits;
 
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
-
 struct CachedFunction {
     function: CudaFunction,
-    /// The dynamic shared memory this function has been allowed so far.
+    /// The dynamic shared memory this function has been allowed so far. Raised explicitly for
+    /// any size (not only past 48 KiB): the default 48 KiB limit counts static shared memory too.
     smem_allowed: u32,
 }
 
@@ -143,7 +141,7 @@ impl CudaBackend {
                 name.to_string(),
                 CachedFunction {
                     function,
-                    smem_allowed: DEFAULT_DYNAMIC_SMEM,
+                    smem_allowed: 0,
                 },
             );
         }

@@ -202,7 +202,7 @@ pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
         1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
     ];
     // Longer than shared memory holds as f32: split-row with 2 rows, online with a row per SM.
-    let online_cols = device.limits().max_shared_mem_per_block as usize / 4 + 1;
+    let online_cols = device.limits().max_shared_mem_per_block as usize / 4;
     let shapes = cols_list.into_iter().map(|c| (2, c)).chain([
         (2, online_cols),
         (device.limits().sm_count as usize, online_cols),
@@ -221,7 +221,7 @@ pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
 /// Long rows through both long-row paths: split-row (few rows) and online (a row per SM).
 pub fn long_rows<T: Element>(device: &Device, rng: &mut Rng) {
     let sm = device.limits().sm_count as usize;
-    let online_cols = device.limits().max_shared_mem_per_block as usize / 4 + 3;
+    let online_cols = device.limits().max_shared_mem_per_block as usize / 4 + 2;
     for (rows, cols) in [(1, 16384), (1, 100_003), (5, 65537), (sm, online_cols)] {
         let x: Vec<T> = rng.logits(rows * cols, 10.0);
         check_case(device, &x, rows, cols, ALIGNED, "long rows");
