@@ -21,8 +21,18 @@ fn image_or_skip(test: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// (kernel, arch) -> (registers, stack frame bytes, spill store bytes, spill load bytes)
-fn ptxas_table(report: &str) -> Vec<(String, String, u32, u32, u32, u32)> {
+/// One kernel on one architecture, from `ptxas -v`.
+struct PtxasRow {
+    name: String,
+    arch: String,
+    registers: u32,
+    stack_frame: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+    static_smem: u32,
+}
+
+fn ptxas_table(report: &str) -> Vec<PtxasRow> {
     let mut rows = Vec::new();
     let mut current: Option<(String, String)> = None;
     let mut frame = None;
@@ -39,9 +49,25 @@ fn ptxas_table(report: &str) -> Vec<(String, String, u32, u32, u32, u32)> {
                 .collect();
             frame = Some((nums[0], nums[1], nums[2]));
         } else if let Some(rest) = line.split("Used ").nth(1) {
-            let regs: u32 = rest.split(' ').next().unwrap_or("0").parse().unwrap_or(0);
-            if let (Some((name, arch)), Some((stack, st, ld))) = (current.take(), frame.take()) {
-                rows.push((name, arch, regs, stack, st, ld));
+            let registers: u32 = rest.split(' ').next().unwrap_or("0").parse().unwrap_or(0);
+            // "..., 272 bytes smem" (absent when the kernel has no static shared memory)
+            let static_smem = rest
+                .split(", ")
+                .find_map(|part| part.strip_suffix(" bytes smem"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            if let (Some((name, arch)), Some((stack_frame, spill_stores, spill_loads))) =
+                (current.take(), frame.take())
+            {
+                rows.push(PtxasRow {
+                    name,
+                    arch,
+                    registers,
+                    stack_frame,
+                    spill_stores,
+                    spill_loads,
+                    static_smem,
+                });
             }
         }
     }
@@ -100,7 +126,7 @@ fn no_spills_or_stack_frames_on_sm80_and_sm90() {
         println!("CUDA_COMPUTE_CAP narrows the image; checking what was built");
     }
     for arch in ["sm_80", "sm_90"] {
-        let rows: Vec<_> = table.iter().filter(|r| r.1 == arch).collect();
+        let rows: Vec<_> = table.iter().filter(|r| r.arch == arch).collect();
         if rows.is_empty() && std::env::var("CUDA_COMPUTE_CAP").is_ok() {
             continue;
         }
@@ -109,12 +135,23 @@ fn no_spills_or_stack_frames_on_sm80_and_sm90() {
             KernelConfig::all().len(),
             "{arch}: kernels in the ptxas report"
         );
-        for (name, _, regs, stack, st, ld) in rows {
-            println!("{arch} {name:<32} {regs:>3} registers");
+        for r in rows {
+            println!(
+                "{arch} {:<32} {:>3} registers {:>4} bytes static smem",
+                r.name, r.registers, r.static_smem
+            );
             assert_eq!(
-                (*stack, *st, *ld),
+                (r.stack_frame, r.spill_stores, r.spill_loads),
                 (0, 0, 0),
-                "{name} on {arch}: stack frame / spills"
+                "{} on {arch}: stack frame / spills",
+                r.name
+            );
+            // The planner sizes rows in shared memory around this reserve.
+            assert!(
+                r.static_smem as usize <= cuda_softmax::planner::STATIC_SMEM_RESERVE,
+                "{} on {arch}: {} bytes of static shared memory",
+                r.name,
+                r.static_smem
             );
         }
     }
