@@ -33,8 +33,13 @@ fn check_shapes(device: &Device) -> Vec<(usize, usize)> {
     ]
 }
 
-fn self_check_dtype<T: Element>(device: &Device, rng: &mut Rng) -> Result<usize, String> {
-    let mut cases = 0;
+/// Checks every family for one dtype; returns (shapes checked, worst error/allowance, worst
+/// relative error over probabilities above 1e-3).
+fn self_check_dtype<T: Element>(
+    device: &Device,
+    rng: &mut Rng,
+) -> Result<(usize, f64, f64), String> {
+    let (mut cases, mut worst_ratio, mut worst_rel) = (0, 0.0f64, 0.0f64);
     for (rows, cols) in check_shapes(device) {
         let x: Vec<T> = rng.logits(rows * cols, 8.0);
         let xt = DeviceTensor::from_host(device, &x, &[rows, cols]).map_err(|e| e.to_string())?;
@@ -48,8 +53,10 @@ fn self_check_dtype<T: Element>(device: &Device, rng: &mut Rng) -> Result<usize,
             return Err(format!("{} {rows}x{cols}: {c}", T::DTYPE.name()));
         }
         cases += 1;
+        worst_ratio = worst_ratio.max(c.worst_ratio);
+        worst_rel = worst_rel.max(c.max_rel_error);
     }
-    Ok(cases)
+    Ok((cases, worst_ratio, worst_rel))
 }
 
 fn self_check(device: &Device, seed: u64) -> bool {
@@ -63,7 +70,10 @@ fn self_check(device: &Device, seed: u64) -> bool {
     let mut ok = true;
     for (name, r) in results {
         match r {
-            Ok(n) => println!("  {name:<5} {n} shapes match the f64 reference"),
+            Ok((n, ratio, rel)) => println!(
+                "  {name:<5} {n} shapes match the f64 reference (worst error {:.2} of the allowance, max relative error {rel:.1e})",
+                ratio
+            ),
             Err(e) => {
                 println!("  {name:<5} FAILED: {e}");
                 ok = false;
