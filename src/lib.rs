@@ -36,6 +36,11 @@ pub use half::{bf16, f16};
 pub use softmax::{softmax, softmax_into};
 pub use tensor::DeviceTensor;
 
+/// The README's example, compiled and run as a doctest so that it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeExample;
+
 #[cfg(test)]
 mod tests {
     fn send_and_sync<T: Send + Sync>() {}
