@@ -218,9 +218,8 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
   MaxSum s = maxsum_identity();
   for (long long k = threadIdx.x; k < chunks; k += Block) {
-    float state[2];
-    load_pack<float, 2>(p.workspace + 2 * (row * chunks + k), state);
-    s = maxsum_merge(s, MaxSum{state[0], state[1]});
+    const float* state = p.workspace + 2 * (row * chunks + k);
+    s = maxsum_merge(s, MaxSum{load_one(state), load_one(state + 1)});
   }
   s = block_maxsum<Block>(s);
   const long long offset = row * p.cols + first;

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Builds, on a machine with Rust, the release binaries that scripts/gpu-check.sh runs on a GPU
 # machine (which has a driver and CUDA tools but no Rust), into gpu-bundle/ (git-ignored).
-#   scripts/build-gpu-bundle.sh            # full image (sm_75..sm_120 + compute_75 PTX)
-#   CUDA_COMPUTE_CAP=90 scripts/build-gpu-bundle.sh   # H100/H200 only: faster to build
+#   scripts/build-gpu-bundle.sh                        # for H100/H200 (sm_90), the lent GPUs
+#   CUDA_COMPUTE_CAP=all scripts/build-gpu-bundle.sh   # the full image (sm_75..sm_120 + PTX)
+# The sm_90-only image keeps the bundle well under the device tool's 64 MiB carry limit; it builds
+# in its own target directory so that the normal build is not invalidated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${CUDA_COMPUTE_CAP:-90}" = all ]; then
+  unset CUDA_COMPUTE_CAP
+else
+  export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/gpu-bundle-build}"
 if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null; then
   CUDA_HOME="$(scripts/install-nvcc.sh)"
   export CUDA_HOME
@@ -29,13 +37,13 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["kind"]==["bench"]:
         print(m["executable"])')
-cp $bench "$out/bench-softmax"
+cp "$bench" "$out/bench-softmax"
 cargo build --release --bin cuda-softmax
-cp target/release/cuda-softmax "$out/cuda-softmax"
+cp "$CARGO_TARGET_DIR/release/cuda-softmax" "$out/cuda-softmax"
 
 strip "$out"/* 2>/dev/null || true
 # The GPU machine's glibc may be older than this one's: report the newest symbol version needed.
 need=$(for f in "$out"/*; do objdump -T "$f" 2>/dev/null; done | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -n1)
-echo "gpu-bundle/: $(ls "$out" | tr '\n' ' ')"
+echo "gpu-bundle/ (image for ${CUDA_COMPUTE_CAP:-all architectures}): $(cd "$out" && echo *)"
 echo "newest glibc symbol needed: ${need:-none} (the GPU machines need 2.34 at most)"
 du -sh "$out"

@@ -7,8 +7,13 @@
 #   4. torch.softmax on the same shapes, when PyTorch is installed, for comparison.
 # Prints a summary last. Exit status is non-zero if any step failed.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 b=gpu-bundle
+# Under the device tool, keep the whole output as a file too (the reply carries only its end).
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  exec > >(tee "$OUT/gpu-check.log") 2>&1
+fi
+[ -x "$b/test-softmax_gpu" ] || { echo "no $b/: run scripts/build-gpu-bundle.sh on the build machine first"; exit 2; }
 summary=()
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
-use cuda_softmax::timing::{gb_per_s, time_copy, time_softmax};
+use cuda_softmax::timing::{SoftmaxWorkload, gb_per_s, time_copy};
 use cuda_softmax::{
     Device, DeviceTensor, Element, EmulatorConfig, Schedule, bf16, f16, reference, softmax,
     softmax_into,
@@ -89,13 +89,9 @@ fn bandwidth_row<T: Element>(
     cols: usize,
     copy_gbs: f64,
 ) -> Result<(), String> {
-    let n = rows * cols;
-    let mut rng = Rng::new(7);
-    let x = DeviceTensor::<T>::from_host(device, &rng.logits(n, 4.0), &[rows, cols])
-        .map_err(|e| e.to_string())?;
-    let mut y = DeviceTensor::<T>::uninit(device, &[rows, cols]).map_err(|e| e.to_string())?;
-    let ms = time_softmax(&x, &mut y, 20).map_err(|e| e.to_string())?;
-    let gbs = gb_per_s(2 * n * size_of::<T>(), ms);
+    let mut work = SoftmaxWorkload::<T>::new(device, rows, cols, 7).map_err(|e| e.to_string())?;
+    let ms = work.time_ms(7, 10).map_err(|e| e.to_string())?;
+    let gbs = gb_per_s(work.bytes_moved, ms);
     println!(
         "  {:>6} x {:<7} {:<5} {:>9.4} ms {:>8.1} GB/s {:>6.2} of copy",
         rows,
@@ -111,7 +107,7 @@ fn bandwidth_row<T: Element>(
 fn bandwidth_table(device: &Device) -> Result<(), String> {
     // The copy yardstick: 256 MiB each way, long enough to reach the sustained rate.
     let bytes = 256 << 20;
-    let copy_ms = time_copy(device, bytes, 20).map_err(|e| e.to_string())?;
+    let copy_ms = time_copy(device, bytes, 7, 10).map_err(|e| e.to_string())?;
     let copy_gbs = gb_per_s(2 * bytes, copy_ms);
     println!(
         "bandwidth on {} (device-to-device copy: {copy_gbs:.1} GB/s read+write):",

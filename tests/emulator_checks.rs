@@ -172,7 +172,7 @@ fn global_traffic_matches_the_performance_model() {
             65536,
             |f| matches!(f, Family::SplitStats { .. }),
             2.0,
-            0.999,
+            0.99,
         ),
     ];
     for (rows, cols, family, read_ratio, vector_share) in cases {
