@@ -289,3 +289,31 @@ fn storage_type_conversions_round_to_nearest_even() {
         }
     }
 }
+
+/// One device shared by several threads launching at once: every result is right (the
+/// emulator's shared state, the kernel table and the stack pool, is safe to share).
+#[test]
+fn concurrent_launches_on_one_device() {
+    use cuda_softmax::check::{Rng, Tolerance, compare};
+    let d = Device::emulator();
+    let seed = Rng::seed_from_env();
+    println!("concurrent_launches_on_one_device: seed {seed}");
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let d = d.clone();
+            scope.spawn(move || {
+                let mut rng = Rng::new(seed ^ t);
+                for cols in [5, 300, 3000, 40_000] {
+                    let rows = 3;
+                    let x: Vec<f32> = rng.logits(rows * cols, 6.0);
+                    let xt = DeviceTensor::from_host(&d, &x, &[rows, cols]).unwrap();
+                    let got = softmax(&xt).unwrap().to_host().unwrap();
+                    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    let want = cuda_softmax::reference::softmax_rows(&x64, cols);
+                    let c = compare(&got, &want, Tolerance::softmax(cuda_softmax::Dtype::F32));
+                    assert!(c.passed(), "thread {t}, {cols} columns: {c}");
+                }
+            });
+        }
+    });
+}
