@@ -195,42 +195,61 @@ pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
     assert_eq!(cuda_softmax::softmax(&empty).unwrap().shape(), &[0, 5]);
 }
 
+/// Checks each (rows, cols) shape twice: with aligned views, and with views shifted by
+/// `shift` = (x offset, y offset) elements.
+fn check_shapes<T: Element>(
+    device: &Device,
+    rng: &mut Rng,
+    shapes: impl IntoIterator<Item = (usize, usize)>,
+    shift: (usize, usize),
+    scale: f64,
+    what: &str,
+) {
+    for (rows, cols) in shapes {
+        let x: Vec<T> = rng.logits(rows * cols, scale);
+        check_case(device, &x, rows, cols, ALIGNED, what);
+        let shifted = Layout {
+            x_offset: shift.0,
+            y_offset: shift.1,
+        };
+        check_case(device, &x, rows, cols, shifted, what);
+    }
+}
+
+/// The longest row the block family holds in shared memory on this device.
+fn block_family_max_cols(device: &Device) -> usize {
+    (device.limits().max_shared_mem_per_block as usize - cuda_softmax::planner::STATIC_SMEM_RESERVE)
+        / 4
+}
+
 /// One small case per warp configuration and per block family, aligned and misaligned: every
 /// entry point the planner can reach, cheaply (for sanitizer runs).
 pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
-    let cols_list = vec![
+    let short = [
         1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
     ];
-    // Longer than shared memory holds as f32: split-row with 2 rows, online with a row per SM.
-    let online_cols = device.limits().max_shared_mem_per_block as usize / 4;
-    let shapes = cols_list.into_iter().map(|c| (2, c)).chain([
-        (2, online_cols),
-        (device.limits().sm_count as usize, online_cols),
+    let sm = device.limits().sm_count as usize;
+    let block_max = block_family_max_cols(device);
+    // Around the end of the block family: its longest row with a row per SM, then one column
+    // more (online with a row per SM, split-row with 2 rows).
+    let shapes = short.into_iter().map(|c| (2, c)).chain([
+        (sm, block_max),
+        (sm, block_max + 1),
+        (2, block_max + 1),
     ]);
-    for (rows, cols) in shapes {
-        let x: Vec<T> = rng.logits(rows * cols, 3.0);
-        check_case(device, &x, rows, cols, ALIGNED, "family sweep");
-        let shifted = Layout {
-            x_offset: 1,
-            y_offset: 1,
-        };
-        check_case(device, &x, rows, cols, shifted, "family sweep, misaligned");
-    }
+    check_shapes::<T>(device, rng, shapes, (1, 1), 3.0, "family sweep");
 }
 
 /// Long rows through both long-row paths: split-row (few rows) and online (a row per SM).
 pub fn long_rows<T: Element>(device: &Device, rng: &mut Rng) {
     let sm = device.limits().sm_count as usize;
-    let online_cols = device.limits().max_shared_mem_per_block as usize / 4 + 2;
-    for (rows, cols) in [(1, 16384), (1, 100_003), (5, 65537), (sm, online_cols)] {
-        let x: Vec<T> = rng.logits(rows * cols, 10.0);
-        check_case(device, &x, rows, cols, ALIGNED, "long rows");
-        let layout = Layout {
-            x_offset: 3,
-            y_offset: 6,
-        };
-        check_case(device, &x, rows, cols, layout, "long rows, misaligned");
-    }
+    let shapes = [
+        (1, 16384),
+        (1, 100_003),
+        (5, 65537),
+        (sm, block_family_max_cols(device) + 3),
+    ];
+    check_shapes::<T>(device, rng, shapes, (3, 6), 10.0, "long rows");
 }
 
 /// The whole suite for one dtype on one device.
