@@ -44,7 +44,8 @@ unsafe extern "C" {
         params_size: u64,
         regions: *const CsEmuRegion,
         n_regions: u64,
-        reverse_order: i32,
+        schedule: i32,
+        schedule_seed: u64,
         workers: u32,
         stats: *mut CsEmuStats,
         err: *mut c_char,
@@ -53,13 +54,15 @@ unsafe extern "C" {
 }
 
 /// The order in which the emulator runs the threads of a block between synchronisation points.
-/// Running a suite in both orders exposes a missing barrier as a result that changes.
+/// Running a suite in several orders exposes a missing barrier as a result that changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
     /// Thread 0 first.
     Forward,
     /// The last thread first.
     Reverse,
+    /// A pseudo-random order, a different one for every block, drawn from `seed`.
+    Shuffled { seed: u64 },
 }
 
 /// How an emulator device runs kernels.
@@ -184,6 +187,11 @@ impl Emulator {
             })
             .collect();
         let grid3 = [grid_x, grid_y, 1];
+        let (schedule, seed) = match self.config.schedule {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Shuffled { seed } => (2, seed),
+        };
         let block3 = [block, 1, 1];
         let mut stats = CsEmuStats::default();
         let mut err = vec![0 as c_char; 1024];
@@ -199,7 +207,8 @@ impl Emulator {
                 size_of::<SoftmaxParams>() as u64,
                 regions.as_ptr(),
                 regions.len() as u64,
-                (self.config.schedule == Schedule::Reverse) as i32,
+                schedule,
+                seed,
                 self.workers,
                 &mut stats,
                 err.as_mut_ptr(),

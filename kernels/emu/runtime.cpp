@@ -104,6 +104,7 @@ struct Worker {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   std::vector<unsigned char> dynamic_smem;
+  std::vector<unsigned> order;  // the order in which the scheduler sweeps the block's fibers
   unsigned nthreads = 0;
   unsigned barrier_arrived = 0;
   Fiber* current = nullptr;
@@ -130,7 +131,8 @@ struct LaunchShared {
   dim3 grid, block;
   size_t dynamic_smem_bytes;
   std::vector<Region> regions;
-  bool reverse_order;
+  int schedule;            // 0: forward, 1: reverse, 2: shuffled (a random order per block)
+  uint64_t schedule_seed;  // for the shuffled schedule
   std::atomic<uint64_t> next_block{0};
   std::atomic<bool> failed{false};
   std::mutex error_lock;  // guards `error` and the counters below
@@ -287,12 +289,25 @@ static bool run_block(Worker* w, uint64_t linear_block) {
     f.state = FiberState::Ready;
     start_fiber(&f);
   }
-  unsigned done = 0;
+  // The sweep order: fixed for forward and reverse, a fresh permutation per block when shuffled.
   const unsigned n = w->nthreads;
+  for (unsigned i = 0; i < n; ++i) w->order[i] = L->schedule == 1 ? n - 1 - i : i;
+  if (L->schedule == 2) {
+    uint64_t state = L->schedule_seed ^ (linear_block * 0x9e3779b97f4a7c15ULL);
+    for (unsigned i = n - 1; i > 0; --i) {  // Fisher-Yates with SplitMix64
+      state += 0x9e3779b97f4a7c15ULL;
+      uint64_t z = state;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+      z ^= z >> 31;
+      std::swap(w->order[i], w->order[z % (i + 1)]);
+    }
+  }
+  unsigned done = 0;
   while (done < n) {
     bool progressed = false;
     for (unsigned k = 0; k < n; ++k) {
-      Fiber& f = w->fibers[L->reverse_order ? n - 1 - k : k];
+      Fiber& f = w->fibers[w->order[k]];
       if (f.state != FiberState::Ready) continue;
       progressed = true;
       resume(w, &f);
@@ -326,6 +341,7 @@ static void worker_main(LaunchShared* L) {
   w.fibers.resize(w.nthreads);
   w.warps.resize((w.nthreads + 31) / 32);
   w.dynamic_smem.resize(L->dynamic_smem_bytes);
+  w.order.resize(w.nthreads);
   for (unsigned i = 0; i < w.nthreads; ++i) {
     Fiber& f = w.fibers[i];
     f.stack = arena + size_t(i) * kStackBytes;
@@ -470,7 +486,8 @@ const char* cs_emu_kernel_name(size_t i) { return i < emu::registry().size() ? e
 // configuration, 3 for a fault inside the kernel; `err` then holds a message.
 int cs_emu_launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint64_t dynamic_smem,
                   const void* params, uint64_t params_size, const CsEmuRegion* regions, uint64_t n_regions,
-                  int32_t reverse_order, uint32_t workers, CsEmuStats* stats, char* err, uint64_t err_len) {
+                  int32_t schedule, uint64_t schedule_seed, uint32_t workers, CsEmuStats* stats, char* err,
+                  uint64_t err_len) {
   auto fail = [&](int code, const std::string& what) {
     if (err_len > 0) {
       std::snprintf(err, err_len, "%s", what.c_str());
@@ -493,7 +510,9 @@ int cs_emu_launch(const char* name, const uint32_t grid[3], const uint32_t block
   L.grid = dim3{grid[0], grid[1], grid[2]};
   L.block = dim3{block[0], block[1], block[2]};
   L.dynamic_smem_bytes = dynamic_smem;
-  L.reverse_order = reverse_order != 0;
+  if (schedule < 0 || schedule > 2) return fail(2, "schedule must be 0 (forward), 1 (reverse) or 2 (shuffled)");
+  L.schedule = schedule;
+  L.schedule_seed = schedule_seed;
   for (uint64_t i = 0; i < n_regions; ++i)
     L.regions.push_back(emu::Region{static_cast<uintptr_t>(regions[i].base),
                                     static_cast<uintptr_t>(regions[i].base + regions[i].bytes), regions[i].writable != 0});
