@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(CS_EMU_UCONTEXT)
 #include <ucontext.h>
 #endif
 
@@ -42,11 +42,12 @@ KernelRegistrar::KernelRegistrar(const char* name, KernelThunk thunk, size_t par
 }
 
 // ---------------------------------------------------------------------------------------------
-// Context switching. On x86-64 a hand-written switch saves only the callee-saved registers
-// (about 20x cheaper than swapcontext, which makes a system call); elsewhere ucontext. It resumes
-// with pop + jmp rather than ret: a ret into another stack would mispredict in the return-stack
-// buffer and leave it out of step for the fiber's next returns.
-#if defined(__x86_64__)
+// Context switching. On x86-64 a hand-written switch saves only the callee-saved registers (far
+// cheaper than swapcontext, which makes a system call each time); elsewhere, or with
+// CS_EMU_UCONTEXT defined, ucontext. The switch resumes with pop + jmp rather than ret: a ret
+// into another stack would mispredict in the return-stack buffer and leave it out of step for
+// the fiber's next returns.
+#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
 extern "C" void cs_emu_switch(void** save_sp, void* next_sp);
 __asm__(
     ".text\n"
@@ -71,7 +72,7 @@ constexpr uint64_t kStackCanary = 0x5afe57ac6b0770aaULL;
 enum class FiberState : uint8_t { Ready, AtBarrier, AtShuffle, Done };
 
 struct Fiber {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   void* sp;
 #else
   ucontext_t ctx;
@@ -108,7 +109,7 @@ struct Worker {
   unsigned nthreads = 0;
   unsigned barrier_arrived = 0;
   Fiber* current = nullptr;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   void* scheduler_sp = nullptr;
 #else
   ucontext_t scheduler_ctx;
@@ -181,7 +182,7 @@ static std::string where_am_i() {
 
 static void switch_to_scheduler(Worker* w) {
   Fiber* f = w->current;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   cs_emu_switch(&f->sp, w->scheduler_sp);
 #else
   swapcontext(&f->ctx, &w->scheduler_ctx);
@@ -205,13 +206,13 @@ static void fiber_main() {
   __builtin_unreachable();
 }
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(CS_EMU_UCONTEXT)
 static void fiber_main_ucontext() { fiber_main(); }
 #endif
 
 static void start_fiber(Fiber* f) {
   *reinterpret_cast<uint64_t*>(f->stack) = kStackCanary;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   // Lay out the frame cs_emu_switch pops: six callee-saved registers, then the return address
   // (fiber_main), above it a dummy return address so fiber_main sees an ABI-aligned stack.
   uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + kStackBytes) & ~uintptr_t(15);
@@ -232,7 +233,7 @@ static void start_fiber(Fiber* f) {
 static void resume(Worker* w, Fiber* f) {
   w->current = f;
   cur_thread_idx = f->tidx;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   cs_emu_switch(&w->scheduler_sp, f->sp);
 #else
   swapcontext(&w->scheduler_ctx, &f->ctx);
