@@ -152,20 +152,28 @@ impl Device {
         Ok(names.len())
     }
 
-    pub(crate) fn alloc<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
+    /// Allocates `len` elements (at least one, so that every buffer has a real address), zeroed
+    /// when asked: a memset on the stream on a GPU; emulator memory always starts zeroed.
+    pub(crate) fn alloc<T: Element>(&self, len: usize, zeroed: bool) -> Result<Buffer<T>> {
         match &*self.backend {
-            // SAFETY: any bit pattern is a valid f32/f16/bf16; callers overwrite or zero it.
-            // One element at least, so that every buffer has a real address.
-            Backend::Cuda(c) => unsafe { c.stream.alloc::<T>(len.max(1)) }
-                .map(Buffer::Cuda)
-                .map_err(|e| Error::driver("cuMemAlloc", e)),
+            Backend::Cuda(c) => {
+                let slice = if zeroed {
+                    c.stream.alloc_zeros::<T>(len.max(1))
+                } else {
+                    // SAFETY: any bit pattern is a valid f32/f16/bf16.
+                    unsafe { c.stream.alloc::<T>(len.max(1)) }
+                };
+                slice
+                    .map(Buffer::Cuda)
+                    .map_err(|e| Error::driver("cuMemAlloc", e))
+            }
             Backend::Emulator(_) => {
-                let bytes =
-                    len.checked_mul(std::mem::size_of::<T>())
-                        .ok_or(Error::LengthMismatch {
-                            expected: usize::MAX,
-                            got: len,
-                        })?;
+                let bytes = len
+                    .checked_mul(size_of::<T>())
+                    .ok_or(Error::LengthMismatch {
+                        expected: usize::MAX,
+                        got: len,
+                    })?;
                 Ok(Buffer::Host(HostBuffer::new(bytes)?))
             }
         }

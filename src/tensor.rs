@@ -58,21 +58,22 @@ impl<T: Element> DeviceTensor<T> {
 
     /// A new tensor whose contents are unspecified (every bit pattern is a valid element).
     pub fn uninit(device: &Device, shape: &[usize]) -> Result<Self> {
+        Self::alloc(device, shape, false)
+    }
+
+    /// A new tensor of zeros (set on the device, no host copy).
+    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Self> {
+        Self::alloc(device, shape, true)
+    }
+
+    fn alloc(device: &Device, shape: &[usize], zeroed: bool) -> Result<Self> {
         let len = element_count(shape)?;
         Ok(DeviceTensor {
             device: device.clone(),
-            buffer: Arc::new(device.alloc::<T>(len)?),
+            buffer: Arc::new(device.alloc::<T>(len, zeroed)?),
             offset: 0,
             shape: shape.to_vec(),
         })
-    }
-
-    /// A new tensor of zeros.
-    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Self> {
-        let len = element_count(shape)?;
-        let mut t = Self::uninit(device, shape)?;
-        t.copy_from_host(&vec![T::default(); len])?;
-        Ok(t)
     }
 
     /// Wraps a cudarc buffer; the device must have been made from a stream of the same context
