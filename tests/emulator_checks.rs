@@ -85,6 +85,20 @@ fn an_out_of_bounds_write_is_a_fault_and_is_not_performed() {
 }
 
 #[test]
+fn a_misaligned_vector_access_is_a_fault_and_is_not_performed() {
+    let d = emulator(Schedule::Forward);
+    let mut y = poisoned(&d, 16);
+    let text = fault_text(d.emulator_selftest("emu_selftest_misaligned_vector", 32, 0, &mut y));
+    assert!(text.contains("misaligned"), "{text}");
+    assert!(
+        y.to_host()
+            .unwrap()
+            .iter()
+            .all(|v| v.to_bits() == 0x7fa5_5a5a)
+    );
+}
+
+#[test]
 fn a_barrier_not_reached_by_every_thread_is_a_fault() {
     for schedule in SCHEDULES {
         let d = emulator(schedule);

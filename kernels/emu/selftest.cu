@@ -21,6 +21,12 @@ __device__ void out_of_bounds_write(const cs::SoftmaxParams& p) {
   cs::store_one(static_cast<float*>(p.y) + p.cols, 1.0f);
 }
 
+// A 16-byte access one element past a 16-byte boundary (a misaligned-address fault on a GPU).
+__device__ void misaligned_vector_store(const cs::SoftmaxParams& p) {
+  float v[4] = {1.0f, 2.0f, 3.0f, 4.0f};
+  if (threadIdx.x == 0) cs::store_pack<float, 4>(static_cast<float*>(p.y) + 1, v);
+}
+
 // Only the first half of the block reaches the barrier.
 __device__ void divergent_barrier(const cs::SoftmaxParams& p) {
   if (threadIdx.x < blockDim.x / 2) __syncthreads();
@@ -50,6 +56,7 @@ __device__ void shuffle_semantics(const cs::SoftmaxParams& p) {
 CS_ENTRY(emu_selftest_barrier_ok, 1024, (cs_selftest::neighbour_exchange<true>(p)))
 CS_ENTRY(emu_selftest_missing_barrier, 1024, (cs_selftest::neighbour_exchange<false>(p)))
 CS_ENTRY(emu_selftest_out_of_bounds, 1024, (cs_selftest::out_of_bounds_write(p)))
+CS_ENTRY(emu_selftest_misaligned_vector, 1024, (cs_selftest::misaligned_vector_store(p)))
 CS_ENTRY(emu_selftest_divergent_barrier, 1024, (cs_selftest::divergent_barrier(p)))
 CS_ENTRY(emu_selftest_partial_shuffle, 1024, (cs_selftest::partial_shuffle(p)))
 CS_ENTRY(emu_selftest_shuffle_semantics, 1024, (cs_selftest::shuffle_semantics(p)))
