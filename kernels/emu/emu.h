@@ -49,6 +49,7 @@ extern thread_local uint3 cur_block_idx;
 extern thread_local dim3 cur_block_dim;
 extern thread_local dim3 cur_grid_dim;
 extern thread_local unsigned char* cur_dynamic_smem;
+extern thread_local unsigned cur_linear_tid;  // threadIdx flattened (x fastest), as warps count
 
 void syncthreads();
 // Exchanges `bits` (a 4- or 8-byte value) within the calling lane's shuffle group and returns
@@ -77,10 +78,7 @@ inline void __syncthreads() { ::emu::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
 
 namespace emu {
-inline unsigned lane_id() {
-  unsigned linear = cur_thread_idx.x + cur_block_dim.x * (cur_thread_idx.y + cur_block_dim.y * cur_thread_idx.z);
-  return linear % 32;
-}
+inline unsigned lane_id() { return cur_linear_tid % 32; }
 
 template <typename T>
 T shuffle_value(unsigned mask, T v, int src_lane) {

@@ -24,6 +24,7 @@ thread_local uint3 cur_block_idx;
 thread_local dim3 cur_block_dim;
 thread_local dim3 cur_grid_dim;
 thread_local unsigned char* cur_dynamic_smem;
+thread_local unsigned cur_linear_tid;
 
 // ---------------------------------------------------------------------------------------------
 // Kernel registry: every entry point registers itself (common.cuh's CS_ENTRY) at start-up.
@@ -95,6 +96,7 @@ struct Warp {
   uint64_t results[32];  // filled for the whole group when its last lane arrives
   ShuffleGroup groups[32];
   int open_groups;
+  unsigned lanes;  // the lanes that exist (all 32 unless the block size is not a multiple of 32)
 };
 
 struct LaunchShared;
@@ -233,6 +235,7 @@ static void start_fiber(Fiber* f) {
 static void resume(Worker* w, Fiber* f) {
   w->current = f;
   cur_thread_idx = f->tidx;
+  cur_linear_tid = f->linear;
 #if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   cs_emu_switch(&w->scheduler_sp, f->sp);
 #else
@@ -280,7 +283,11 @@ static bool run_block(Worker* w, uint64_t linear_block) {
                         static_cast<unsigned>(linear_block / (uint64_t(L->grid.x) * L->grid.y))};
   w->barrier_arrived = 0;
   w->block_failed = false;
-  for (Warp& warp : w->warps) warp.open_groups = 0;
+  for (unsigned i = 0; i < w->warps.size(); ++i) {
+    unsigned count = std::min(32u, w->nthreads - 32 * i);
+    w->warps[i].open_groups = 0;
+    w->warps[i].lanes = count == 32 ? 0xffffffffu : ((1u << count) - 1);
+  }
   // Poison dynamic shared memory (all-ones bytes: NaN for floats) so that reading what no
   // thread wrote shows in the results.
   std::memset(w->dynamic_smem.data(), 0xff, w->dynamic_smem.size());
@@ -387,8 +394,7 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp*
   Fiber* f = w->current;
   unsigned lane = f->linear % 32;
   Warp& warp = w->warps[f->linear / 32];
-  unsigned warp_lanes = std::min(32u, w->nthreads - (f->linear / 32) * 32);
-  unsigned valid = warp_lanes == 32 ? 0xffffffffu : ((1u << warp_lanes) - 1);
+  const unsigned valid = warp.lanes;
   if (!(mask & (1u << lane))) fault("warp shuffle/sync called by a lane that is not in its own mask");
   if (mask & ~valid) fault("warp shuffle/sync mask names lanes that do not exist in this warp");
   if (src_lane >= 0 && !(mask & (1u << src_lane))) fault("warp shuffle reads a lane that is not in the mask");
@@ -415,15 +421,16 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp*
     switch_to_scheduler(w);
     return;
   }
-  // Last lane in: compute every lane's result now, so later groups may reuse `values` freely.
-  for (unsigned l = 0; l < 32; ++l) {
-    if (!(mask & (1u << l))) continue;
+  // Last lane in: compute every lane's result now, so later groups may reuse `values` freely,
+  // and wake the others.
+  Fiber* warp_fibers = &w->fibers[(f->linear / 32) * 32];
+  for (unsigned rest = mask; rest != 0; rest &= rest - 1) {
+    unsigned l = static_cast<unsigned>(__builtin_ctz(rest));
     int s = warp.sources[l];
     warp.results[l] = warp.values[s < 0 ? l : s];
+    warp_fibers[l].state = FiberState::Ready;
   }
-  unsigned base = (f->linear / 32) * 32;
-  for (unsigned l = 0; l < 32; ++l)
-    if ((mask & (1u << l)) && l != lane) w->fibers[base + l].state = FiberState::Ready;
+  f->state = FiberState::Ready;
   warp.groups[gi] = warp.groups[--warp.open_groups];
 }
 
