@@ -168,13 +168,8 @@ impl Device {
                     .map_err(|e| Error::driver("cuMemAlloc", e))
             }
             Backend::Emulator(_) => {
-                let bytes = len
-                    .checked_mul(size_of::<T>())
-                    .ok_or(Error::LengthMismatch {
-                        expected: usize::MAX,
-                        got: len,
-                    })?;
-                Ok(Buffer::Host(HostBuffer::new(bytes)?))
+                // element_count() guarantees the byte size fits.
+                Ok(Buffer::Host(HostBuffer::new(len * size_of::<T>())?))
             }
         }
     }

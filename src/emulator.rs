@@ -290,16 +290,11 @@ unsafe impl Sync for HostBuffer {}
 
 impl HostBuffer {
     pub fn new(bytes: usize) -> Result<HostBuffer> {
-        let layout = Layout::from_size_align(bytes.max(256), 256).map_err(|_| Error::Launch {
-            kernel: "allocation".into(),
-            detail: format!("{bytes} bytes is too large"),
-        })?;
+        let layout = Layout::from_size_align(bytes.max(256), 256)
+            .map_err(|_| Error::OutOfMemory { bytes })?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| Error::Launch {
-            kernel: "allocation".into(),
-            detail: format!("out of host memory allocating {bytes} bytes for the emulator"),
-        })?;
+        let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { bytes })?;
         Ok(HostBuffer { ptr, layout })
     }
 

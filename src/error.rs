@@ -29,6 +29,10 @@ pub enum Error {
     Launch { kernel: String, detail: String },
     /// Host data and shape disagree in size.
     LengthMismatch { expected: usize, got: usize },
+    /// A shape whose element count (or byte size) does not fit in usize.
+    ShapeTooLarge { shape: Vec<usize> },
+    /// The device (or, for the emulator, the host) could not provide the memory.
+    OutOfMemory { bytes: usize },
     /// Two tensors that must have the same shape do not.
     ShapeMismatch {
         what: &'static str,
@@ -98,6 +102,16 @@ impl fmt::Display for Error {
             Error::LengthMismatch { expected, got } => write!(
                 f,
                 "host data has {got} elements but the shape needs {expected}"
+            ),
+            Error::ShapeTooLarge { shape } => {
+                write!(
+                    f,
+                    "shape {shape:?} has more elements than memory can address"
+                )
+            }
+            Error::OutOfMemory { bytes } => write!(
+                f,
+                "could not allocate {bytes} bytes; free tensors or use smaller batches"
             ),
             Error::ShapeMismatch { what, left, right } => {
                 write!(f, "{what}: shapes {left:?} and {right:?} differ")

@@ -35,9 +35,9 @@ fn element_count(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or(Error::LengthMismatch {
-            expected: usize::MAX,
-            got: 0,
+        .filter(|&n| n.checked_mul(16).is_some()) // its byte size must fit too
+        .ok_or_else(|| Error::ShapeTooLarge {
+            shape: shape.to_vec(),
         })
 }
 

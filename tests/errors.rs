@@ -70,6 +70,22 @@ fn host_data_must_match_the_shape() {
 }
 
 #[test]
+fn impossible_shapes_are_errors_not_panics() {
+    let d = Device::emulator();
+    let huge = [usize::MAX / 2, 3];
+    assert!(matches!(
+        DeviceTensor::<f32>::uninit(&d, &huge).unwrap_err(),
+        Error::ShapeTooLarge { .. }
+    ));
+    // Fits in usize as a count, but not as bytes.
+    let e = DeviceTensor::<f32>::zeros(&d, &[usize::MAX / 8]).unwrap_err();
+    assert!(matches!(e, Error::ShapeTooLarge { .. }), "{e}");
+    // Addressable but far beyond any machine: an allocation error.
+    let e = DeviceTensor::<f32>::zeros(&d, &[1 << 58]).unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
+}
+
+#[test]
 fn views_must_stay_inside_their_tensor() {
     let d = Device::emulator();
     let t = DeviceTensor::from_host(&d, &poison(12), &[3, 4]).unwrap();
