@@ -66,7 +66,8 @@ __asm__(
     ".text\n");
 #endif
 
-constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kStackBytes = 64 * 1024;  // per fiber, including its guard page
+constexpr size_t kGuardBytes = 4096;       // no-access page below each stack
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr uint64_t kStackCanary = 0x5afe57ac6b0770aaULL;
 
@@ -162,7 +163,12 @@ static unsigned char* take_arena() {
   }
   void* p = mmap(nullptr, kStackBytes * kMaxThreadsPerBlock, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  return p == MAP_FAILED ? nullptr : static_cast<unsigned char*>(p);
+  if (p == MAP_FAILED) return nullptr;
+  // A guard page under every stack: a deep overflow stops at once instead of overwriting the
+  // neighbouring fiber's frames (a shallow one trips the canary just above the guard).
+  unsigned char* base = static_cast<unsigned char*>(p);
+  for (unsigned i = 0; i < kMaxThreadsPerBlock; ++i) mprotect(base + size_t(i) * kStackBytes, kGuardBytes, PROT_NONE);
+  return base;
 }
 static void give_arena(unsigned char* base) {
   std::lock_guard<std::mutex> g(arena_lock);
@@ -217,7 +223,7 @@ static void start_fiber(Fiber* f) {
 #if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
   // Lay out the frame cs_emu_switch pops: six callee-saved registers, then the return address
   // (fiber_main), above it a dummy return address so fiber_main sees an ABI-aligned stack.
-  uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + kStackBytes) & ~uintptr_t(15);
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + kStackBytes - kGuardBytes) & ~uintptr_t(15);
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;
   *--sp = reinterpret_cast<void*>(&fiber_main);
@@ -226,7 +232,7 @@ static void start_fiber(Fiber* f) {
 #else
   getcontext(&f->ctx);
   f->ctx.uc_stack.ss_sp = f->stack;
-  f->ctx.uc_stack.ss_size = kStackBytes;
+  f->ctx.uc_stack.ss_size = kStackBytes - kGuardBytes;
   f->ctx.uc_link = nullptr;
   makecontext(&f->ctx, fiber_main_ucontext, 0);
 #endif
@@ -323,7 +329,7 @@ static bool run_block(Worker* w, uint64_t linear_block) {
       if (f.state == FiberState::Done) {
         ++done;
         if (*reinterpret_cast<uint64_t*>(f.stack) != kStackCanary) {
-          record_error(L, "emulated thread overflowed its 64 KiB stack in " + where_am_i());
+          record_error(L, "emulated thread overflowed its 60 KiB stack in " + where_am_i());
           return false;
         }
       }
@@ -352,7 +358,7 @@ static void worker_main(LaunchShared* L) {
   w.order.resize(w.nthreads);
   for (unsigned i = 0; i < w.nthreads; ++i) {
     Fiber& f = w.fibers[i];
-    f.stack = arena + size_t(i) * kStackBytes;
+    f.stack = arena + size_t(i) * kStackBytes + kGuardBytes;  // usable stack starts above the guard
     f.linear = i;
     f.tidx = uint3{i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y)};
   }
