@@ -9,6 +9,7 @@ use crate::element::{Dtype, Element};
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator whose whole sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
@@ -25,6 +26,7 @@ impl Rng {
             })
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -45,6 +47,7 @@ impl Rng {
             .collect()
     }
 
+    /// Uniform in 0..n (0 when n is 0).
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
@@ -53,7 +56,9 @@ impl Rng {
 /// |got - want| <= atol + rtol * |want|, per dtype.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerance {
+    /// Absolute part of the allowance.
     pub atol: f64,
+    /// Relative part of the allowance (times |want|).
     pub rtol: f64,
 }
 
@@ -81,8 +86,11 @@ impl Tolerance {
 /// The outcome of a comparison: the worst element (by error relative to its allowance).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
+    /// Index of the element with the largest error relative to its allowance.
     pub worst_index: usize,
+    /// What the kernel produced there.
     pub worst_got: f64,
+    /// What the reference says there.
     pub worst_want: f64,
     /// Error / allowance at the worst element: <= 1 passes.
     pub worst_ratio: f64,
@@ -92,10 +100,12 @@ pub struct Comparison {
     pub unwritten: usize,
     /// Elements whose NaN-ness differs from the reference (or whose infinities differ).
     pub class_mismatches: usize,
+    /// The first element that failed in any way.
     pub first_bad: Option<usize>,
 }
 
 impl Comparison {
+    /// Every element written, NaN/inf where the reference has them, all within tolerance.
     pub fn passed(&self) -> bool {
         self.unwritten == 0 && self.class_mismatches == 0 && self.worst_ratio <= 1.0
     }
@@ -119,6 +129,7 @@ impl std::fmt::Display for Comparison {
     }
 }
 
+/// Compares kernel output with the f64 reference, element by element.
 pub fn compare<T: Element>(got: &[T], want: &[f64], tol: Tolerance) -> Comparison {
     assert_eq!(got.len(), want.len(), "compare: lengths differ");
     let mut c = Comparison {

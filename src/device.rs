@@ -71,16 +71,19 @@ impl Device {
         Device::emulator_with(EmulatorConfig::default())
     }
 
+    /// The CPU SIMT emulator with a chosen thread schedule and worker count.
     pub fn emulator_with(config: EmulatorConfig) -> Device {
         Device {
             backend: Arc::new(Backend::Emulator(Emulator::new(config))),
         }
     }
 
+    /// True for the CPU SIMT emulator.
     pub fn is_emulator(&self) -> bool {
         matches!(*self.backend, Backend::Emulator(_))
     }
 
+    /// A human-readable name: the GPU's name and architecture, or the emulator and its schedule.
     pub fn name(&self) -> String {
         match &*self.backend {
             Backend::Cuda(c) => format!(

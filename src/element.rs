@@ -5,12 +5,16 @@ use half::{bf16, f16};
 /// A storage type's identity, used by the planner and for kernel names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
+    /// 32-bit IEEE float.
     F32,
+    /// 16-bit IEEE half (`half::f16`, CUDA `__half`).
     F16,
+    /// bfloat16 (`half::bf16`, CUDA `__nv_bfloat16`).
     Bf16,
 }
 
 impl Dtype {
+    /// Every storage type.
     pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
 
     /// The name used in kernel symbols.
@@ -22,6 +26,7 @@ impl Dtype {
         }
     }
 
+    /// Bytes per element.
     pub fn size_bytes(self) -> usize {
         match self {
             Dtype::F32 => 4,
@@ -54,14 +59,17 @@ pub trait Element:
     + std::fmt::Debug
     + 'static
 {
+    /// This type's identity.
     const DTYPE: Dtype;
     /// Rounds to nearest even, as the kernels' stores do.
     fn from_f64(v: f64) -> Self;
+    /// Exact widening.
     fn to_f64(self) -> f64;
     /// The largest finite value.
     const MAX_FINITE: f64;
     /// A bit pattern no kernel writes (a NaN with a distinctive payload): output poison.
     fn poison() -> Self;
+    /// True for exactly the `poison()` bit pattern.
     fn is_poison(self) -> bool;
 }
 

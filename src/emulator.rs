@@ -62,12 +62,16 @@ pub enum Schedule {
     /// The last thread first.
     Reverse,
     /// A pseudo-random order, a different one for every block, drawn from `seed`.
-    Shuffled { seed: u64 },
+    Shuffled {
+        /// Seeds the permutations (combined with each block's index).
+        seed: u64,
+    },
 }
 
 /// How an emulator device runs kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmulatorConfig {
+    /// The thread order between synchronisation points.
     pub schedule: Schedule,
     /// OS threads that run blocks in parallel (0: one per available core).
     pub workers: usize,
@@ -86,7 +90,9 @@ impl Default for EmulatorConfig {
 /// kernels' accessors.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LaunchStats {
+    /// Global-memory bytes the kernels read.
     pub kernel_bytes_read: u64,
+    /// Global-memory bytes the kernels wrote.
     pub kernel_bytes_written: u64,
     /// Global accesses of any width.
     pub accesses: u64,

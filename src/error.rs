@@ -5,6 +5,7 @@ use std::fmt;
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What went wrong. `Display` gives a message that also says what to do about it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
     /// The crate was built without nvcc, so it carries no GPU image.
@@ -14,45 +15,89 @@ pub enum Error {
     /// The driver loaded but reports no CUDA device.
     NoGpu,
     /// `Device::cuda(ordinal)` with an ordinal past the last device.
-    NoSuchDevice { ordinal: usize, count: usize },
+    NoSuchDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// How many devices the driver reports.
+        count: usize,
+    },
     /// The driver could not load the embedded image (usually: driver older than the toolkit).
     ImageLoad {
+        /// The driver's CUDA version, e.g. 13000 for 13.0.
         driver_version: i32,
+        /// The GPU's (major, minor) compute capability.
         compute_capability: (i32, i32),
+        /// The driver's error.
         detail: String,
     },
     /// A CUDA driver call failed.
-    Driver { call: &'static str, detail: String },
+    Driver {
+        /// The driver entry point.
+        call: &'static str,
+        /// The driver's error.
+        detail: String,
+    },
     /// A kernel faulted on the emulator (out-of-bounds access, barrier or shuffle divergence).
-    EmulatorFault { kernel: String, detail: String },
+    EmulatorFault {
+        /// The entry point that faulted.
+        kernel: String,
+        /// What the emulator caught, and where.
+        detail: String,
+    },
     /// A launch asked for something the device cannot do.
-    Launch { kernel: String, detail: String },
+    Launch {
+        /// The entry point.
+        kernel: String,
+        /// Why it could not run.
+        detail: String,
+    },
     /// Host data and shape disagree in size.
-    LengthMismatch { expected: usize, got: usize },
+    LengthMismatch {
+        /// Elements the shape (or view) holds.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
     /// A shape whose element count (or byte size) does not fit in usize.
-    ShapeTooLarge { shape: Vec<usize> },
+    ShapeTooLarge {
+        /// The shape asked for.
+        shape: Vec<usize>,
+    },
     /// The device (or, for the emulator, the host) could not provide the memory.
-    OutOfMemory { bytes: usize },
+    OutOfMemory {
+        /// The size of the failed allocation.
+        bytes: usize,
+    },
     /// Two tensors that must have the same shape do not.
     ShapeMismatch {
+        /// Which operation and which tensors.
         what: &'static str,
+        /// The first shape.
         left: Vec<usize>,
+        /// The second shape.
         right: Vec<usize>,
     },
-    /// A view or slice reaches past its buffer.
+    /// A view or slice reaches past its tensor.
     OutOfRange {
+        /// Which call.
         what: &'static str,
+        /// First element asked for.
         offset: usize,
+        /// Elements asked for.
         len: usize,
+        /// Elements there are.
         available: usize,
     },
     /// The tensors of one operation live on different devices.
     DeviceMismatch,
     /// Output and input share memory without being the same elements.
     PartialOverlap,
-    /// An operation that needs at least one dimension got a scalar.
-    ScalarInput { op: &'static str },
-    /// A CUDA buffer handed in does not match the device (wrong context).
+    /// An operation over the last dimension got a tensor of rank 0.
+    ScalarInput {
+        /// The operation.
+        op: &'static str,
+    },
+    /// A CUDA buffer handed in does not belong to the device's context.
     ForeignBuffer,
 }
 

@@ -18,13 +18,17 @@ pub const PTXAS_REPORT: Option<&str> = Some(include_str!(concat!(env!("OUT_DIR")
 #[cfg(not(cs_cuda_image))]
 pub const PTXAS_REPORT: Option<&str> = None;
 
+/// The CUDA toolkit release that built the image ("none" without one).
 #[cfg(cs_cuda_image)]
 pub const TOOLKIT_VERSION: &str = env!("CS_TOOLKIT_VERSION");
+/// The CUDA toolkit release that built the image ("none" without one).
 #[cfg(not(cs_cuda_image))]
 pub const TOOLKIT_VERSION: &str = "none";
 
+/// The PTX ISA version of the image's PTX ("none" without an image).
 #[cfg(cs_cuda_image)]
 pub const PTX_VERSION: &str = env!("CS_PTX_VERSION");
+/// The PTX ISA version of the image's PTX ("none" without an image).
 #[cfg(not(cs_cuda_image))]
 pub const PTX_VERSION: &str = "none";
 

@@ -10,6 +10,7 @@
 //! let probabilities = y.to_host()?;
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 pub mod check;
 mod cuda;

@@ -31,8 +31,11 @@ impl DeviceLimits {
 /// One softmax over the last dimension: `rows` rows of `cols` elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SoftmaxProblem {
+    /// Rows (the product of all dimensions but the last).
     pub rows: usize,
+    /// Elements per row (the last dimension).
     pub cols: usize,
+    /// Storage type.
     pub dtype: Dtype,
     /// Input and output each start on a 16-byte boundary.
     pub aligned16: bool,
@@ -44,23 +47,41 @@ pub struct SoftmaxProblem {
 pub enum Family {
     /// `width` lanes per row, `cols_per_lane` elements per lane moved `vec` at a time.
     Warp {
+        /// Lanes per row (a power of two, at most 32).
         width: u32,
+        /// Elements each lane holds.
         cols_per_lane: u32,
+        /// Elements per access (1, or 16 bytes' worth).
         vec: u32,
     },
     /// A block of `threads` per row, row cached in shared memory.
-    Block { threads: u32 },
+    Block {
+        /// Threads per block.
+        threads: u32,
+    },
     /// A block of `threads` per row, online normalizer then a second read.
-    Online { threads: u32 },
+    Online {
+        /// Threads per block.
+        threads: u32,
+    },
     /// Split-row pass 1: a block per (chunk, row) writes the chunk's (max, sum).
-    SplitStats { threads: u32 },
+    SplitStats {
+        /// Threads per block.
+        threads: u32,
+    },
     /// Split-row pass 2: a block per (chunk, row) merges the row's states, writes its chunk.
-    SplitWrite { threads: u32 },
+    SplitWrite {
+        /// Threads per block.
+        threads: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One entry point: a family, its tile configuration and a storage type.
 pub struct KernelConfig {
+    /// Storage type.
     pub dtype: Dtype,
+    /// Family and tile configuration.
     pub family: Family,
 }
 
@@ -102,6 +123,7 @@ impl KernelConfig {
         }
     }
 
+    /// The block size the entry point is built for (its `__launch_bounds__`).
     pub fn threads_per_block(&self) -> u32 {
         match self.family {
             Family::Warp { .. } => WARP_FAMILY_THREADS,
@@ -159,16 +181,20 @@ impl KernelConfig {
 /// One kernel launch of a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage {
+    /// The entry point.
     pub kernel: KernelConfig,
     /// (x, y) blocks: x over row groups or chunks, y over rows (split-row only; else 1).
     pub grid: (u32, u32),
+    /// Threads per block.
     pub block: u32,
+    /// Dynamic shared memory per block.
     pub shared_mem_bytes: u32,
 }
 
 /// Kernels and geometry for one call: stages run in order on one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
+    /// The launches, in order.
     pub stages: Vec<Stage>,
     /// f32 elements of scratch the stages share (split-row: 2 per chunk per row); 0 if none.
     pub workspace_floats: usize,

@@ -10,6 +10,8 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::AccessRange;
 
+/// A typed, shaped view of device memory (GPU memory, or host memory on the emulator).
+/// Views made from it share its memory; `softmax_into` checks how they overlap.
 pub struct DeviceTensor<T: Element> {
     device: Device,
     buffer: Arc<Buffer<T>>,
@@ -126,10 +128,12 @@ impl<T: Element> DeviceTensor<T> {
         }
     }
 
+    /// The device the tensor lives on.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// Dimensions, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -139,6 +143,7 @@ impl<T: Element> DeviceTensor<T> {
         self.shape.iter().product()
     }
 
+    /// True when the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

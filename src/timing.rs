@@ -79,6 +79,7 @@ pub struct SoftmaxWorkload<T: Element> {
 }
 
 impl<T: Element> SoftmaxWorkload<T> {
+    /// Allocates and fills the pairs for `rows` x `cols` on `device`.
     pub fn new(device: &Device, rows: usize, cols: usize, seed: u64) -> Result<Self> {
         let n = rows * cols;
         let bytes_moved = 2 * n * size_of::<T>();
