@@ -68,57 +68,56 @@ fn a_missing_barrier_changes_the_result_in_every_schedule() {
     }
 }
 
+/// Runs a planted-bug kernel as one block of `threads` in every schedule: it must fault with a
+/// message containing `expected`. The output is an 8-element view at the start of a poisoned
+/// 16-element buffer (`threads` elements when the kernel writes per thread); when
+/// `writes_nothing`, the faulting access must not have been performed and the whole buffer
+/// stays poisoned.
+fn assert_planted_fault(kernel: &str, threads: u32, expected: &str, writes_nothing: bool) {
+    for schedule in SCHEDULES {
+        let d = emulator(schedule);
+        let len = (threads as usize).max(16);
+        let all = poisoned(&d, len);
+        let view_len = if writes_nothing { 8 } else { len };
+        let mut y = all.view(0, &[view_len]).unwrap();
+        let text = fault_text(d.emulator_selftest(kernel, threads, 0, &mut y));
+        assert!(text.contains(expected), "{kernel} {schedule:?}: {text}");
+        if writes_nothing {
+            let host = all.to_host().unwrap();
+            assert!(
+                host.iter().all(|v| v.to_bits() == 0x7fa5_5a5a),
+                "{kernel} {schedule:?} wrote"
+            );
+        }
+    }
+}
+
 #[test]
 fn an_out_of_bounds_write_is_a_fault_and_is_not_performed() {
-    let d = emulator(Schedule::Forward);
-    // y is a view of 8 elements inside a buffer of 16: the element after the view must survive.
-    let all = poisoned(&d, 16);
-    let mut y = all.view(0, &[8]).unwrap();
-    let text = fault_text(d.emulator_selftest("emu_selftest_out_of_bounds", 32, 0, &mut y));
-    assert!(text.contains("outside every tensor"), "{text}");
-    assert!(
-        all.to_host()
-            .unwrap()
-            .iter()
-            .all(|v| v.to_bits() == 0x7fa5_5a5a)
+    // One element past the 8-element view: inside the buffer, outside the launch's tensors.
+    assert_planted_fault(
+        "emu_selftest_out_of_bounds",
+        32,
+        "outside every tensor",
+        true,
     );
 }
 
 #[test]
 fn a_misaligned_vector_access_is_a_fault_and_is_not_performed() {
-    let d = emulator(Schedule::Forward);
-    let mut y = poisoned(&d, 16);
-    let text = fault_text(d.emulator_selftest("emu_selftest_misaligned_vector", 32, 0, &mut y));
-    assert!(text.contains("misaligned"), "{text}");
-    assert!(
-        y.to_host()
-            .unwrap()
-            .iter()
-            .all(|v| v.to_bits() == 0x7fa5_5a5a)
-    );
+    assert_planted_fault("emu_selftest_misaligned_vector", 32, "misaligned", true);
 }
 
 #[test]
 fn a_barrier_not_reached_by_every_thread_is_a_fault() {
-    for schedule in SCHEDULES {
-        let d = emulator(schedule);
-        let mut y = poisoned(&d, 64);
-        let text = fault_text(d.emulator_selftest("emu_selftest_divergent_barrier", 64, 0, &mut y));
-        assert!(
-            text.contains("__syncthreads() not reached by every thread"),
-            "{text}"
-        );
-    }
+    let expected = "__syncthreads() not reached by every thread";
+    assert_planted_fault("emu_selftest_divergent_barrier", 64, expected, false);
 }
 
 #[test]
 fn a_shuffle_not_reached_by_every_lane_is_a_fault() {
-    for schedule in SCHEDULES {
-        let d = emulator(schedule);
-        let mut y = poisoned(&d, 64);
-        let text = fault_text(d.emulator_selftest("emu_selftest_partial_shuffle", 64, 0, &mut y));
-        assert!(text.contains("shuffle not reached by every lane"), "{text}");
-    }
+    let expected = "shuffle not reached by every lane";
+    assert_planted_fault("emu_selftest_partial_shuffle", 64, expected, false);
 }
 
 #[test]

@@ -12,36 +12,6 @@ fn emulator(schedule: Schedule) -> Device {
     })
 }
 
-#[test]
-fn f32_forward_schedule() {
-    common::full_suite::<f32>(&emulator(Schedule::Forward), "f32_forward_schedule");
-}
-
-#[test]
-fn f32_reverse_schedule() {
-    common::full_suite::<f32>(&emulator(Schedule::Reverse), "f32_reverse_schedule");
-}
-
-#[test]
-fn f16_forward_schedule() {
-    common::full_suite::<f16>(&emulator(Schedule::Forward), "f16_forward_schedule");
-}
-
-#[test]
-fn f16_reverse_schedule() {
-    common::full_suite::<f16>(&emulator(Schedule::Reverse), "f16_reverse_schedule");
-}
-
-#[test]
-fn bf16_forward_schedule() {
-    common::full_suite::<bf16>(&emulator(Schedule::Forward), "bf16_forward_schedule");
-}
-
-#[test]
-fn bf16_reverse_schedule() {
-    common::full_suite::<bf16>(&emulator(Schedule::Reverse), "bf16_reverse_schedule");
-}
-
 /// A random thread order per block, seeded from the printed test seed.
 fn shuffled(test: &str) -> Device {
     let seed = cuda_softmax::check::Rng::seed_from_env();
@@ -49,20 +19,23 @@ fn shuffled(test: &str) -> Device {
     emulator(Schedule::Shuffled { seed })
 }
 
-#[test]
-fn f32_shuffled_schedule() {
-    common::full_suite::<f32>(&shuffled("f32_shuffled_schedule"), "f32_shuffled_schedule");
+/// One test per (dtype, schedule), so that a failure names both.
+macro_rules! suite {
+    ($name:ident, $dtype:ty, $device:expr) => {
+        #[test]
+        fn $name() {
+            let device: Device = $device(stringify!($name));
+            common::full_suite::<$dtype>(&device, stringify!($name));
+        }
+    };
 }
 
-#[test]
-fn f16_shuffled_schedule() {
-    common::full_suite::<f16>(&shuffled("f16_shuffled_schedule"), "f16_shuffled_schedule");
-}
-
-#[test]
-fn bf16_shuffled_schedule() {
-    common::full_suite::<bf16>(
-        &shuffled("bf16_shuffled_schedule"),
-        "bf16_shuffled_schedule",
-    );
-}
+suite!(f32_forward_schedule, f32, |_| emulator(Schedule::Forward));
+suite!(f32_reverse_schedule, f32, |_| emulator(Schedule::Reverse));
+suite!(f32_shuffled_schedule, f32, shuffled);
+suite!(f16_forward_schedule, f16, |_| emulator(Schedule::Forward));
+suite!(f16_reverse_schedule, f16, |_| emulator(Schedule::Reverse));
+suite!(f16_shuffled_schedule, f16, shuffled);
+suite!(bf16_forward_schedule, bf16, |_| emulator(Schedule::Forward));
+suite!(bf16_reverse_schedule, bf16, |_| emulator(Schedule::Reverse));
+suite!(bf16_shuffled_schedule, bf16, shuffled);

@@ -146,17 +146,14 @@ struct LaunchShared {
 
 // Stacks are reused across launches: mapping and first-touching 64 MiB per launch would
 // dominate the cost of small launches.
-struct StackArena {
-  unsigned char* base;
-};
 static std::mutex arena_lock;
-static std::vector<StackArena> free_arenas;
+static std::vector<unsigned char*> free_arenas;
 
 static unsigned char* take_arena() {
   {
     std::lock_guard<std::mutex> g(arena_lock);
     if (!free_arenas.empty()) {
-      unsigned char* b = free_arenas.back().base;
+      unsigned char* b = free_arenas.back();
       free_arenas.pop_back();
       return b;
     }
@@ -172,7 +169,7 @@ static unsigned char* take_arena() {
 }
 static void give_arena(unsigned char* base) {
   std::lock_guard<std::mutex> g(arena_lock);
-  free_arenas.push_back(StackArena{base});
+  free_arenas.push_back(base);
 }
 
 static void record_error(LaunchShared* launch, const std::string& what) {
