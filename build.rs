@@ -66,9 +66,21 @@ fn kernel_sources(kernels: &Path) -> Vec<PathBuf> {
     sources
 }
 
-/// One translation unit (so that every kernel's registration object is linked) with the
-/// emulator runtime, every kernel source and the emulator's planted-bug kernels.
+/// Warning flags for the host build of the kernels: a narrowing conversion (an `int` row offset)
+/// or an uninitialised value in a kernel is a bug the GPU build would not report.
+const EMULATOR_WARNINGS: [&str; 4] = ["-Wall", "-Wextra", "-Wconversion", "-Wshadow"];
+
+/// The emulator: one translation unit (so that every kernel's registration object is linked)
+/// with the emulator runtime, every kernel source and the emulator's planted-bug kernels,
+/// compiled twice: as written (no contraction), and with FMA contraction like nvcc's default,
+/// with its namespaces and C entry points renamed so that the two share no symbol.
+///
+/// The compiler's warnings are kept in OUT_DIR/emulator_warnings.txt (a test requires it to be
+/// empty) and shown as cargo warnings; CS_EMU_WERROR=1 makes any of them fail the build. They do
+/// not fail a user's build by default, since another compiler version may warn differently.
 fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
+    println!("cargo::rerun-if-env-changed=CS_EMU_WERROR");
+    println!("cargo::rustc-check-cfg=cfg(cs_emu_mfma)");
     let mut unity = format!(
         "#include \"{}\"\n",
         kernels.join("emu/runtime.cpp").display()
@@ -82,17 +94,91 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
     );
     let unity_path = out.join("emulator_unity.cpp");
     fs::write(&unity_path, unity).expect("write emulator unity file");
-    cc::Build::new()
-        .cpp(true)
-        .file(&unity_path)
-        .include(kernels)
-        .define("CS_EMULATOR", None)
-        .flag_if_supported("-std=c++17")
-        .flag_if_supported("-Wno-unknown-pragmas")
-        // The emulator must be fast even in debug builds of the crate.
-        .opt_level(2)
-        .debug(false)
-        .compile("cuda_softmax_emulator");
+
+    let mfma = host_fma_usable();
+    let mut diagnostics = String::new();
+    let mut objects = Vec::new();
+    for contracted in [false, true] {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .include(kernels)
+            .define("CS_EMULATOR", None)
+            .flag_if_supported("-std=c++17")
+            .flag_if_supported("-Wno-unknown-pragmas")
+            // The emulator must be fast even in debug builds of the crate.
+            .opt_level(2)
+            .debug(false)
+            .warnings(false)
+            .extra_warnings(false);
+        for w in EMULATOR_WARNINGS {
+            build.flag_if_supported(w);
+        }
+        if contracted {
+            for (from, to) in [
+                ("emu", "emu_fma"),
+                ("cs", "cs_fma"),
+                ("cs_selftest", "cs_selftest_fma"),
+                ("CS_EMU_PREFIX", "cs_emu_fma_"),
+            ] {
+                build.define(from, Some(to));
+            }
+            build.flag_if_supported("-ffp-contract=fast");
+            if mfma {
+                build.flag("-mfma");
+            }
+        } else {
+            build.flag_if_supported("-ffp-contract=off");
+        }
+        let object = out.join(if contracted {
+            "emulator_fma.o"
+        } else {
+            "emulator.o"
+        });
+        let mut cmd = build.get_compiler().to_command();
+        cmd.arg("-c").arg(&unity_path).arg("-o").arg(&object);
+        let output = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("could not run the C++ compiler {cmd:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !output.status.success() {
+            panic!("the C++ compiler failed on the emulator build ({cmd:?}):\n{stderr}");
+        }
+        diagnostics += &stderr;
+        objects.push(object);
+    }
+    let report = out.join("emulator_warnings.txt");
+    fs::write(&report, &diagnostics).expect("write the emulator's compiler warnings");
+    println!("cargo::rustc-env=CS_EMU_WARNINGS_PATH={}", report.display());
+    if mfma {
+        println!("cargo::rustc-cfg=cs_emu_mfma");
+    }
+    for line in diagnostics.lines().filter(|l| l.contains("warning:")).take(20) {
+        println!("cargo::warning=emulator build: {line}");
+    }
+    if !diagnostics.trim().is_empty() && env::var_os("CS_EMU_WERROR").is_some_and(|v| v == "1") {
+        panic!("CS_EMU_WERROR=1 and the host compiler warned on the kernels:\n{diagnostics}");
+    }
+    let mut archive = cc::Build::new();
+    archive.cpp(true); // links the C++ standard library
+    for o in &objects {
+        archive.object(o);
+    }
+    archive.cargo_warnings(false).compile("cuda_softmax_emulator");
+}
+
+/// True when the FMA flavour may use -mfma: building for x86-64 on an x86-64 machine that has
+/// FMA (the same machine runs the tests; the runtime checks again before using it).
+fn host_fma_usable() -> bool {
+    let target = env::var("TARGET").unwrap_or_default();
+    let host = env::var("HOST").unwrap_or_default();
+    target == host
+        && env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "x86_64")
+        && fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "fma"))
+        })
 }
 
 fn find_nvcc() -> Option<PathBuf> {

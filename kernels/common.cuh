@@ -3,8 +3,9 @@
 //
 // This header compiles two ways: with nvcc for the GPU image, and with the host C++ compiler
 // (CS_EMULATOR defined) against emu/emu.h for the CPU SIMT emulator. All global-memory access
-// goes through load_pack/store_pack so that the emulator can check and count it; on the GPU the
-// check compiles to nothing.
+// goes through load_pack/store_pack so that the emulator can check and count it, and all shared
+// memory through CS_SHARED_ARRAY / dynamic_smem (bounds, uninitialised reads and races are
+// checked on the emulator); on the GPU the checks compile to nothing.
 #pragma once
 
 #ifdef CS_EMULATOR
@@ -30,12 +31,14 @@ struct SoftmaxParams {
 
 // ---- Entry points: one extern "C" symbol per (family, dtype, tile configuration). The emulator
 // build also registers each one by name so that both backends launch the same names.
+// (On the emulator the entry is an internal function found by name, and its launch bounds are
+// recorded so that a launch a GPU would refuse is refused there too.)
 #ifdef CS_EMULATOR
 #define CS_ENTRY(name, max_threads, call)                                                       \
-  extern "C" void name(cs::SoftmaxParams p) { call; }                                            \
+  static void name(cs::SoftmaxParams p) { call; }                                                \
   static ::emu::KernelRegistrar cs_register_##name(                                              \
       #name, [](const void* raw) { name(*static_cast<const cs::SoftmaxParams*>(raw)); },        \
-      sizeof(cs::SoftmaxParams));
+      sizeof(cs::SoftmaxParams), max_threads);
 #else
 #define CS_ENTRY(name, max_threads, call) \
   extern "C" __global__ void __launch_bounds__(max_threads) name(cs::SoftmaxParams p) { call; }
@@ -179,6 +182,29 @@ __device__ __forceinline__ MaxSum warp_maxsum(MaxSum s) {
   return s;
 }
 
+// ---- Shared memory. Static arrays are declared with CS_SHARED_ARRAY (a plain __shared__ does
+// not compile on the emulator) and the dynamic segment is reached through dynamic_smem<T>(), a
+// SmemPtr<T>: a raw pointer on the GPU, a checked pointer on the emulator.
+#ifdef CS_EMULATOR
+#define CS_SHARED_ARRAY(T, name, n) static thread_local ::emu::SharedArray<T, (n)> name
+template <typename T>
+using SmemPtr = ::emu::SharedPtr<T>;
+#else
+#define CS_SHARED_ARRAY(T, name, n) __shared__ T name[(n)]
+template <typename T>
+using SmemPtr = T*;
+#endif
+
+template <typename T>
+__device__ __forceinline__ SmemPtr<T> dynamic_smem() {
+#ifdef CS_EMULATOR
+  return ::emu::SharedPtr<T>(::emu::dynamic_shared_space(), 0);
+#else
+  extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
+  return reinterpret_cast<T*>(cs_dynamic_smem);
+#endif
+}
+
 // ---- Block reductions (1-D blocks of Block threads, a multiple of 32). The result is returned
 // to every thread. The leading barrier protects the scratch from a previous call's readers.
 struct MaxOp {
@@ -197,8 +223,8 @@ struct MaxSumOp {
 template <int Block, typename Op, typename V>
 __device__ __forceinline__ V block_reduce(V v) {
   static_assert(Block % 32 == 0 && Block <= 1024, "whole warps, at most 32 of them");
-  __shared__ V scratch[Block / 32];
-  __shared__ V result;
+  CS_SHARED_ARRAY(V, scratch, Block / 32);
+  CS_SHARED_ARRAY(V, result, 1);
   v = Op::warp(v);
   __syncthreads();
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
@@ -206,10 +232,10 @@ __device__ __forceinline__ V block_reduce(V v) {
   if (threadIdx.x < 32) {
     V w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : Op::identity();
     w = Op::warp(w);
-    if (threadIdx.x == 0) result = w;
+    if (threadIdx.x == 0) result[0] = w;
   }
   __syncthreads();
-  return result;
+  return result[0];
 }
 
 template <int Block>
@@ -223,17 +249,6 @@ __device__ __forceinline__ float block_sum(float v) {
 template <int Block>
 __device__ __forceinline__ MaxSum block_maxsum(MaxSum s) {
   return block_reduce<Block, MaxSumOp>(s);
-}
-
-// ---- Dynamic shared memory, typed.
-template <typename T>
-__device__ __forceinline__ T* dynamic_smem() {
-#ifdef CS_EMULATOR
-  return reinterpret_cast<T*>(::emu::cur_dynamic_smem);
-#else
-  extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
-  return reinterpret_cast<T*>(cs_dynamic_smem);
-#endif
 }
 
 }  // namespace cs

@@ -127,7 +127,7 @@ template <typename T, int Block>
 __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-  float* buf = dynamic_smem<float>();  // p.cols floats: the row, then its exponentials
+  SmemPtr<float> buf = dynamic_smem<float>();  // p.cols floats: the row, then its exponentials
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* xr = x + row * p.cols;
     T* yr = y + row * p.cols;

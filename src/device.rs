@@ -114,6 +114,18 @@ impl Device {
         }
     }
 
+    /// Runs `f` while holding the emulator's stream, so that it is ordered with every other
+    /// operation of the device (on a GPU, `f` just runs: its copies are stream-ordered already).
+    pub(crate) fn on_emulator_stream<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &*self.backend {
+            Backend::Emulator(e) => {
+                let _stream = e.stream();
+                f()
+            }
+            Backend::Cuda(_) => f(),
+        }
+    }
+
     /// Global-memory traffic of the last launch on an emulator device (`None` on a GPU).
     pub fn last_launch_stats(&self) -> Option<LaunchStats> {
         match &*self.backend {
@@ -156,7 +168,8 @@ impl Device {
     }
 
     /// Allocates `len` elements (at least one, so that every buffer has a real address), zeroed
-    /// when asked: a memset on the stream on a GPU; emulator memory always starts zeroed.
+    /// when asked: a memset on the stream on a GPU. Uninitialised emulator memory is filled with
+    /// `T::poison()`, so that an element no kernel wrote never passes for a result.
     pub(crate) fn alloc<T: Element>(&self, len: usize, zeroed: bool) -> Result<Buffer<T>> {
         match &*self.backend {
             Backend::Cuda(c) => {
@@ -171,8 +184,16 @@ impl Device {
                     .map_err(|e| Error::driver("cuMemAlloc", e))
             }
             Backend::Emulator(_) => {
+                let poison = T::poison();
+                // SAFETY: an Element is plain bits (f32, f16, bf16) of size_of::<T>() bytes.
+                let pattern = unsafe {
+                    std::slice::from_raw_parts(&poison as *const T as *const u8, size_of::<T>())
+                };
                 // element_count() guarantees the byte size fits.
-                Ok(Buffer::Host(HostBuffer::new(len * size_of::<T>())?))
+                Ok(Buffer::Host(HostBuffer::new(
+                    len * size_of::<T>(),
+                    (!zeroed).then_some(pattern),
+                )?))
             }
         }
     }
@@ -208,6 +229,7 @@ impl Device {
             ..Default::default()
         };
         let ranges = [y.access_range(true)];
+        let _stream = e.stream();
         let stats = e.run(kernel, [1, 1, threads, dynamic_smem], &params, &ranges)?;
         e.record(stats);
         Ok(())

@@ -1,10 +1,10 @@
 //! The CPU SIMT emulator backend: host memory stands in for device memory, and launches run the
 //! host-compiled kernels (kernels/emu/) to completion before returning.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::kernel::{AccessRange, Launch, SoftmaxParams};
@@ -27,30 +27,58 @@ struct CsEmuStats {
     threads: u64,
 }
 
+/// One launch, as kernels/emu/runtime.cpp's `CsEmuLaunch` reads it.
+#[repr(C)]
+struct CsEmuLaunch {
+    name: *const c_char,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dynamic_smem: u64,
+    smem_limit: u64,
+    params: *const c_void,
+    params_size: u64,
+    regions: *const CsEmuRegion,
+    n_regions: u64,
+    schedule: i32,
+    schedule_seed: u64,
+    workers: u32,
+}
+
+/// The C entry points of one build flavour of the emulator (build.rs compiles the kernels twice:
+/// as written, and with FMA contraction under the `cs_emu_fma_` prefix).
+macro_rules! emulator_flavour {
+    ($module:ident, $launch:ident, $count:ident, $name:ident) => {
+        mod $module {
+            use super::*;
+            unsafe extern "C" {
+                pub fn $launch(
+                    launch: *const CsEmuLaunch,
+                    stats: *mut CsEmuStats,
+                    err: *mut c_char,
+                    err_len: u64,
+                ) -> c_int;
+                pub fn $count() -> usize;
+                pub fn $name(i: usize) -> *const c_char;
+            }
+            pub use $count as kernel_count;
+            pub use $launch as launch;
+            pub use $name as kernel_name;
+        }
+    };
+}
+emulator_flavour!(plain, cs_emu_launch, cs_emu_kernel_count, cs_emu_kernel_name);
+emulator_flavour!(
+    contracted,
+    cs_emu_fma_launch,
+    cs_emu_fma_kernel_count,
+    cs_emu_fma_kernel_name
+);
+
 unsafe extern "C" {
     fn cs_emu_f32_to_f16(f: f32) -> u16;
     fn cs_emu_f16_to_f32(h: u16) -> f32;
     fn cs_emu_f32_to_bf16(f: f32) -> u16;
     fn cs_emu_bf16_to_f32(b: u16) -> f32;
-    fn cs_emu_kernel_count() -> usize;
-    fn cs_emu_kernel_name(i: usize) -> *const c_char;
-    #[allow(clippy::too_many_arguments)]
-    fn cs_emu_launch(
-        name: *const c_char,
-        grid: *const u32,
-        block: *const u32,
-        dynamic_smem: u64,
-        params: *const c_void,
-        params_size: u64,
-        regions: *const CsEmuRegion,
-        n_regions: u64,
-        schedule: i32,
-        schedule_seed: u64,
-        workers: u32,
-        stats: *mut CsEmuStats,
-        err: *mut c_char,
-        err_len: u64,
-    ) -> c_int;
 }
 
 /// The order in which the emulator runs the threads of a block between synchronisation points.
@@ -66,6 +94,9 @@ pub enum Schedule {
         /// Seeds the permutations (combined with each block's index).
         seed: u64,
     },
+    /// One warp at a time (the last warp first) runs ahead until every lane of it waits at a
+    /// barrier or has exited: a warp gets many shuffles ahead of the others between barriers.
+    WarpAhead,
 }
 
 /// How an emulator device runs kernels.
@@ -73,8 +104,14 @@ pub enum Schedule {
 pub struct EmulatorConfig {
     /// The thread order between synchronisation points.
     pub schedule: Schedule,
-    /// OS threads that run blocks in parallel (0: one per available core).
+    /// OS threads that run blocks in parallel (0: one per available core, at most 64). The
+    /// process runs at most 64 such threads at once over all emulator devices; a launch that
+    /// finds them busy runs with fewer.
     pub workers: usize,
+    /// Run the build of the kernels in which the host compiler contracts `a * b + c` into fused
+    /// multiply-adds, as nvcc does by default (`-ffp-contract=fast`, plus `-mfma` on x86-64
+    /// when the build machine has FMA). The default build contracts nothing.
+    pub fma_contraction: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -82,6 +119,7 @@ impl Default for EmulatorConfig {
         EmulatorConfig {
             schedule: Schedule::Forward,
             workers: 0,
+            fma_contraction: false,
         }
     }
 }
@@ -115,6 +153,9 @@ pub(crate) struct Emulator {
     pub config: EmulatorConfig,
     workers: u32,
     last_stats: Mutex<Option<LaunchStats>>,
+    /// The emulator's stream: every operation of the device (launches, copies) holds it while
+    /// it runs, so they execute one at a time in one order, as on a GPU stream.
+    stream: Mutex<()>,
 }
 
 impl Emulator {
@@ -126,9 +167,15 @@ impl Emulator {
         };
         Emulator {
             config,
-            workers: workers.min(64) as u32,
+            workers: workers.clamp(1, 64) as u32,
             last_stats: Mutex::new(None),
+            stream: Mutex::new(()),
         }
+    }
+
+    /// Holds the device's stream: operations of this device wait until the guard is dropped.
+    pub fn stream(&self) -> MutexGuard<'_, ()> {
+        self.stream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn last_stats(&self) -> Option<LaunchStats> {
@@ -138,8 +185,10 @@ impl Emulator {
             .clone()
     }
 
-    /// Runs the launches in order; the recorded statistics are their sum.
+    /// Runs the launches in order, as one operation on the stream; the recorded statistics are
+    /// their sum.
     pub fn launch(&self, launches: &[Launch]) -> Result<()> {
+        let _stream = self.stream();
         let mut total = LaunchStats::default();
         for l in launches {
             let s = &l.stage;
@@ -192,35 +241,47 @@ impl Emulator {
                 writable: r.writable as i32,
             })
             .collect();
-        let grid3 = [grid_x, grid_y, 1];
         let (schedule, seed) = match self.config.schedule {
             Schedule::Forward => (0, 0),
             Schedule::Reverse => (1, 0),
             Schedule::Shuffled { seed } => (2, seed),
+            Schedule::WarpAhead => (3, 0),
         };
-        let block3 = [block, 1, 1];
+        let launch = CsEmuLaunch {
+            name: c_name.as_ptr(),
+            grid: [grid_x, grid_y, 1],
+            block: [block, 1, 1],
+            dynamic_smem: smem as u64,
+            // The CUDA backend raises each kernel's dynamic shared memory attribute as needed, so
+            // a block may use static + dynamic shared memory up to the device's opt-in limit.
+            smem_limit: EMULATOR_LIMITS.max_shared_mem_per_block as u64,
+            params: params as *const SoftmaxParams as *const c_void,
+            params_size: size_of::<SoftmaxParams>() as u64,
+            regions: regions.as_ptr(),
+            n_regions: regions.len() as u64,
+            schedule,
+            schedule_seed: seed,
+            workers: self.workers,
+        };
+        let launch_fn = if self.config.fma_contraction {
+            if !host_has_fma() {
+                return Err(Error::Launch {
+                    kernel: name.to_string(),
+                    detail: "the FMA-contraction build of the emulator needs a CPU with FMA instructions; \
+                             set EmulatorConfig::fma_contraction to false"
+                        .into(),
+                });
+            }
+            contracted::launch
+        } else {
+            plain::launch
+        };
         let mut stats = CsEmuStats::default();
         let mut err = vec![0 as c_char; 1024];
         // SAFETY: every pointer refers to live memory for the duration of the call; the
-        // emulator checks each global access against `regions` before performing it.
-        let code = unsafe {
-            cs_emu_launch(
-                c_name.as_ptr(),
-                grid3.as_ptr(),
-                block3.as_ptr(),
-                smem as u64,
-                params as *const SoftmaxParams as *const c_void,
-                size_of::<SoftmaxParams>() as u64,
-                regions.as_ptr(),
-                regions.len() as u64,
-                schedule,
-                seed,
-                self.workers,
-                &mut stats,
-                err.as_mut_ptr(),
-                err.len() as u64,
-            )
-        };
+        // emulator checks each global access against `regions` before performing it, and
+        // catches every C++ exception before returning.
+        let code = unsafe { launch_fn(&launch, &mut stats, err.as_mut_ptr(), err.len() as u64) };
         // SAFETY: the emulator always NUL-terminates within err_len.
         let message = unsafe { CStr::from_ptr(err.as_ptr()) }
             .to_string_lossy()
@@ -239,11 +300,27 @@ impl Emulator {
                 kernel,
                 detail: message,
             }),
+            4 => Err(Error::EmulatorResources {
+                kernel,
+                detail: message,
+            }),
             _ => Err(Error::Launch {
                 kernel,
                 detail: message,
             }),
         }
+    }
+}
+
+/// True when the host can run the FMA-contraction flavour (built with `-mfma` on x86-64).
+fn host_has_fma() -> bool {
+    #[cfg(all(target_arch = "x86_64", cs_emu_mfma))]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(all(target_arch = "x86_64", cs_emu_mfma)))]
+    {
+        true
     }
 }
 
@@ -271,18 +348,39 @@ pub mod conversions {
 
 /// Names of every entry point compiled into the emulator.
 pub fn emulator_kernel_names() -> Vec<String> {
+    kernel_names(plain::kernel_count, plain::kernel_name)
+}
+
+/// Names of every entry point in the FMA-contraction build of the emulator.
+#[doc(hidden)]
+pub fn emulator_fma_kernel_names() -> Vec<String> {
+    kernel_names(contracted::kernel_count, contracted::kernel_name)
+}
+
+fn kernel_names(
+    count: unsafe extern "C" fn() -> usize,
+    name: unsafe extern "C" fn(usize) -> *const c_char,
+) -> Vec<String> {
     // SAFETY: the table is built at start-up and never changes; names are static C strings.
     unsafe {
-        (0..cs_emu_kernel_count())
+        (0..count())
             .filter_map(|i| {
-                let p = cs_emu_kernel_name(i);
+                let p = name(i);
                 (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
             })
             .collect()
     }
 }
 
-/// Host memory standing in for a device allocation: zeroed, 256-byte aligned like cudaMalloc.
+/// What the host C++ compiler said while building the emulator (both flavours), with
+/// `-Wall -Wextra -Wconversion`: empty for a clean build. A test requires it to be empty.
+#[doc(hidden)]
+pub fn emulator_build_warnings() -> &'static str {
+    include_str!(env!("CS_EMU_WARNINGS_PATH"))
+}
+
+/// Host memory standing in for a device allocation, 256-byte aligned like cudaMalloc: zeroed, or
+/// filled with a poison pattern so that an element no kernel wrote never reads as a result.
 pub(crate) struct HostBuffer {
     ptr: NonNull<u8>,
     layout: Layout,
@@ -295,12 +393,26 @@ unsafe impl Send for HostBuffer {}
 unsafe impl Sync for HostBuffer {}
 
 impl HostBuffer {
-    pub fn new(bytes: usize) -> Result<HostBuffer> {
+    /// `poison`: `None` for zeroed memory, else the element bit pattern to repeat (its length
+    /// divides 256).
+    pub fn new(bytes: usize, poison: Option<&[u8]>) -> Result<HostBuffer> {
         let layout = Layout::from_size_align(bytes.max(256), 256)
             .map_err(|_| Error::OutOfMemory { bytes })?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = unsafe {
+            match poison {
+                None => alloc_zeroed(layout),
+                Some(_) => alloc(layout),
+            }
+        };
         let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { bytes })?;
+        if let Some(pattern) = poison {
+            // SAFETY: `ptr` is a fresh allocation of layout.size() bytes.
+            let all = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), layout.size()) };
+            for chunk in all.chunks_mut(pattern.len()) {
+                chunk.copy_from_slice(&pattern[..chunk.len()]);
+            }
+        }
         Ok(HostBuffer { ptr, layout })
     }
 

@@ -44,6 +44,14 @@ pub enum Error {
         /// What the emulator caught, and where.
         detail: String,
     },
+    /// The emulator could not get host resources (memory, threads) to run a launch; not a fault
+    /// of the kernel.
+    EmulatorResources {
+        /// The entry point.
+        kernel: String,
+        /// What the host could not provide.
+        detail: String,
+    },
     /// A launch asked for something the device cannot do.
     Launch {
         /// The entry point.
@@ -143,6 +151,11 @@ impl fmt::Display for Error {
             Error::EmulatorFault { kernel, detail } => {
                 write!(f, "kernel {kernel} faulted on the emulator: {detail}")
             }
+            Error::EmulatorResources { kernel, detail } => write!(
+                f,
+                "the emulator could not run {kernel}: {detail}. The host is short of memory or threads: free \
+                 memory, or use fewer workers (EmulatorConfig::workers) or fewer concurrent emulator launches"
+            ),
             Error::Launch { kernel, detail } => write!(f, "cannot launch {kernel}: {detail}"),
             Error::LengthMismatch { expected, got } => write!(
                 f,

@@ -135,6 +135,7 @@ fn emulator_report() -> Result<(), String> {
     let device = Device::emulator_with(EmulatorConfig {
         schedule: Schedule::Forward,
         workers: 1,
+        ..EmulatorConfig::default()
     });
     println!("emulator (one core):");
     for (rows, cols) in [

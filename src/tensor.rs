@@ -234,14 +234,19 @@ impl<T: Element> DeviceTensor<T> {
                     .map_err(|e| Error::driver("cuStreamSynchronize", e))
             }
             Buffer::Host(memory) => {
-                // SAFETY: offset + len is within the buffer (view invariant).
-                unsafe {
-                    memory.write(
-                        self.offset * size_of::<T>(),
-                        data.as_ptr() as *const u8,
-                        std::mem::size_of_val(data),
-                    )
-                };
+                // In stream order with the device's other operations: a kernel that reads this
+                // memory never sees it change under it.
+                self.device.on_emulator_stream(|| {
+                    // SAFETY: offset + len is within the buffer (view invariant), and the
+                    // stream lock keeps every kernel of the device away from it meanwhile.
+                    unsafe {
+                        memory.write(
+                            self.offset * size_of::<T>(),
+                            data.as_ptr() as *const u8,
+                            std::mem::size_of_val(data),
+                        )
+                    }
+                });
                 Ok(())
             }
         }
@@ -266,14 +271,17 @@ impl<T: Element> DeviceTensor<T> {
                     .map_err(|e| Error::driver("cuStreamSynchronize", e))?;
             }
             Buffer::Host(memory) => {
-                // SAFETY: offset + len is within the buffer (view invariant).
-                unsafe {
-                    memory.read(
-                        self.offset * size_of::<T>(),
-                        out.as_mut_ptr() as *mut u8,
-                        out.len() * size_of::<T>(),
-                    )
-                };
+                self.device.on_emulator_stream(|| {
+                    // SAFETY: offset + len is within the buffer (view invariant); the stream
+                    // lock orders this copy after the device's earlier operations.
+                    unsafe {
+                        memory.read(
+                            self.offset * size_of::<T>(),
+                            out.as_mut_ptr() as *mut u8,
+                            out.len() * size_of::<T>(),
+                        )
+                    }
+                });
             }
         }
         Ok(out)

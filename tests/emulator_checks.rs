@@ -5,19 +5,21 @@ mod common;
 
 use cuda_softmax::planner::{Family, KernelConfig};
 use cuda_softmax::{
-    Device, DeviceTensor, EmulatorConfig, Error, Schedule, emulator_kernel_names, softmax,
+    Device, DeviceTensor, Element, EmulatorConfig, Error, Schedule, emulator_kernel_names, softmax,
 };
 
-const SCHEDULES: [Schedule; 3] = [
+const SCHEDULES: [Schedule; 4] = [
     Schedule::Forward,
     Schedule::Reverse,
     Schedule::Shuffled { seed: 0x5eed },
+    Schedule::WarpAhead,
 ];
 
 fn emulator(schedule: Schedule) -> Device {
     Device::emulator_with(EmulatorConfig {
         schedule,
         workers: 1,
+        ..EmulatorConfig::default()
     })
 }
 
@@ -33,7 +35,7 @@ fn fault_text(result: cuda_softmax::Result<()>) -> String {
 }
 
 #[test]
-fn a_missing_barrier_changes_the_result_in_every_schedule() {
+fn a_missing_barrier_is_a_race_fault_in_every_schedule() {
     let threads = 64;
     let expected: Vec<f32> = (0..threads)
         .map(|t| ((t + 1) % threads + 1) as f32)
@@ -50,21 +52,21 @@ fn a_missing_barrier_changes_the_result_in_every_schedule() {
         )
         .unwrap();
         assert_eq!(y.to_host().unwrap(), expected, "{schedule:?}");
-        // Without it some thread reads a slot its neighbour has not written yet: shared memory
-        // starts poisoned (NaN), so the output differs.
+        // Without it a thread reads a slot its neighbour writes in the same barrier interval:
+        // the race detector reports it whatever the order (before the neighbour's write it is
+        // also a read of memory no thread wrote).
         let mut y = poisoned(&d, threads);
-        d.emulator_selftest(
+        let text = fault_text(d.emulator_selftest(
             "emu_selftest_missing_barrier",
             threads as u32,
             threads as u32 * 4,
             &mut y,
-        )
-        .unwrap();
-        let got = y.to_host().unwrap();
+        ));
         assert!(
-            got.iter().any(|v| v.is_nan()),
-            "{schedule:?}: the missing barrier went unnoticed: {got:?}"
+            text.contains("race") || text.contains("no thread of this block has written"),
+            "{schedule:?}: {text}"
         );
+        assert!(text.contains("block (0,0,0) thread ("), "{text}");
     }
 }
 
@@ -74,13 +76,23 @@ fn a_missing_barrier_changes_the_result_in_every_schedule() {
 /// `writes_nothing`, the faulting access must not have been performed and the whole buffer
 /// stays poisoned.
 fn assert_planted_fault(kernel: &str, threads: u32, expected: &str, writes_nothing: bool) {
+    assert_planted_fault_with_smem(kernel, threads, 0, expected, writes_nothing)
+}
+
+fn assert_planted_fault_with_smem(
+    kernel: &str,
+    threads: u32,
+    dynamic_smem: u32,
+    expected: &str,
+    writes_nothing: bool,
+) {
     for schedule in SCHEDULES {
         let d = emulator(schedule);
         let len = (threads as usize).max(16);
         let all = poisoned(&d, len);
         let view_len = if writes_nothing { 8 } else { len };
         let mut y = all.view(0, &[view_len]).unwrap();
-        let text = fault_text(d.emulator_selftest(kernel, threads, 0, &mut y));
+        let text = fault_text(d.emulator_selftest(kernel, threads, dynamic_smem, &mut y));
         assert!(text.contains(expected), "{kernel} {schedule:?}: {text}");
         if writes_nothing {
             let host = all.to_host().unwrap();
@@ -139,6 +151,168 @@ fn shuffles_follow_ptx_semantics() {
         let want: Vec<f32> = (0..96).map(|t| expect(t % 32)).collect();
         assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
     }
+}
+
+/// PTX shfl.sync with a lane operand that reaches past the segment: a bfly source in an earlier
+/// segment is read (a later one gives the lane its own value), and only the operand's low 5 bits
+/// count. A warp_max that starts at offset 16 for a width-8 group then mixes rows, as on a GPU.
+#[test]
+fn shuffles_past_the_segment_follow_ptx() {
+    let expect = |l: i64| -> f32 {
+        let a = if l >= 16 { l - 16 } else { l }; // xor 16, width 8
+        let b = if l & 4 != 0 { l - 4 } else { l }; // xor 4, width 4
+        let c = if l < 31 { l + 1 } else { l }; // down 33 = down 1
+        let d = if l % 8 >= 3 { l - 3 } else { l }; // up 3, width 8
+        (a as f64 + 100.0 * b as f64 + 10000.0 * c as f64 + 1e6 * d as f64) as f32
+    };
+    for schedule in SCHEDULES {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 64);
+        d.emulator_selftest("emu_selftest_shuffle_segments", 64, 0, &mut y)
+            .unwrap();
+        let want: Vec<f32> = (0..64).map(|t| expect(t % 32)).collect();
+        assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
+    }
+}
+
+#[test]
+fn a_shared_memory_access_out_of_bounds_is_a_fault() {
+    // 32 threads, 32 floats of dynamic shared memory: thread 31 reads slot 32.
+    assert_planted_fault_with_smem(
+        "emu_selftest_shared_out_of_bounds",
+        32,
+        128,
+        "outside dynamic shared memory of 128 bytes",
+        false,
+    );
+}
+
+#[test]
+fn a_read_of_unwritten_shared_memory_is_a_fault() {
+    assert_planted_fault(
+        "emu_selftest_shared_uninitialised",
+        64,
+        "no thread of this block has written",
+        false,
+    );
+}
+
+#[test]
+fn a_scratch_reused_without_a_barrier_is_a_race_fault() {
+    assert_planted_fault(
+        "emu_selftest_reused_scratch_race",
+        64,
+        "shared-memory race",
+        false,
+    );
+}
+
+/// Lanes of a warp exchanging values through shared memory after __syncwarp is correct and is
+/// not reported (the detector orders a warp's lanes by its __syncwarp count).
+#[test]
+fn a_warp_exchange_ordered_by_syncwarp_is_not_a_race() {
+    for schedule in SCHEDULES {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 96);
+        d.emulator_selftest("emu_selftest_warp_exchange", 96, 0, &mut y)
+            .unwrap();
+        let want: Vec<f32> = (0..96u32)
+            .map(|t| ((t & !31) | ((t + 1) % 32)) as f32)
+            .collect();
+        assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
+    }
+}
+
+fn launch_error(result: cuda_softmax::Result<()>) -> String {
+    match result {
+        Err(Error::Launch { detail, .. }) => detail,
+        other => panic!("expected a refused launch, got {other:?}"),
+    }
+}
+
+/// A GPU refuses a block larger than the kernel's __launch_bounds__; so does the emulator.
+#[test]
+fn launches_beyond_launch_bounds_are_refused() {
+    let d = emulator(Schedule::Forward);
+    let mut y = poisoned(&d, 128);
+    d.emulator_selftest("emu_selftest_bounded_64", 64, 0, &mut y)
+        .unwrap();
+    let text = launch_error(d.emulator_selftest("emu_selftest_bounded_64", 128, 0, &mut y));
+    assert!(text.contains("__launch_bounds__(64)"), "{text}");
+}
+
+/// Static plus dynamic shared memory must fit the device's per-block limit (96 KiB on the
+/// emulator); the kernel's static footprint counts, not only what the planner asked for.
+#[test]
+fn static_plus_dynamic_shared_memory_over_the_limit_is_refused() {
+    let limit = Device::emulator().limits().max_shared_mem_per_block;
+    for schedule in SCHEDULES {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 512);
+        // Fits: 2 KiB static + 1 KiB dynamic.
+        d.emulator_selftest("emu_selftest_large_static_shared", 512, 1024, &mut y)
+            .unwrap();
+        assert!(y.to_host().unwrap().iter().all(|&v| v == 1.0));
+        // Dynamic alone fits, static + dynamic does not.
+        let text = launch_error(d.emulator_selftest(
+            "emu_selftest_large_static_shared",
+            512,
+            limit - 1024,
+            &mut y,
+        ));
+        assert!(text.contains("too many resources requested"), "{text}");
+        // Dynamic alone over the limit.
+        let text = launch_error(d.emulator_selftest(
+            "emu_selftest_large_static_shared",
+            512,
+            limit + 16,
+            &mut y,
+        ));
+        assert!(text.contains("too many resources requested"), "{text}");
+    }
+}
+
+/// New uninitialised tensors read as the poison pattern, never as zeros that could pass for a
+/// result; zeros() is zeros.
+#[test]
+fn uninitialised_emulator_memory_is_poisoned() {
+    let d = Device::emulator();
+    let f = DeviceTensor::<f32>::uninit(&d, &[7]).unwrap().to_host().unwrap();
+    assert!(f.iter().all(|v| v.is_poison()), "{f:?}");
+    let h = DeviceTensor::<cuda_softmax::f16>::uninit(&d, &[9])
+        .unwrap()
+        .to_host()
+        .unwrap();
+    assert!(h.iter().all(|v| v.is_poison()), "{h:?}");
+    let b = DeviceTensor::<cuda_softmax::bf16>::uninit(&d, &[3])
+        .unwrap()
+        .to_host()
+        .unwrap();
+    assert!(b.iter().all(|v| v.is_poison()), "{b:?}");
+    let z = DeviceTensor::<f32>::zeros(&d, &[7]).unwrap().to_host().unwrap();
+    assert!(z.iter().all(|&v| v == 0.0));
+}
+
+/// The host compiler builds the kernels (both emulator flavours) with -Wall -Wextra
+/// -Wconversion and nothing to say: a narrowing index or an uninitialised value in a kernel
+/// fails here.
+#[test]
+fn the_kernels_build_for_the_host_without_warnings() {
+    let warnings = cuda_softmax::emulator_build_warnings();
+    assert!(
+        warnings.trim().is_empty(),
+        "the host compiler warned on the kernels:\n{warnings}"
+    );
+}
+
+/// Both flavours carry the same entry points.
+#[test]
+fn the_fma_flavour_has_every_kernel() {
+    let mut plain = emulator_kernel_names();
+    let mut fma = cuda_softmax::emulator_fma_kernel_names();
+    plain.sort();
+    fma.sort();
+    assert_eq!(plain, fma);
 }
 
 #[test]

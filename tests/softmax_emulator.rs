@@ -9,6 +9,7 @@ fn emulator(schedule: Schedule) -> Device {
     Device::emulator_with(EmulatorConfig {
         schedule,
         workers: 0,
+        ..EmulatorConfig::default()
     })
 }
 

@@ -4,20 +4,25 @@
 // What is emulated (and how):
 // - A block's threads are cooperatively scheduled fibers on one OS thread; blocks of a grid are
 //   spread over several OS threads. A fiber runs until it waits on __syncthreads() or on a warp
-//   shuffle, then the next ready fiber runs, in forward or reverse thread order (chosen per
-//   launch) so that a missing barrier shows up as a result that depends on the order.
-// - __syncthreads() is a generation-counted barrier over every thread of the block.
+//   shuffle, then the next ready fiber runs. The order is chosen per launch (forward, reverse, a
+//   seeded shuffle per block, or one warp at a time running ahead until all its lanes block) so
+//   that a missing barrier shows up as a result that depends on the order.
+// - __syncthreads() is a generation-counted barrier over every thread of the block; each barrier
+//   starts a new "epoch" (a process-wide counter), which the shared-memory race detector uses.
 // - Warp shuffles follow PTX shfl.sync: every lane named in the mask must arrive with the same
-//   mask; `width` splits the warp into segments; a source lane outside the caller's segment
-//   gives the caller its own value.
+//   mask; `width` splits the warp into segments (PTX's segmask/clamp): a bfly or down source past
+//   the end of the caller's segment, or an up source before its start, gives the caller its own
+//   value, and a bfly source in an EARLIER segment is read (as the hardware does).
 // - Global memory is only touched through the accessors in common.cuh, which call
 //   emu::global_access(): it checks the address against the launch's tensors (and their
 //   read/write rights and 16-byte alignment for vector accesses) and counts the traffic.
-// - A fault (out-of-bounds access, a barrier or shuffle not reached by all threads, mismatched
-//   masks) aborts the launch and comes back as an error string, never as a crash.
-//
-// Static __shared__ variables become thread_local statics: every fiber of a block runs on the
-// same OS thread, and an OS thread runs one block at a time, so they are per block.
+// - Shared memory is only touched through SharedArray (static, CS_SHARED_ARRAY in common.cuh) and
+//   SharedPtr (dynamic, cs::dynamic_smem): every access is bounds-checked, every read must see a
+//   value written by this block (shared memory is poisoned per block), and a read/write race
+//   between two threads with no barrier (or __syncwarp, for lanes of one warp) between them is a
+//   fault, in the spirit of compute-sanitizer's racecheck. A plain `__shared__` does not compile.
+// - A fault (out-of-bounds access, race, a barrier or shuffle not reached by all threads,
+//   mismatched masks) aborts the launch and comes back as an error string, never as a crash.
 #pragma once
 
 #include <cmath>
@@ -31,7 +36,8 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+// Shared memory must go through the checked accessors: a bare __shared__ is a compile error.
+#define __shared__ use_CS_SHARED_ARRAY_so_that_the_emulator_checks_shared_memory
 #define __restrict__ __restrict
 
 struct uint3 {
@@ -48,7 +54,6 @@ extern thread_local uint3 cur_thread_idx;
 extern thread_local uint3 cur_block_idx;
 extern thread_local dim3 cur_block_dim;
 extern thread_local dim3 cur_grid_dim;
-extern thread_local unsigned char* cur_dynamic_smem;
 extern thread_local unsigned cur_linear_tid;  // threadIdx flattened (x fastest), as warps count
 
 void syncthreads();
@@ -61,9 +66,105 @@ void global_access(const void* ptr, size_t bytes, bool is_write);
 // Records a fault in the current launch and leaves the calling fiber for good.
 [[noreturn]] void fault(const char* what);
 
-// Adds an entry point to the emulator's kernel table (common.cuh's CS_ENTRY makes one each).
+// Adds an entry point to the emulator's kernel table (common.cuh's CS_ENTRY makes one each);
+// `max_threads` is the entry's __launch_bounds__, enforced at launch as a GPU does.
 struct KernelRegistrar {
-  KernelRegistrar(const char* name, void (*thunk)(const void* params), size_t params_size);
+  KernelRegistrar(const char* name, void (*thunk)(const void* params), size_t params_size, unsigned max_threads);
+};
+
+// ---- Shared memory. One SharedSpace describes one shared object of the running block (the
+// dynamic segment, or one static array): its bytes and the race detector's shadow, one Granule
+// per 2 bytes (so that 16-bit elements written by neighbouring threads do not alias).
+struct Granule {
+  uint64_t write_epoch;  // barrier epoch of the last write (older than the block: never written)
+  uint64_t read_epoch;   // barrier epoch of the reads summarised by `reader`
+  uint32_t write_sync;   // the writer's warp __syncwarp count at the write
+  uint32_t read_sync;    // the reader's warp __syncwarp count at the read
+  uint16_t writer;       // linear thread index of the last write
+  uint16_t reader;       // linear thread index of the reads in read_epoch, or kManyReaders
+};
+constexpr uint16_t kManyReaders = 0xffff;
+
+struct SharedSpace {
+  unsigned char* data;
+  size_t bytes;
+  Granule* shadow;
+  bool is_static;
+};
+
+// Checks one access of `bytes` bytes at byte `offset` (possibly negative or past the end) of
+// `space` for the calling thread, and records it; never returns when the access is illegal.
+void shared_access(SharedSpace* space, long long offset, size_t bytes, bool is_write);
+// The running block's dynamic shared memory.
+SharedSpace* dynamic_shared_space();
+// A static array seen by the running block: returns true the first time in each block, after
+// checking that the block's static + dynamic shared memory fits the launch's limit and
+// poisoning `data` (the caller then resets its shadow).
+bool enter_static_shared(uint64_t* block_serial, unsigned char* data, size_t bytes);
+
+// A reference to one element of shared memory: reads and writes go through shared_access.
+template <typename T>
+class SharedRef {
+ public:
+  SharedRef(SharedSpace* s, long long offset) : s_(s), off_(offset) {}
+  operator T() const {
+    shared_access(s_, off_, sizeof(T), false);
+    T v;
+    std::memcpy(&v, s_->data + off_, sizeof(T));
+    return v;
+  }
+  SharedRef& operator=(const T& v) {
+    shared_access(s_, off_, sizeof(T), true);
+    std::memcpy(s_->data + off_, &v, sizeof(T));
+    return *this;
+  }
+  SharedRef& operator=(const SharedRef& other) { return *this = static_cast<T>(other); }
+  template <typename U>
+  SharedRef& operator+=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) + v); }
+  template <typename U>
+  SharedRef& operator-=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) - v); }
+  template <typename U>
+  SharedRef& operator*=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) * v); }
+
+ private:
+  SharedSpace* s_;
+  long long off_;
+};
+
+// A typed pointer into the dynamic shared memory segment (what `extern __shared__` gives).
+template <typename T>
+class SharedPtr {
+ public:
+  SharedPtr(SharedSpace* s, long long byte_offset) : s_(s), off_(byte_offset) {}
+  SharedRef<T> operator[](long long i) const { return SharedRef<T>(s_, off_ + i * static_cast<long long>(sizeof(T))); }
+  SharedRef<T> operator*() const { return (*this)[0]; }
+  SharedPtr operator+(long long i) const { return SharedPtr(s_, off_ + i * static_cast<long long>(sizeof(T))); }
+  template <typename U>
+  SharedPtr<U> cast() const { return SharedPtr<U>(s_, off_); }
+
+ private:
+  SharedSpace* s_;
+  long long off_;
+};
+
+// A static __shared__ array of N elements: per OS thread (one block at a time runs on it),
+// poisoned at each block's first touch, with its own race-detector shadow. Zero-initialised
+// static storage (no constructor), so thread_local access needs no guard.
+template <typename T, size_t N>
+struct SharedArray {
+  static constexpr size_t kBytes = N * sizeof(T);
+  alignas(16) unsigned char data[kBytes];
+  Granule shadow[(kBytes + 1) / 2];
+  SharedSpace space;
+  uint64_t serial;
+
+  SharedRef<T> operator[](long long i) {
+    if (enter_static_shared(&serial, data, kBytes)) {
+      std::memset(shadow, 0, sizeof shadow);
+      space = SharedSpace{data, kBytes, shadow, true};
+    }
+    return SharedRef<T>(&space, i * static_cast<long long>(sizeof(T)));
+  }
 };
 
 }  // namespace emu
@@ -74,8 +175,13 @@ struct KernelRegistrar {
 #define gridDim (::emu::cur_grid_dim)
 #define warpSize 32
 
-inline void __syncthreads() { ::emu::syncthreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
+// CUDA's global-namespace intrinsics are macros for functions in namespace emu, so that a
+// second build of the emulator (the FMA flavour, with `emu` renamed) shares no symbol with this one.
+namespace emu {
+inline void syncwarp_all(unsigned mask = 0xffffffffu) { syncwarp(mask); }
+}  // namespace emu
+#define __syncthreads ::emu::syncthreads
+#define __syncwarp ::emu::syncwarp_all
 
 namespace emu {
 inline unsigned lane_id() { return cur_linear_tid % 32; }
@@ -91,36 +197,53 @@ T shuffle_value(unsigned mask, T v, int src_lane) {
   return out;
 }
 
-// The first lane of the caller's `width`-lane segment, after checking `width` as PTX requires.
-inline int segment_base(int width) {
+// PTX shfl.sync's lane arithmetic. `width` becomes segmask = 32 - width and the clamp value;
+// minLane is the caller's segment start, maxLane its end (for up: its start). Returns the source
+// lane, or -1 when the predicate is false (the caller keeps its own value). Only the low 5 bits
+// of the lane operand count, as in PTX (b[4:0]).
+enum class ShuffleMode { Idx, Up, Down, Bfly };
+inline int ptx_shuffle_source(ShuffleMode mode, int b, int width) {
   if (width < 1 || width > 32 || (width & (width - 1)) != 0) fault("shuffle width must be a power of two in 1..32");
-  return static_cast<int>(lane_id()) & ~(width - 1);
+  const int lane = static_cast<int>(lane_id());
+  const int segmask = 32 - width;  // the lane bits that name the segment
+  const int bval = b & 31;
+  const int min_lane = lane & segmask;
+  const int clamp = mode == ShuffleMode::Up ? 0 : 31;
+  const int max_lane = min_lane | (clamp & ~segmask);
+  int j = 0;
+  bool ok = false;
+  switch (mode) {
+    case ShuffleMode::Up: j = lane - bval; ok = j >= max_lane; break;
+    case ShuffleMode::Down: j = lane + bval; ok = j <= max_lane; break;
+    case ShuffleMode::Bfly: j = lane ^ bval; ok = j <= max_lane; break;
+    case ShuffleMode::Idx: j = min_lane | (bval & ~segmask); ok = j <= max_lane; break;
+  }
+  return ok ? j : -1;
 }
 }  // namespace emu
 
+namespace emu {
 template <typename T>
-T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-  int base = ::emu::segment_base(width);
-  return ::emu::shuffle_value(mask, v, base + (src & (width - 1)));
+T shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return shuffle_value(mask, v, ptx_shuffle_source(ShuffleMode::Idx, src, width));
 }
 template <typename T>
-T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-  int base = ::emu::segment_base(width);
-  int src = static_cast<int>(::emu::lane_id()) ^ lane_mask;
-  return ::emu::shuffle_value(mask, v, (src >= base && src < base + width) ? src : -1);
+T shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return shuffle_value(mask, v, ptx_shuffle_source(ShuffleMode::Bfly, lane_mask, width));
 }
 template <typename T>
-T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  int base = ::emu::segment_base(width);
-  int src = static_cast<int>(::emu::lane_id()) + static_cast<int>(delta);
-  return ::emu::shuffle_value(mask, v, src < base + width ? src : -1);
+T shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return shuffle_value(mask, v, ptx_shuffle_source(ShuffleMode::Down, static_cast<int>(delta & 31u), width));
 }
 template <typename T>
-T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  int base = ::emu::segment_base(width);
-  int src = static_cast<int>(::emu::lane_id()) - static_cast<int>(delta);
-  return ::emu::shuffle_value(mask, v, src >= base ? src : -1);
+T shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return shuffle_value(mask, v, ptx_shuffle_source(ShuffleMode::Up, static_cast<int>(delta & 31u), width));
 }
+}  // namespace emu
+#define __shfl_sync ::emu::shfl_sync
+#define __shfl_xor_sync ::emu::shfl_xor_sync
+#define __shfl_down_sync ::emu::shfl_down_sync
+#define __shfl_up_sync ::emu::shfl_up_sync
 
 // ---- Storage types: bit-exact host twins of cuda_fp16.h / cuda_bf16.h, round to nearest even.
 struct __half {
@@ -129,6 +252,10 @@ struct __half {
 struct __nv_bfloat16 {
   uint16_t bits;
 };
+#define __half2float ::emu::half2float
+#define __float2half_rn ::emu::float2half_rn
+#define __bfloat162float ::emu::bfloat162float
+#define __float2bfloat16_rn ::emu::float2bfloat16_rn
 
 namespace emu {
 inline uint32_t f32_bits(float f) {
@@ -141,21 +268,20 @@ inline float f32_from_bits(uint32_t u) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-}  // namespace emu
 
-inline float __half2float(__half h) {
+inline float half2float(__half h) {
   uint32_t sign = (h.bits & 0x8000u) << 16;
   uint32_t exp = (h.bits >> 10) & 0x1f;
   uint32_t man = h.bits & 0x3ffu;
-  if (exp == 0x1f) return ::emu::f32_from_bits(sign | 0x7f800000u | (man << 13));  // inf / NaN
-  if (exp != 0) return ::emu::f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
+  if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000u | (man << 13));  // inf / NaN
+  if (exp != 0) return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
   // Zero or subnormal: exact in f32.
   float mag = static_cast<float>(man) * 5.9604644775390625e-8f;  // man * 2^-24
   return sign ? -mag : mag;
 }
 
-inline __half __float2half_rn(float f) {
-  uint32_t u = ::emu::f32_bits(f);
+inline __half float2half_rn(float f) {
+  uint32_t u = f32_bits(f);
   uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   uint32_t abs = u & 0x7fffffffu;
   if (abs >= 0x7f800000u) {  // inf or NaN (keep NaN quiet and non-zero)
@@ -163,10 +289,16 @@ inline __half __float2half_rn(float f) {
   }
   if (abs >= 0x477ff000u) return __half{static_cast<uint16_t>(sign | 0x7c00u)};  // rounds past 65504
   if (abs < 0x38800000u) {
-    // Subnormal half (or zero): value = abs_f * 2^24 rounded to an integer, ties to even.
-    float scaled = ::emu::f32_from_bits(abs) * 16777216.0f;  // exact: power-of-two scaling
-    float r = std::nearbyint(scaled);                        // default rounding mode: to nearest even
-    return __half{static_cast<uint16_t>(sign | static_cast<uint16_t>(r))};
+    // Subnormal half (or zero): abs * 2^24 rounded to an integer, ties to even, in integer
+    // arithmetic so that the caller's floating-point rounding mode cannot change it.
+    const uint32_t e = abs >> 23;
+    if (e < 102) return __half{sign};  // below half of the smallest subnormal: rounds to zero
+    const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - e;  // 14..24
+    uint32_t q = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+    if (rem > halfway || (rem == halfway && (q & 1u))) ++q;
+    return __half{static_cast<uint16_t>(sign | q)};
   }
   // Normal: rebias exponent, round the 13 dropped mantissa bits to nearest even.
   uint32_t rebased = abs - (112u << 23);
@@ -175,12 +307,13 @@ inline __half __float2half_rn(float f) {
   return __half{static_cast<uint16_t>(sign | (rebased >> 13))};
 }
 
-inline float __bfloat162float(__nv_bfloat16 b) { return ::emu::f32_from_bits(static_cast<uint32_t>(b.bits) << 16); }
+inline float bfloat162float(__nv_bfloat16 b) { return f32_from_bits(static_cast<uint32_t>(b.bits) << 16); }
 
-inline __nv_bfloat16 __float2bfloat16_rn(float f) {
-  uint32_t u = ::emu::f32_bits(f);
+inline __nv_bfloat16 float2bfloat16_rn(float f) {
+  uint32_t u = f32_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{static_cast<uint16_t>((u >> 16) | 0x40u)};  // quiet NaN
   uint32_t lsb = (u >> 16) & 1u;
   u += 0x7fffu + lsb;
   return __nv_bfloat16{static_cast<uint16_t>(u >> 16)};
 }
+}  // namespace emu

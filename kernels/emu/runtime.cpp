@@ -1,14 +1,24 @@
 // The SIMT emulator's runtime: fibers, the per-block scheduler, barriers, warp shuffles, global
-// memory checks and counters, and the C entry points the Rust side calls. See emu.h.
+// and shared memory checks (with a shared-memory race detector), the bounded pool of fiber
+// stacks, and the C entry points the Rust side calls. See emu.h.
+//
+// The whole file (with the kernels) may be compiled twice into one program, once with FMA
+// contraction: CS_EMU_PREFIX renames the C entry points, and the build renames the C++
+// namespaces, so the two flavours never share a symbol.
 #include "emu.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cfenv>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
+#include <exception>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,13 +27,21 @@
 #include <ucontext.h>
 #endif
 
+#ifndef CS_EMU_PREFIX
+#define CS_EMU_PREFIX cs_emu_
+#endif
+#define CS_EMU_CAT2(a, b) a##b
+#define CS_EMU_CAT(a, b) CS_EMU_CAT2(a, b)
+#define CS_EMU_C(name) CS_EMU_CAT(CS_EMU_PREFIX, name)
+#define CS_EMU_STR2(x) #x
+#define CS_EMU_STR(x) CS_EMU_STR2(x)
+
 namespace emu {
 
 thread_local uint3 cur_thread_idx;
 thread_local uint3 cur_block_idx;
 thread_local dim3 cur_block_dim;
 thread_local dim3 cur_grid_dim;
-thread_local unsigned char* cur_dynamic_smem;
 thread_local unsigned cur_linear_tid;
 
 // ---------------------------------------------------------------------------------------------
@@ -33,13 +51,22 @@ struct KernelInfo {
   const char* name;
   KernelThunk thunk;
   size_t params_size;
+  unsigned max_threads;  // __launch_bounds__
+  // Static shared memory the kernel was seen to use (a GPU knows it from ptxas; the emulator
+  // learns it from the first launch and checks later launches before they start).
+  std::atomic<size_t>* static_smem;
 };
 static std::vector<KernelInfo>& registry() {
   static std::vector<KernelInfo> kernels;
   return kernels;
 }
-KernelRegistrar::KernelRegistrar(const char* name, KernelThunk thunk, size_t params_size) {
-  registry().push_back(KernelInfo{name, thunk, params_size});
+KernelRegistrar::KernelRegistrar(const char* name, KernelThunk thunk, size_t params_size, unsigned max_threads) {
+  // Runs during static initialisation: an allocation failure must not escape (the kernel is
+  // then simply missing, which a launch reports).
+  try {
+    registry().push_back(KernelInfo{name, thunk, params_size, max_threads, new std::atomic<size_t>(0)});
+  } catch (...) {
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -49,37 +76,53 @@ KernelRegistrar::KernelRegistrar(const char* name, KernelThunk thunk, size_t par
 // into another stack would mispredict in the return-stack buffer and leave it out of step for
 // the fiber's next returns.
 #if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
-extern "C" void cs_emu_switch(void** save_sp, void* next_sp);
+extern "C" void CS_EMU_C(switch)(void** save_sp, void* next_sp);
+#define CS_EMU_SWITCH_NAME CS_EMU_STR(CS_EMU_C(switch))
 __asm__(
     ".text\n"
-    ".globl cs_emu_switch\n"
-    ".type cs_emu_switch,@function\n"
-    "cs_emu_switch:\n"
+    ".globl " CS_EMU_SWITCH_NAME "\n"
+    ".hidden " CS_EMU_SWITCH_NAME "\n"
+    ".type " CS_EMU_SWITCH_NAME ",@function\n" CS_EMU_SWITCH_NAME
+    ":\n"
     "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
     "  movq %rsp, (%rdi)\n"
     "  movq %rsi, %rsp\n"
     "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
     "  popq %rax\n"
     "  jmpq *%rax\n"
-    ".size cs_emu_switch, .-cs_emu_switch\n"
+    ".size " CS_EMU_SWITCH_NAME ", .-" CS_EMU_SWITCH_NAME
+    "\n"
     ".section .note.GNU-stack,\"\",@progbits\n"
     ".text\n");
+#define CS_EMU_FAST_SWITCH 1
 #endif
 
-constexpr size_t kStackBytes = 64 * 1024;  // per fiber, including its guard page
-constexpr size_t kGuardBytes = 4096;       // no-access page below each stack
 constexpr unsigned kMaxThreadsPerBlock = 1024;
+// Fiber stacks. The deepest kernel frame chain measured is a few KiB; 32 KiB leaves margin.
+// One guard page sits under each arena (not under each stack: a guard page per stack cost two
+// memory mappings per fiber, and a process may hold only ~65k mappings); the bottom of every
+// stack holds a canary zone that is checked whenever its fiber yields, so an overflow into the
+// neighbouring stack is reported as a fault of the kernel that overflowed.
+constexpr size_t kStackBytes = 32 * 1024;
+constexpr size_t kCanaryBytes = 512;
+constexpr size_t kGuardBytes = 4096;
 constexpr uint64_t kStackCanary = 0x5afe57ac6b0770aaULL;
+// The process-wide limit on arenas, i.e. on OS threads running emulated blocks at once, however
+// many devices, threads or cores there are. Each is one mapping of 32 MiB of address space
+// (pages are only committed as stacks are used) plus one guard page.
+constexpr unsigned kMaxArenas = 64;
+// Largest dynamic shared memory a launch may ask for (the biggest opt-in limit of any GPU).
+constexpr size_t kMaxDynamicSmem = 256 * 1024;
 
 enum class FiberState : uint8_t { Ready, AtBarrier, AtShuffle, Done };
 
 struct Fiber {
-#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
+#ifdef CS_EMU_FAST_SWITCH
   void* sp;
 #else
   ucontext_t ctx;
 #endif
-  unsigned char* stack;  // lowest address of this fiber's stack
+  unsigned char* stack;  // lowest address of this fiber's stack (its canary zone)
   uint3 tidx;
   unsigned linear;
   FiberState state;
@@ -89,6 +132,7 @@ struct Fiber {
 struct ShuffleGroup {
   unsigned mask;
   unsigned arrived;
+  bool is_syncwarp;
 };
 
 struct Warp {
@@ -98,21 +142,37 @@ struct Warp {
   ShuffleGroup groups[32];
   int open_groups;
   unsigned lanes;  // the lanes that exist (all 32 unless the block size is not a multiple of 32)
+  uint32_t syncs;  // completed __syncwarp groups: orders shared accesses of its lanes
 };
+
+// What one OS thread needs to run blocks, kept in a bounded pool and reused across launches:
+// fiber stacks (one mapping), the dynamic shared memory and its race-detector shadow.
+struct Arena {
+  unsigned char* mapping;  // guard page, then kMaxThreadsPerBlock stacks
+  std::vector<unsigned char> dynamic_smem;
+  std::vector<Granule> dynamic_shadow;
+};
+
+enum class FailKind : int { None = 0, Launch = 2, Fault = 3, Host = 4 };
 
 struct LaunchShared;
 
-// Everything one OS thread needs to run blocks: the fibers, their stacks, the counters.
+// One OS thread's state while it runs blocks of a launch.
 struct Worker {
   LaunchShared* launch = nullptr;
+  Arena* arena = nullptr;
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
-  std::vector<unsigned char> dynamic_smem;
   std::vector<unsigned> order;  // the order in which the scheduler sweeps the block's fibers
+  SharedSpace dynamic_space{};
   unsigned nthreads = 0;
   unsigned barrier_arrived = 0;
+  uint64_t epoch = 0;        // the current barrier interval of the running block
+  uint64_t block_epoch = 0;  // the first epoch of the running block
+  size_t static_smem = 0;    // static shared bytes the running block has touched
+  uint32_t poison = 0;       // this block's shared-memory poison word
   Fiber* current = nullptr;
-#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
+#ifdef CS_EMU_FAST_SWITCH
   void* scheduler_sp = nullptr;
 #else
   ucontext_t scheduler_ctx;
@@ -124,103 +184,183 @@ struct Worker {
 
 static thread_local Worker* tl_worker = nullptr;
 
+// Barrier epochs are unique across the process, so a shadow entry written by an earlier block
+// (on any worker) is always older than the running block's first epoch: no per-block reset.
+static std::atomic<uint64_t> g_epoch{1};
+static uint64_t next_epoch() { return g_epoch.fetch_add(1, std::memory_order_relaxed) + 1; }
+
 struct Region {
   uintptr_t begin, end;
   bool writable;
 };
 
 struct LaunchShared {
-  KernelThunk thunk;
+  const KernelInfo* kernel;
   const void* params;
   dim3 grid, block;
   size_t dynamic_smem_bytes;
+  size_t smem_limit;  // static + dynamic shared memory a block may use
   std::vector<Region> regions;
-  int schedule;            // 0: forward, 1: reverse, 2: shuffled (a random order per block)
+  int schedule;            // 0 forward, 1 reverse, 2 shuffled (per block), 3 warp-ahead
   uint64_t schedule_seed;  // for the shuffled schedule
   std::atomic<uint64_t> next_block{0};
   std::atomic<bool> failed{false};
-  std::mutex error_lock;  // guards `error` and the counters below
-  std::string error;
+  std::mutex error_lock;  // guards the error and the counters below
+  FailKind fail_kind = FailKind::None;
+  char error[768] = {0};
   uint64_t bytes_read = 0, bytes_written = 0, accesses = 0, accesses16 = 0;
 };
 
-// Stacks are reused across launches: mapping and first-touching 64 MiB per launch would
-// dominate the cost of small launches.
-static std::mutex arena_lock;
-static std::vector<unsigned char*> free_arenas;
-
-static unsigned char* take_arena() {
-  {
-    std::lock_guard<std::mutex> g(arena_lock);
-    if (!free_arenas.empty()) {
-      unsigned char* b = free_arenas.back();
-      free_arenas.pop_back();
-      return b;
-    }
-  }
-  void* p = mmap(nullptr, kStackBytes * kMaxThreadsPerBlock, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) return nullptr;
-  // A guard page under every stack: a deep overflow stops at once instead of overwriting the
-  // neighbouring fiber's frames (a shallow one trips the canary just above the guard).
-  unsigned char* base = static_cast<unsigned char*>(p);
-  for (unsigned i = 0; i < kMaxThreadsPerBlock; ++i) mprotect(base + size_t(i) * kStackBytes, kGuardBytes, PROT_NONE);
-  return base;
-}
-static void give_arena(unsigned char* base) {
-  std::lock_guard<std::mutex> g(arena_lock);
-  free_arenas.push_back(base);
-}
-
-static void record_error(LaunchShared* launch, const std::string& what) {
+// Never allocates, never throws: it may run on a fiber stack or after an allocation failed.
+static void record_error(LaunchShared* launch, FailKind kind, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+static void record_error(LaunchShared* launch, FailKind kind, const char* fmt, ...) {
   std::lock_guard<std::mutex> g(launch->error_lock);
-  if (launch->error.empty()) launch->error = what;
+  if (launch->fail_kind == FailKind::None) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(launch->error, sizeof launch->error, fmt, ap);
+    va_end(ap);
+    launch->fail_kind = kind;
+  }
   launch->failed.store(true);
 }
 
-static std::string where_am_i() {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", cur_block_idx.x, cur_block_idx.y,
-                cur_block_idx.z, cur_thread_idx.x, cur_thread_idx.y, cur_thread_idx.z);
-  return buf;
+// ---------------------------------------------------------------------------------------------
+// The arena pool: at most kMaxArenas exist at once in the process. A launch's own thread waits
+// for one (launches only ever wait while holding none, so this cannot deadlock); extra workers
+// take one only if one is free, so a busy process runs launches with fewer workers instead of
+// mapping more memory.
+class ArenaPool {
+ public:
+  // Returns an arena, or nullptr with `why` filled when none can be had (never when `wait` and
+  // arenas exist: it then waits for one to be returned).
+  Arena* acquire(bool wait, char* why, size_t why_len) {
+    std::unique_lock<std::mutex> lk(lock_);
+    for (;;) {
+      if (!free_.empty()) {
+        Arena* a = free_.back();
+        free_.pop_back();
+        return a;
+      }
+      if (created_ < kMaxArenas) {
+        ++created_;
+        lk.unlock();
+        Arena* a = create(why, why_len);
+        if (a != nullptr) return a;
+        lk.lock();
+        --created_;
+        if (!wait || created_ == 0) return nullptr;
+      } else if (!wait) {
+        std::snprintf(why, why_len, "all %u emulator worker arenas are busy", kMaxArenas);
+        return nullptr;
+      }
+      returned_.wait(lk);
+    }
+  }
+
+  void release(Arena* a) {
+    {
+      std::lock_guard<std::mutex> g(lock_);
+      free_.push_back(a);  // capacity reserved in create(): cannot throw
+    }
+    returned_.notify_one();
+  }
+
+ private:
+  Arena* create(char* why, size_t why_len) {
+    try {
+      {
+        std::lock_guard<std::mutex> g(lock_);
+        free_.reserve(kMaxArenas);
+      }
+      const size_t bytes = kGuardBytes + kStackBytes * kMaxThreadsPerBlock;
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) {
+        std::snprintf(why, why_len, "could not map %zu bytes for emulated thread stacks: %s", bytes,
+                      std::strerror(errno));
+        return nullptr;
+      }
+      if (mprotect(p, kGuardBytes, PROT_NONE) != 0) {
+        std::snprintf(why, why_len, "could not protect the stack guard page: %s", std::strerror(errno));
+        munmap(p, bytes);
+        return nullptr;
+      }
+      Arena* a = new Arena;
+      a->mapping = static_cast<unsigned char*>(p);
+      return a;
+    } catch (...) {
+      std::snprintf(why, why_len, "out of host memory for an emulator worker");
+      return nullptr;
+    }
+  }
+
+  std::mutex lock_;
+  std::condition_variable returned_;
+  std::vector<Arena*> free_;
+  unsigned created_ = 0;
+};
+
+static ArenaPool& arena_pool() {
+  static ArenaPool pool;
+  return pool;
+}
+
+static void where_am_i(char* buf, size_t len) {
+  std::snprintf(buf, len, "block (%u,%u,%u) thread (%u,%u,%u)", cur_block_idx.x, cur_block_idx.y, cur_block_idx.z,
+                cur_thread_idx.x, cur_thread_idx.y, cur_thread_idx.z);
 }
 
 static void switch_to_scheduler(Worker* w) {
   Fiber* f = w->current;
-#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
-  cs_emu_switch(&f->sp, w->scheduler_sp);
+#ifdef CS_EMU_FAST_SWITCH
+  CS_EMU_C(switch)(&f->sp, w->scheduler_sp);
 #else
   swapcontext(&f->ctx, &w->scheduler_ctx);
 #endif
 }
 
-[[noreturn]] void fault(const char* what) {
+static void fault_kind(FailKind kind, const char* what) {
   Worker* w = tl_worker;
-  record_error(w->launch, std::string(what) + " (at " + where_am_i() + ")");
+  char where[128];
+  where_am_i(where, sizeof where);
+  record_error(w->launch, kind, "%s (at %s)", what, where);
   w->block_failed = true;
   w->current->state = FiberState::Done;
   switch_to_scheduler(w);
   __builtin_unreachable();  // the scheduler never resumes a failed block
 }
 
+[[noreturn]] void fault(const char* what) {
+  fault_kind(FailKind::Fault, what);
+  __builtin_unreachable();
+}
+
 static void fiber_main() {
   Worker* w = tl_worker;
-  w->launch->thunk(w->launch->params);
+  w->launch->kernel->thunk(w->launch->params);
   w->current->state = FiberState::Done;
   switch_to_scheduler(w);
   __builtin_unreachable();
 }
 
-#if !defined(__x86_64__) || defined(CS_EMU_UCONTEXT)
+#ifndef CS_EMU_FAST_SWITCH
 static void fiber_main_ucontext() { fiber_main(); }
 #endif
 
+static bool canary_intact(const Fiber& f) {
+  const uint64_t* c = reinterpret_cast<const uint64_t*>(f.stack);
+  for (size_t i = 0; i < kCanaryBytes / 8; i += 8)
+    if (c[i] != kStackCanary) return false;
+  return true;
+}
+
 static void start_fiber(Fiber* f) {
-  *reinterpret_cast<uint64_t*>(f->stack) = kStackCanary;
-#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
-  // Lay out the frame cs_emu_switch pops: six callee-saved registers, then the return address
+  uint64_t* c = reinterpret_cast<uint64_t*>(f->stack);
+  for (size_t i = 0; i < kCanaryBytes / 8; i += 8) c[i] = kStackCanary;
+#ifdef CS_EMU_FAST_SWITCH
+  // Lay out the frame the switch pops: six callee-saved registers, then the return address
   // (fiber_main), above it a dummy return address so fiber_main sees an ABI-aligned stack.
-  uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + kStackBytes - kGuardBytes) & ~uintptr_t(15);
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + kStackBytes) & ~uintptr_t(15);
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;
   *--sp = reinterpret_cast<void*>(&fiber_main);
@@ -229,7 +369,7 @@ static void start_fiber(Fiber* f) {
 #else
   getcontext(&f->ctx);
   f->ctx.uc_stack.ss_sp = f->stack;
-  f->ctx.uc_stack.ss_size = kStackBytes - kGuardBytes;
+  f->ctx.uc_stack.ss_size = kStackBytes;
   f->ctx.uc_link = nullptr;
   makecontext(&f->ctx, fiber_main_ucontext, 0);
 #endif
@@ -239,15 +379,15 @@ static void resume(Worker* w, Fiber* f) {
   w->current = f;
   cur_thread_idx = f->tidx;
   cur_linear_tid = f->linear;
-#if defined(__x86_64__) && !defined(CS_EMU_UCONTEXT)
-  cs_emu_switch(&w->scheduler_sp, f->sp);
+#ifdef CS_EMU_FAST_SWITCH
+  CS_EMU_C(switch)(&w->scheduler_sp, f->sp);
 #else
   swapcontext(&w->scheduler_ctx, &f->ctx);
 #endif
 }
 
 // Explains why no fiber of the block can move: the caller knows the block is stuck.
-static std::string describe_deadlock(Worker* w) {
+static void describe_deadlock(Worker* w) {
   unsigned at_barrier = 0, at_shuffle = 0, done = 0;
   for (unsigned i = 0; i < w->nthreads; ++i) {
     switch (w->fibers[i].state) {
@@ -257,26 +397,88 @@ static std::string describe_deadlock(Worker* w) {
       default: break;
     }
   }
-  char buf[512];
   if (at_barrier > 0) {
-    std::snprintf(buf, sizeof buf,
-                  "__syncthreads() not reached by every thread of block (%u,%u,%u): %u waiting at the barrier, "
-                  "%u exited, %u waiting in a warp shuffle",
-                  cur_block_idx.x, cur_block_idx.y, cur_block_idx.z, at_barrier, done, at_shuffle);
-    return buf;
+    record_error(w->launch, FailKind::Fault,
+                 "__syncthreads() not reached by every thread of block (%u,%u,%u): %u waiting at the barrier, "
+                 "%u exited, %u waiting in a warp shuffle",
+                 cur_block_idx.x, cur_block_idx.y, cur_block_idx.z, at_barrier, done, at_shuffle);
+    return;
   }
   for (unsigned wi = 0; wi < w->warps.size(); ++wi) {
     Warp& warp = w->warps[wi];
     if (warp.open_groups > 0) {
-      std::snprintf(buf, sizeof buf,
-                    "warp shuffle not reached by every lane in its mask: block (%u,%u,%u) warp %u mask 0x%08x, "
-                    "lanes arrived 0x%08x",
-                    cur_block_idx.x, cur_block_idx.y, cur_block_idx.z, wi, warp.groups[0].mask,
-                    warp.groups[0].arrived);
-      return buf;
+      record_error(w->launch, FailKind::Fault,
+                   "warp shuffle not reached by every lane in its mask: block (%u,%u,%u) warp %u mask 0x%08x, "
+                   "lanes arrived 0x%08x",
+                   cur_block_idx.x, cur_block_idx.y, cur_block_idx.z, wi, warp.groups[0].mask,
+                   warp.groups[0].arrived);
+      return;
     }
   }
-  return "block made no progress";
+  record_error(w->launch, FailKind::Fault, "block (%u,%u,%u) made no progress", cur_block_idx.x, cur_block_idx.y,
+               cur_block_idx.z);
+}
+
+static uint64_t splitmix(uint64_t* state) {
+  *state += 0x9e3779b97f4a7c15ULL;
+  uint64_t z = *state;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// The shared-memory poison of one block: all-ones (NaN) in the forward schedule, the others in
+// the other schedules (the shuffled one varies it per block), so that a consumer blind to one
+// poison (fmaxf ignores NaN) sees another.
+static uint32_t poison_word(const LaunchShared* L, uint64_t linear_block) {
+  static const uint32_t kPoisons[4] = {0xffffffffu /* NaN */, 0xff800000u /* -inf */, 0x7f800000u /* +inf */,
+                                       0x7f7fffffu /* largest finite float */};
+  switch (L->schedule) {
+    case 0: return kPoisons[0];
+    case 1: return kPoisons[1];
+    case 3: return kPoisons[2];
+    default: {
+      uint64_t state = L->schedule_seed ^ (linear_block * 0xd1b54a32d192ed03ULL);
+      return kPoisons[splitmix(&state) % 4];
+    }
+  }
+}
+
+static void fill_poison(unsigned char* p, size_t bytes, uint32_t word) {
+  size_t i = 0;
+  for (; i + 4 <= bytes; i += 4) std::memcpy(p + i, &word, 4);
+  for (; i < bytes; ++i) p[i] = static_cast<unsigned char>(word >> (8 * (i % 4)));
+}
+
+// Runs fibers until none is ready. With `warp` >= 0, only that warp's lanes.
+static bool sweep(Worker* w, int warp, unsigned* done) {
+  const unsigned n = w->nthreads;
+  bool any = false;
+  for (bool progressed = true; progressed;) {
+    progressed = false;
+    for (unsigned k = 0; k < n; ++k) {
+      const unsigned t = w->order[k];
+      if (warp >= 0 && t / 32 != static_cast<unsigned>(warp)) continue;
+      Fiber& f = w->fibers[t];
+      if (f.state != FiberState::Ready) continue;
+      progressed = any = true;
+      resume(w, &f);
+      if (w->block_failed) return any;
+      if (!canary_intact(f)) {
+        char where[128];
+        where_am_i(where, sizeof where);
+        record_error(w->launch, FailKind::Fault, "emulated thread overflowed its %zu KiB stack (at %s)",
+                     kStackBytes / 1024, where);
+        w->block_failed = true;
+        return any;
+      }
+      if (f.state == FiberState::Done) ++*done;
+    }
+    // Forward, reverse and shuffled sweeps give each ready fiber one turn, then look again; the
+    // warp-ahead schedule keeps running its one warp until all its lanes block.
+    if (warp < 0) break;
+  }
+  return any;
 }
 
 static bool run_block(Worker* w, uint64_t linear_block) {
@@ -286,94 +488,101 @@ static bool run_block(Worker* w, uint64_t linear_block) {
                         static_cast<unsigned>(linear_block / (uint64_t(L->grid.x) * L->grid.y))};
   w->barrier_arrived = 0;
   w->block_failed = false;
+  w->block_epoch = w->epoch = next_epoch();
+  w->static_smem = 0;
+  w->poison = poison_word(L, linear_block);
   for (unsigned i = 0; i < w->warps.size(); ++i) {
     unsigned count = std::min(32u, w->nthreads - 32 * i);
     w->warps[i].open_groups = 0;
+    w->warps[i].syncs = 0;
     w->warps[i].lanes = count == 32 ? 0xffffffffu : ((1u << count) - 1);
   }
-  // Poison dynamic shared memory (all-ones bytes: NaN for floats) so that reading what no
-  // thread wrote shows in the results.
-  std::memset(w->dynamic_smem.data(), 0xff, w->dynamic_smem.size());
-  cur_dynamic_smem = w->dynamic_smem.data();
+  // Poison dynamic shared memory so that what no thread wrote can never pass for a value (the
+  // race detector also faults on such a read).
+  fill_poison(w->dynamic_space.data, w->dynamic_space.bytes, w->poison);
   for (unsigned i = 0; i < w->nthreads; ++i) {
     Fiber& f = w->fibers[i];
     f.state = FiberState::Ready;
     start_fiber(&f);
   }
-  // The sweep order: fixed for forward and reverse, a fresh permutation per block when shuffled.
+  // The sweep order: fixed for forward, reverse and warp-ahead, a fresh permutation per block
+  // when shuffled.
   const unsigned n = w->nthreads;
   for (unsigned i = 0; i < n; ++i) w->order[i] = L->schedule == 1 ? n - 1 - i : i;
   if (L->schedule == 2) {
     uint64_t state = L->schedule_seed ^ (linear_block * 0x9e3779b97f4a7c15ULL);
-    for (unsigned i = n - 1; i > 0; --i) {  // Fisher-Yates with SplitMix64
-      state += 0x9e3779b97f4a7c15ULL;
-      uint64_t z = state;
-      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-      z ^= z >> 31;
-      std::swap(w->order[i], w->order[z % (i + 1)]);
-    }
+    for (unsigned i = n - 1; i > 0; --i) std::swap(w->order[i], w->order[splitmix(&state) % (i + 1)]);
   }
   unsigned done = 0;
+  const int nwarps = static_cast<int>(w->warps.size());
   while (done < n) {
     bool progressed = false;
-    for (unsigned k = 0; k < n; ++k) {
-      Fiber& f = w->fibers[w->order[k]];
-      if (f.state != FiberState::Ready) continue;
-      progressed = true;
-      resume(w, &f);
-      if (w->block_failed) return false;
-      if (f.state == FiberState::Done) {
-        ++done;
-        if (*reinterpret_cast<uint64_t*>(f.stack) != kStackCanary) {
-          record_error(L, "emulated thread overflowed its 60 KiB stack in " + where_am_i());
-          return false;
-        }
-      }
+    if (L->schedule == 3) {
+      // Warp-ahead: the last warp first, each running until all its lanes wait or exit.
+      for (int wi = nwarps - 1; wi >= 0 && !w->block_failed; --wi) progressed |= sweep(w, wi, &done);
+    } else {
+      progressed = sweep(w, -1, &done);
     }
+    if (w->block_failed) return false;
     if (!progressed && done < n) {
-      record_error(L, describe_deadlock(w));
+      describe_deadlock(w);
       return false;
     }
   }
   return true;
 }
 
-static void worker_main(LaunchShared* L) {
-  Worker w;
-  w.launch = L;
-  tl_worker = &w;
-  unsigned char* arena = take_arena();
-  if (arena == nullptr) {
-    record_error(L, "could not map stack memory for the emulated threads");
-    return;
+// Runs blocks of the launch until none is left (or one failed), on `arena`.
+static void worker_main(LaunchShared* L, Arena* arena) noexcept {
+  // Emulated threads compute as a GPU does whatever the caller set: round to nearest, no
+  // flush-to-zero, no trapping exceptions.
+  std::fenv_t saved_env;
+  std::fegetenv(&saved_env);
+  std::fesetenv(FE_DFL_ENV);
+  try {
+    Worker w;
+    w.launch = L;
+    w.arena = arena;
+    tl_worker = &w;
+    w.nthreads = L->block.x * L->block.y * L->block.z;
+    w.fibers.resize(w.nthreads);
+    w.warps.resize((w.nthreads + 31) / 32);
+    w.order.resize(w.nthreads);
+    // The dynamic shadow only grows; its entries stay valid across launches (epochs are unique).
+    const size_t granules = (L->dynamic_smem_bytes + 1) / 2;
+    if (arena->dynamic_shadow.size() < granules) arena->dynamic_shadow.resize(granules, Granule{});
+    if (arena->dynamic_smem.size() < L->dynamic_smem_bytes + 16) arena->dynamic_smem.resize(L->dynamic_smem_bytes + 16);
+    // 16-byte aligned, like the GPU's dynamic segment.
+    uintptr_t base = (reinterpret_cast<uintptr_t>(arena->dynamic_smem.data()) + 15) & ~uintptr_t(15);
+    w.dynamic_space = SharedSpace{reinterpret_cast<unsigned char*>(base), L->dynamic_smem_bytes,
+                                  arena->dynamic_shadow.data(), false};
+    unsigned char* stacks = arena->mapping + kGuardBytes;
+    for (unsigned i = 0; i < w.nthreads; ++i) {
+      Fiber& f = w.fibers[i];
+      f.stack = stacks + size_t(i) * kStackBytes;
+      f.linear = i;
+      f.tidx = uint3{i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y)};
+    }
+    cur_block_dim = L->block;
+    cur_grid_dim = L->grid;
+    const uint64_t total = uint64_t(L->grid.x) * L->grid.y * L->grid.z;
+    while (!L->failed.load(std::memory_order_relaxed)) {
+      uint64_t b = L->next_block.fetch_add(1);
+      if (b >= total) break;
+      if (!run_block(&w, b)) break;
+    }
+    std::lock_guard<std::mutex> g(L->error_lock);
+    L->bytes_read += w.bytes_read;
+    L->bytes_written += w.bytes_written;
+    L->accesses += w.accesses;
+    L->accesses16 += w.accesses16;
+  } catch (const std::bad_alloc&) {
+    record_error(L, FailKind::Host, "out of host memory for an emulator worker");
+  } catch (...) {
+    record_error(L, FailKind::Host, "an emulator worker failed on the host");
   }
-  w.nthreads = L->block.x * L->block.y * L->block.z;
-  w.fibers.resize(w.nthreads);
-  w.warps.resize((w.nthreads + 31) / 32);
-  w.dynamic_smem.resize(L->dynamic_smem_bytes);
-  w.order.resize(w.nthreads);
-  for (unsigned i = 0; i < w.nthreads; ++i) {
-    Fiber& f = w.fibers[i];
-    f.stack = arena + size_t(i) * kStackBytes + kGuardBytes;  // usable stack starts above the guard
-    f.linear = i;
-    f.tidx = uint3{i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y)};
-  }
-  cur_block_dim = L->block;
-  cur_grid_dim = L->grid;
-  const uint64_t total = uint64_t(L->grid.x) * L->grid.y * L->grid.z;
-  while (!L->failed.load(std::memory_order_relaxed)) {
-    uint64_t b = L->next_block.fetch_add(1);
-    if (b >= total) break;
-    if (!run_block(&w, b)) break;
-  }
-  give_arena(arena);
-  std::lock_guard<std::mutex> g(L->error_lock);
-  L->bytes_read += w.bytes_read;
-  L->bytes_written += w.bytes_written;
-  L->accesses += w.accesses;
-  L->accesses16 += w.accesses16;
   tl_worker = nullptr;
+  std::fesetenv(&saved_env);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,6 +592,7 @@ void syncthreads() {
   Worker* w = tl_worker;
   if (++w->barrier_arrived == w->nthreads) {
     w->barrier_arrived = 0;
+    w->epoch = next_epoch();  // accesses after the barrier are ordered after those before it
     for (unsigned i = 0; i < w->nthreads; ++i)
       if (w->fibers[i].state == FiberState::AtBarrier) w->fibers[i].state = FiberState::Ready;
     return;
@@ -392,7 +602,8 @@ void syncthreads() {
 }
 
 // Joins the lane's shuffle group (creating it if needed) and waits for the whole group.
-static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp** out_warp, unsigned* out_lane) {
+static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, bool is_syncwarp, Warp** out_warp,
+                               unsigned* out_lane) {
   Worker* w = tl_worker;
   Fiber* f = w->current;
   unsigned lane = f->linear % 32;
@@ -404,6 +615,7 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp*
   int gi = -1;
   for (int i = 0; i < warp.open_groups; ++i) {
     if (warp.groups[i].mask == mask) {
+      if (warp.groups[i].is_syncwarp != is_syncwarp) fault("lanes of one mask meet in a shuffle and a __syncwarp");
       gi = i;
       break;
     }
@@ -411,7 +623,7 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp*
   }
   if (gi < 0) {
     gi = warp.open_groups++;
-    warp.groups[gi] = ShuffleGroup{mask, 0};
+    warp.groups[gi] = ShuffleGroup{mask, 0, is_syncwarp};
   }
   ShuffleGroup& g = warp.groups[gi];
   warp.values[lane] = bits;
@@ -430,9 +642,10 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp*
   for (unsigned rest = mask; rest != 0; rest &= rest - 1) {
     unsigned l = static_cast<unsigned>(__builtin_ctz(rest));
     int s = warp.sources[l];
-    warp.results[l] = warp.values[s < 0 ? l : s];
+    warp.results[l] = warp.values[s < 0 ? l : static_cast<unsigned>(s)];
     warp_fibers[l].state = FiberState::Ready;
   }
+  if (is_syncwarp) ++warp.syncs;
   f->state = FiberState::Ready;
   warp.groups[gi] = warp.groups[--warp.open_groups];
 }
@@ -440,14 +653,14 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, Warp*
 uint64_t shuffle_bits(unsigned mask, uint64_t bits, int src_lane) {
   Warp* warp;
   unsigned lane;
-  join_shuffle_group(mask, bits, src_lane, &warp, &lane);
+  join_shuffle_group(mask, bits, src_lane, false, &warp, &lane);
   return warp->results[lane];
 }
 
 void syncwarp(unsigned mask) {
   Warp* warp;
   unsigned lane;
-  join_shuffle_group(mask, 0, -1, &warp, &lane);
+  join_shuffle_group(mask, 0, -1, true, &warp, &lane);
 }
 
 void global_access(const void* ptr, size_t bytes, bool is_write) {
@@ -469,6 +682,96 @@ void global_access(const void* ptr, size_t bytes, bool is_write) {
   fault(buf);
 }
 
+// ---- Shared memory checks and the race detector.
+
+SharedSpace* dynamic_shared_space() { return &tl_worker->dynamic_space; }
+
+bool enter_static_shared(uint64_t* block_serial, unsigned char* data, size_t bytes) {
+  Worker* w = tl_worker;
+  if (*block_serial == w->block_epoch) return false;
+  *block_serial = w->block_epoch;
+  w->static_smem += bytes;
+  LaunchShared* L = w->launch;
+  // Remember the kernel's static footprint, so that later launches are checked up front.
+  std::atomic<size_t>& seen = *L->kernel->static_smem;
+  size_t prev = seen.load(std::memory_order_relaxed);
+  while (w->static_smem > prev && !seen.compare_exchange_weak(prev, w->static_smem)) {
+  }
+  if (w->static_smem + L->dynamic_smem_bytes > L->smem_limit) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "too many resources requested for launch: %zu bytes of static plus %zu bytes of dynamic shared "
+                  "memory exceed the %zu bytes a block may use",
+                  w->static_smem, L->dynamic_smem_bytes, L->smem_limit);
+    fault_kind(FailKind::Launch, buf);
+  }
+  fill_poison(data, bytes, w->poison);
+  return true;
+}
+
+static const char* space_name(const SharedSpace* s) {
+  return s->is_static ? "a static __shared__ array" : "dynamic shared memory";
+}
+
+[[noreturn]] static void shared_fault(const SharedSpace* s, const char* what, long long offset, size_t bytes,
+                                      unsigned other) {
+  const Worker* w = tl_worker;
+  const dim3 b = w->launch->block;
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "%s: %zu bytes at byte offset %lld of %s (%zu bytes); other thread (%u,%u,%u)", what,
+                bytes, offset, space_name(s), s->bytes, other % b.x, (other / b.x) % b.y, other / (b.x * b.y));
+  fault(buf);
+}
+
+// Two accesses by different threads in one barrier interval are ordered only when both threads
+// are lanes of one warp and that warp completed a __syncwarp since the earlier access.
+static bool ordered_by_syncwarp(const Worker* w, unsigned earlier_thread, uint32_t earlier_sync) {
+  const unsigned me = w->current->linear;
+  return earlier_thread / 32 == me / 32 && w->warps[me / 32].syncs > earlier_sync;
+}
+
+void shared_access(SharedSpace* s, long long offset, size_t bytes, bool is_write) {
+  Worker* w = tl_worker;
+  if (offset < 0 || static_cast<size_t>(offset) + bytes > s->bytes) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "shared memory %s of %zu bytes at byte offset %lld is outside %s of %zu bytes",
+                  is_write ? "write" : "read", bytes, offset, space_name(s), s->bytes);
+    fault(buf);
+  }
+  if (offset % static_cast<long long>(bytes < 16 ? bytes : 16) != 0) fault("misaligned shared memory access");
+  const unsigned me = w->current->linear;
+  const uint32_t my_sync = w->warps[me / 32].syncs;
+  const uint64_t epoch = w->epoch;
+  Granule* g = s->shadow + offset / 2;
+  Granule* end = s->shadow + (static_cast<size_t>(offset) + bytes + 1) / 2;
+  for (; g != end; ++g) {
+    if (is_write) {
+      if (g->write_epoch == epoch && g->writer != me && !ordered_by_syncwarp(w, g->writer, g->write_sync))
+        shared_fault(s, "shared-memory race (write after write, no barrier between)", offset, bytes, g->writer);
+      if (g->read_epoch == epoch && g->reader != me &&
+          (g->reader == kManyReaders || !ordered_by_syncwarp(w, g->reader, g->read_sync)))
+        shared_fault(s, "shared-memory race (write after another thread's read, no barrier between)", offset, bytes,
+                     g->reader == kManyReaders ? me : g->reader);
+      g->write_epoch = epoch;
+      g->writer = static_cast<uint16_t>(me);
+      g->write_sync = my_sync;
+    } else {
+      if (g->write_epoch < w->block_epoch)
+        shared_fault(s, "read of shared memory that no thread of this block has written", offset, bytes, me);
+      if (g->write_epoch == epoch && g->writer != me && !ordered_by_syncwarp(w, g->writer, g->write_sync))
+        shared_fault(s, "shared-memory race (read after another thread's write, no barrier between)", offset, bytes,
+                     g->writer);
+      if (g->read_epoch != epoch) {
+        g->read_epoch = epoch;
+        g->reader = static_cast<uint16_t>(me);
+        g->read_sync = my_sync;
+      } else if (g->reader != me) {
+        g->reader = kManyReaders;
+      }
+    }
+  }
+}
+
 }  // namespace emu
 
 // ---------------------------------------------------------------------------------------------
@@ -485,67 +788,114 @@ struct CsEmuStats {
   uint64_t bytes_read, bytes_written, accesses, accesses16, threads;
 };
 
-}  // extern "C"
+struct CsEmuLaunch {
+  const char* name;
+  uint32_t grid[3];
+  uint32_t block[3];
+  uint64_t dynamic_smem;
+  uint64_t smem_limit;  // static + dynamic shared memory a block may use (the device's limit)
+  const void* params;
+  uint64_t params_size;
+  const CsEmuRegion* regions;
+  uint64_t n_regions;
+  int32_t schedule;
+  uint64_t schedule_seed;
+  uint32_t workers;
+};
 
+size_t CS_EMU_C(kernel_count)() { return emu::registry().size(); }
+const char* CS_EMU_C(kernel_name)(size_t i) { return i < emu::registry().size() ? emu::registry()[i].name : nullptr; }
 
-extern "C" {
-
-size_t cs_emu_kernel_count() { return emu::registry().size(); }
-const char* cs_emu_kernel_name(size_t i) { return i < emu::registry().size() ? emu::registry()[i].name : nullptr; }
-
-// Runs one grid to completion. Returns 0 on success, 1 for an unknown kernel, 2 for a bad launch
-// configuration, 3 for a fault inside the kernel; `err` then holds a message.
-int cs_emu_launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint64_t dynamic_smem,
-                  const void* params, uint64_t params_size, const CsEmuRegion* regions, uint64_t n_regions,
-                  int32_t schedule, uint64_t schedule_seed, uint32_t workers, CsEmuStats* stats, char* err,
-                  uint64_t err_len) {
-  auto fail = [&](int code, const std::string& what) {
-    if (err_len > 0) {
-      std::snprintf(err, err_len, "%s", what.c_str());
-    }
+// Runs one grid to completion. Returns 0 on success, 1 for an unknown kernel, 2 for a launch a
+// GPU would refuse, 3 for a fault inside the kernel, 4 when the host could not provide the
+// resources (memory, threads); `err` then holds a message. Never throws.
+int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64_t err_len) noexcept {
+  auto fail = [&](int code, const char* fmt, auto... args) {
+    if (err_len > 0) std::snprintf(err, err_len, fmt, args...);
     return code;
   };
+  if (err_len > 0) err[0] = 0;
   const emu::KernelInfo* k = nullptr;
   for (const emu::KernelInfo& info : emu::registry())
-    if (std::strcmp(info.name, name) == 0) k = &info;
-  if (k == nullptr) return fail(1, std::string("no kernel named ") + name + " in the emulator image");
-  if (k->params_size != params_size) return fail(2, "kernel parameter block has the wrong size");
-  uint64_t threads = uint64_t(block[0]) * block[1] * block[2];
-  if (threads == 0 || threads > emu::kMaxThreadsPerBlock) return fail(2, "block must have 1..1024 threads");
+    if (std::strcmp(info.name, in->name) == 0) k = &info;
+  if (k == nullptr) return fail(1, "no kernel named %s in the emulator image", in->name);
+  if (k->params_size != in->params_size) return fail(2, "%s", "kernel parameter block has the wrong size");
+  const uint64_t threads = uint64_t(in->block[0]) * in->block[1] * in->block[2];
+  if (threads == 0 || threads > emu::kMaxThreadsPerBlock) return fail(2, "%s", "block must have 1..1024 threads");
+  if (threads > k->max_threads)
+    return fail(2,
+                "too many resources requested for launch: %llu threads per block, but the kernel is compiled with "
+                "__launch_bounds__(%u) (a GPU refuses this launch)",
+                static_cast<unsigned long long>(threads), k->max_threads);
+  const uint32_t* grid = in->grid;
   if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[1] > 65535 || grid[2] > 65535 || grid[0] > 0x7fffffffu)
-    return fail(2, "grid dimensions out of range (x: 1..2^31-1, y and z: 1..65535)");
+    return fail(2, "%s", "grid dimensions out of range (x: 1..2^31-1, y and z: 1..65535)");
+  if (in->schedule < 0 || in->schedule > 3)
+    return fail(2, "%s", "schedule must be 0 (forward), 1 (reverse), 2 (shuffled) or 3 (warp-ahead)");
+  const size_t known_static = k->static_smem->load();
+  if (in->dynamic_smem > emu::kMaxDynamicSmem || known_static + in->dynamic_smem > in->smem_limit)
+    return fail(2,
+                "too many resources requested for launch: %zu bytes of static plus %llu bytes of dynamic shared "
+                "memory exceed the %llu bytes a block may use",
+                known_static, static_cast<unsigned long long>(in->dynamic_smem),
+                static_cast<unsigned long long>(in->smem_limit));
 
-  emu::LaunchShared L;
-  L.thunk = k->thunk;
-  L.params = params;
-  L.grid = dim3{grid[0], grid[1], grid[2]};
-  L.block = dim3{block[0], block[1], block[2]};
-  L.dynamic_smem_bytes = dynamic_smem;
-  if (schedule < 0 || schedule > 2) return fail(2, "schedule must be 0 (forward), 1 (reverse) or 2 (shuffled)");
-  L.schedule = schedule;
-  L.schedule_seed = schedule_seed;
-  for (uint64_t i = 0; i < n_regions; ++i)
-    L.regions.push_back(emu::Region{static_cast<uintptr_t>(regions[i].base),
-                                    static_cast<uintptr_t>(regions[i].base + regions[i].bytes), regions[i].writable != 0});
-  uint64_t total_blocks = uint64_t(grid[0]) * grid[1] * grid[2];
-  unsigned n_workers = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(workers, total_blocks)));
+  try {
+    emu::LaunchShared L;
+    L.kernel = k;
+    L.params = in->params;
+    L.grid = dim3{grid[0], grid[1], grid[2]};
+    L.block = dim3{in->block[0], in->block[1], in->block[2]};
+    L.dynamic_smem_bytes = in->dynamic_smem;
+    L.smem_limit = in->smem_limit;
+    L.schedule = in->schedule;
+    L.schedule_seed = in->schedule_seed;
+    for (uint64_t i = 0; i < in->n_regions; ++i) {
+      const CsEmuRegion& r = in->regions[i];
+      L.regions.push_back(emu::Region{static_cast<uintptr_t>(r.base), static_cast<uintptr_t>(r.base + r.bytes),
+                                      r.writable != 0});
+    }
+    const uint64_t total_blocks = uint64_t(grid[0]) * grid[1] * grid[2];
+    const unsigned wanted = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(in->workers, total_blocks)));
 
-  std::vector<std::thread> pool;
-  for (unsigned i = 1; i < n_workers; ++i) pool.emplace_back(emu::worker_main, &L);
-  emu::worker_main(&L);
-  for (std::thread& t : pool) t.join();
-  *stats = CsEmuStats{L.bytes_read, L.bytes_written, L.accesses, L.accesses16, 0};
-  stats->threads = total_blocks * threads;
-  if (L.failed.load()) return fail(3, L.error);
-  return 0;
+    char why[256] = {0};
+    emu::ArenaPool& pool = emu::arena_pool();
+    emu::Arena* own = pool.acquire(true, why, sizeof why);
+    if (own == nullptr) return fail(4, "the emulator could not get host resources: %s", why);
+    // Helper workers: as many as asked for and available; fewer (down to none) when arenas or
+    // threads run short, which only makes the launch slower.
+    std::vector<std::thread> helpers;
+    helpers.reserve(wanted - 1);
+    for (unsigned i = 1; i < wanted; ++i) {
+      emu::Arena* a = pool.acquire(false, why, sizeof why);
+      if (a == nullptr) break;
+      try {
+        helpers.emplace_back([&L, &pool, a] {
+          emu::worker_main(&L, a);
+          pool.release(a);
+        });
+      } catch (...) {
+        pool.release(a);
+        break;
+      }
+    }
+    emu::worker_main(&L, own);
+    pool.release(own);
+    for (std::thread& t : helpers) t.join();
+    *stats = CsEmuStats{L.bytes_read, L.bytes_written, L.accesses, L.accesses16, total_blocks * threads};
+    if (L.failed.load()) return fail(static_cast<int>(L.fail_kind), "%s", L.error);
+    return 0;
+  } catch (const std::bad_alloc&) {
+    return fail(4, "%s", "the emulator ran out of host memory");
+  } catch (...) {
+    return fail(4, "%s", "the emulator failed on the host");
+  }
 }
-
-}  // extern "C"
 
 // The emulator's storage-type conversions, for tests against a reference implementation.
-extern "C" {
-uint16_t cs_emu_f32_to_f16(float f) { return __float2half_rn(f).bits; }
-float cs_emu_f16_to_f32(uint16_t h) { return __half2float(__half{h}); }
-uint16_t cs_emu_f32_to_bf16(float f) { return __float2bfloat16_rn(f).bits; }
-float cs_emu_bf16_to_f32(uint16_t b) { return __bfloat162float(__nv_bfloat16{b}); }
-}
+uint16_t CS_EMU_C(f32_to_f16)(float f) { return __float2half_rn(f).bits; }
+float CS_EMU_C(f16_to_f32)(uint16_t h) { return __half2float(__half{h}); }
+uint16_t CS_EMU_C(f32_to_bf16)(float f) { return __float2bfloat16_rn(f).bits; }
+float CS_EMU_C(bf16_to_f32)(uint16_t b) { return __bfloat162float(__nv_bfloat16{b}); }
+
+}  // extern "C"

@@ -9,7 +9,7 @@ namespace cs_selftest {
 // the result is (t + 1) % n + 1 for thread t; without it, the value depends on thread order.
 template <bool WithBarrier>
 __device__ void neighbour_exchange(const cs::SoftmaxParams& p) {
-  float* slots = cs::dynamic_smem<float>();
+  cs::SmemPtr<float> slots = cs::dynamic_smem<float>();
   const unsigned n = blockDim.x;
   slots[threadIdx.x] = static_cast<float>(threadIdx.x + 1);
   if (WithBarrier) __syncthreads();
@@ -51,6 +51,71 @@ __device__ void shuffle_semantics(const cs::SoftmaxParams& p) {
   cs::store_one(static_cast<float*>(p.y) + threadIdx.x, a + 100.0f * b + 10000.0f * c + 1e6f * d);
 }
 
+// A row of lane values through shuffles whose lane operand reaches past the segment: PTX reads
+// an earlier segment for bfly, keeps the lane's own value for a later one, and uses only the
+// low 5 bits of the operand.
+// y[t] = xor(16, width 8) + 100 * xor(4, width 4) + 10000 * down(33, width 32) + 1e6 * up(3, width 8)
+__device__ void shuffle_segments(const cs::SoftmaxParams& p) {
+  const float lane = static_cast<float>(threadIdx.x % 32);
+  float a = __shfl_xor_sync(0xffffffffu, lane, 16, 8);
+  float b = __shfl_xor_sync(0xffffffffu, lane, 4, 4);
+  float c = __shfl_down_sync(0xffffffffu, lane, 33u, 32);
+  float d = __shfl_up_sync(0xffffffffu, lane, 3u, 8);
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, a + 100.0f * b + 10000.0f * c + 1e6f * d);
+}
+
+// Reads one element past the block's dynamic shared memory (launched with blockDim.x floats).
+__device__ void shared_out_of_bounds(const cs::SoftmaxParams& p) {
+  cs::SmemPtr<float> slots = cs::dynamic_smem<float>();
+  slots[threadIdx.x] = 1.0f;
+  __syncthreads();
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, slots[threadIdx.x + 1]);
+}
+
+// Reads a static shared slot no thread wrote.
+__device__ void shared_uninitialised(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, slots, 64);
+  if (threadIdx.x != 5) slots[threadIdx.x] = 2.0f;
+  __syncthreads();
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, slots[threadIdx.x ^ 5]);
+}
+
+// One scratch slot reused by two reductions with the barrier between them dropped: thread 0
+// overwrites the slot while other threads may still be reading the first value. Correct in
+// some thread orders, a write-after-read race in all.
+__device__ void reused_scratch_race(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, slot, 1);
+  if (threadIdx.x == 0) slot[0] = 1.0f;
+  __syncthreads();
+  float first = slot[0];
+  if (threadIdx.x == 0) slot[0] = 2.0f;  // needs a __syncthreads() before it
+  __syncthreads();
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, first + slot[0]);
+}
+
+// Lanes of one warp exchange values through shared memory ordered by __syncwarp: correct, and
+// must not be reported as a race.
+__device__ void warp_exchange_with_syncwarp(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, slots, 1024);
+  slots[threadIdx.x] = static_cast<float>(threadIdx.x);
+  __syncwarp();
+  const unsigned partner = (threadIdx.x & ~31u) | ((threadIdx.x + 1) % 32);
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, slots[partner]);
+}
+
+// Writes its output normally: launched with more threads than its __launch_bounds__(64).
+__device__ void write_thread_index(const cs::SoftmaxParams& p) {
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, static_cast<float>(threadIdx.x));
+}
+
+// 2 KiB of static shared memory beside the launch's dynamic shared memory.
+__device__ void large_static_shared(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, big, 512);
+  big[threadIdx.x] = 1.0f;
+  __syncthreads();
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, big[threadIdx.x]);
+}
+
 }  // namespace cs_selftest
 
 CS_ENTRY(emu_selftest_barrier_ok, 1024, (cs_selftest::neighbour_exchange<true>(p)))
@@ -60,3 +125,10 @@ CS_ENTRY(emu_selftest_misaligned_vector, 1024, (cs_selftest::misaligned_vector_s
 CS_ENTRY(emu_selftest_divergent_barrier, 1024, (cs_selftest::divergent_barrier(p)))
 CS_ENTRY(emu_selftest_partial_shuffle, 1024, (cs_selftest::partial_shuffle(p)))
 CS_ENTRY(emu_selftest_shuffle_semantics, 1024, (cs_selftest::shuffle_semantics(p)))
+CS_ENTRY(emu_selftest_shuffle_segments, 1024, (cs_selftest::shuffle_segments(p)))
+CS_ENTRY(emu_selftest_shared_out_of_bounds, 1024, (cs_selftest::shared_out_of_bounds(p)))
+CS_ENTRY(emu_selftest_shared_uninitialised, 64, (cs_selftest::shared_uninitialised(p)))
+CS_ENTRY(emu_selftest_reused_scratch_race, 1024, (cs_selftest::reused_scratch_race(p)))
+CS_ENTRY(emu_selftest_warp_exchange, 1024, (cs_selftest::warp_exchange_with_syncwarp(p)))
+CS_ENTRY(emu_selftest_bounded_64, 64, (cs_selftest::write_thread_index(p)))
+CS_ENTRY(emu_selftest_large_static_shared, 512, (cs_selftest::large_static_shared(p)))
