@@ -109,8 +109,9 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
             // The emulator must be fast even in debug builds of the crate.
             .opt_level(2)
             .debug(false)
-            .warnings(false)
-            .extra_warnings(false);
+            // (warnings(false) would add -w and silence the flags below.)
+            .warnings(true)
+            .extra_warnings(true);
         for w in EMULATOR_WARNINGS {
             build.flag_if_supported(w);
         }

@@ -206,6 +206,17 @@ impl Device {
         }
     }
 
+    /// Test hook for the emulator: later launches run only the blocks whose linear index
+    /// (x + y * grid x) is at least `first_block`, so that a test can reach far rows of a huge
+    /// tensor without computing the near ones. 0 runs every block (the default).
+    #[doc(hidden)]
+    pub fn emulator_skip_blocks_before(&self, first_block: u64) {
+        if let Backend::Emulator(e) = &*self.backend {
+            e.first_block
+                .store(first_block, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Runs one of the emulator's planted-bug kernels (kernels/emu/selftest.cu) as a single
     /// block of `threads` threads writing `y`. For the emulator's own tests.
     #[doc(hidden)]

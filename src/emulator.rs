@@ -4,6 +4,7 @@
 use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -42,6 +43,7 @@ struct CsEmuLaunch {
     schedule: i32,
     schedule_seed: u64,
     workers: u32,
+    first_block: u64,
 }
 
 /// The C entry points of one build flavour of the emulator (build.rs compiles the kernels twice:
@@ -156,6 +158,8 @@ pub(crate) struct Emulator {
     /// The emulator's stream: every operation of the device (launches, copies) holds it while
     /// it runs, so they execute one at a time in one order, as on a GPU stream.
     stream: Mutex<()>,
+    /// Test hook: launches skip the blocks before this linear block index (0: run all).
+    pub first_block: AtomicU64,
 }
 
 impl Emulator {
@@ -170,6 +174,7 @@ impl Emulator {
             workers: workers.clamp(1, 64) as u32,
             last_stats: Mutex::new(None),
             stream: Mutex::new(()),
+            first_block: AtomicU64::new(0),
         }
     }
 
@@ -262,6 +267,7 @@ impl Emulator {
             schedule,
             schedule_seed: seed,
             workers: self.workers,
+            first_block: self.first_block.load(Ordering::Relaxed),
         };
         let launch_fn = if self.config.fma_contraction {
             if !host_has_fma() {
@@ -384,11 +390,58 @@ pub fn emulator_build_warnings() -> &'static str {
 pub(crate) struct HostBuffer {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// Mapped with mmap (large buffers on Linux): pages are zero and cost nothing until touched,
+    /// so a huge zeroed tensor of which a test touches one row stays cheap.
+    mapped: bool,
+}
+
+/// Buffers at least this large are mapped rather than allocated (Linux).
+const MAP_THRESHOLD: usize = 1 << 20;
+
+#[cfg(target_os = "linux")]
+mod anon {
+    unsafe extern "C" {
+        fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
+        fn munmap(addr: *mut u8, len: usize) -> i32;
+    }
+    const PROT_READ_WRITE: i32 = 0x1 | 0x2;
+    const MAP_PRIVATE_ANONYMOUS_NORESERVE: i32 = 0x02 | 0x20 | 0x4000;
+
+    /// Zeroed, page-aligned memory, or None.
+    pub fn map(len: usize) -> Option<*mut u8> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
+        let p = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                PROT_READ_WRITE,
+                MAP_PRIVATE_ANONYMOUS_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (p as isize != -1 && !p.is_null()).then_some(p)
+    }
+
+    /// # Safety
+    /// `p` and `len` come from one successful `map`.
+    pub unsafe fn unmap(p: *mut u8, len: usize) {
+        // SAFETY: per the caller.
+        unsafe { munmap(p, len) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod anon {
+    pub fn map(_len: usize) -> Option<*mut u8> {
+        None
+    }
+    pub unsafe fn unmap(_p: *mut u8, _len: usize) {}
 }
 
 // SAFETY: the buffer is plain bytes owned by this value; it is only touched through raw
-// pointers (by the emulator during a launch and by explicit copies), never through references
-// that could alias.
+// pointers (by the emulator during a launch and by explicit copies, both under the device's
+// stream lock), never through references that could alias.
 unsafe impl Send for HostBuffer {}
 unsafe impl Sync for HostBuffer {}
 
@@ -398,12 +451,14 @@ impl HostBuffer {
     pub fn new(bytes: usize, poison: Option<&[u8]>) -> Result<HostBuffer> {
         let layout = Layout::from_size_align(bytes.max(256), 256)
             .map_err(|_| Error::OutOfMemory { bytes })?;
+        let mapped = (layout.size() >= MAP_THRESHOLD)
+            .then(|| anon::map(layout.size()))
+            .flatten();
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe {
-            match poison {
-                None => alloc_zeroed(layout),
-                Some(_) => alloc(layout),
-            }
+        let ptr = match (mapped, poison) {
+            (Some(p), _) => p,
+            (None, None) => unsafe { alloc_zeroed(layout) },
+            (None, Some(_)) => unsafe { alloc(layout) },
         };
         let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { bytes })?;
         if let Some(pattern) = poison {
@@ -413,7 +468,11 @@ impl HostBuffer {
                 chunk.copy_from_slice(&pattern[..chunk.len()]);
             }
         }
-        Ok(HostBuffer { ptr, layout })
+        Ok(HostBuffer {
+            ptr,
+            layout,
+            mapped: mapped.is_some(),
+        })
     }
 
     pub fn addr(&self) -> u64 {
@@ -437,7 +496,13 @@ impl HostBuffer {
 
 impl Drop for HostBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        // SAFETY: allocated (or mapped) in `new` with this layout.
+        unsafe {
+            if self.mapped {
+                anon::unmap(self.ptr.as_ptr(), self.layout.size())
+            } else {
+                dealloc(self.ptr.as_ptr(), self.layout)
+            }
+        }
     }
 }

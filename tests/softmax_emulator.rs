@@ -40,3 +40,27 @@ suite!(f16_shuffled_schedule, f16, shuffled);
 suite!(bf16_forward_schedule, bf16, |_| emulator(Schedule::Forward));
 suite!(bf16_reverse_schedule, bf16, |_| emulator(Schedule::Reverse));
 suite!(bf16_shuffled_schedule, bf16, shuffled);
+suite!(f32_warp_ahead_schedule, f32, |_| emulator(Schedule::WarpAhead));
+suite!(f16_warp_ahead_schedule, f16, |_| emulator(Schedule::WarpAhead));
+suite!(bf16_warp_ahead_schedule, bf16, |_| emulator(Schedule::WarpAhead));
+
+/// The special values (NaN, -inf, +inf, masked rows, magnitudes near the dtype's maximum) and
+/// the edge shapes on the emulator build that contracts a * b + c into FMA, as nvcc does.
+macro_rules! fma_suite {
+    ($name:ident, $dtype:ty) => {
+        #[test]
+        fn $name() {
+            let device = Device::emulator_with(EmulatorConfig {
+                fma_contraction: true,
+                ..EmulatorConfig::default()
+            });
+            let mut rng = common::seeded_rng(stringify!($name));
+            common::special_values::<$dtype>(&device, &mut rng);
+            common::edge_shapes::<$dtype>(&device, &mut rng);
+        }
+    };
+}
+
+fma_suite!(f32_fma_contraction, f32);
+fma_suite!(f16_fma_contraction, f16);
+fma_suite!(bf16_fma_contraction, bf16);

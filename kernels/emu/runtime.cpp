@@ -801,6 +801,7 @@ struct CsEmuLaunch {
   int32_t schedule;
   uint64_t schedule_seed;
   uint32_t workers;
+  uint64_t first_block;  // a test hook: blocks with a smaller linear index are not run
 };
 
 size_t CS_EMU_C(kernel_count)() { return emu::registry().size(); }
@@ -850,6 +851,7 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
     L.smem_limit = in->smem_limit;
     L.schedule = in->schedule;
     L.schedule_seed = in->schedule_seed;
+    L.next_block.store(in->first_block);
     for (uint64_t i = 0; i < in->n_regions; ++i) {
       const CsEmuRegion& r = in->regions[i];
       L.regions.push_back(emu::Region{static_cast<uintptr_t>(r.base), static_cast<uintptr_t>(r.base + r.bytes),
