@@ -118,15 +118,20 @@ fn operations_of_one_device_run_in_stream_order() {
     let (want_a, want_b) = (softmax_of(&a), softmax_of(&b));
     let x = DeviceTensor::from_host(&d, &a, &[rows, cols]).unwrap();
     let mut writer = x.view(0, &[rows, cols]).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            for i in 0..60 {
+            // Keeps copying until the reader is done, so the two always overlap.
+            let mut i = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 writer
                     .copy_from_host(if i % 2 == 0 { &b } else { &a })
                     .unwrap();
+                i += 1;
             }
         });
-        for _ in 0..30 {
+        let _stop = StopOnDrop(&done);
+        for _ in 0..40 {
             let y = cuda_softmax::softmax(&x).unwrap().to_host().unwrap();
             let tol = Tolerance::softmax(Dtype::F32);
             let (ca, cb) = (compare(&y, &want_a, tol), compare(&y, &want_b, tol));
@@ -136,6 +141,14 @@ fn operations_of_one_device_run_in_stream_order() {
             );
         }
     });
+}
+
+/// Tells the writer to stop even when an assertion unwinds the reader.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 unsafe extern "C" {
