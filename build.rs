@@ -154,7 +154,11 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
     if mfma {
         println!("cargo::rustc-cfg=cs_emu_mfma");
     }
-    for line in diagnostics.lines().filter(|l| l.contains("warning:")).take(20) {
+    for line in diagnostics
+        .lines()
+        .filter(|l| l.contains("warning:"))
+        .take(20)
+    {
         println!("cargo::warning=emulator build: {line}");
     }
     if !diagnostics.trim().is_empty() && env::var_os("CS_EMU_WERROR").is_some_and(|v| v == "1") {
@@ -165,7 +169,9 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
     for o in &objects {
         archive.object(o);
     }
-    archive.cargo_warnings(false).compile("cuda_softmax_emulator");
+    archive
+        .cargo_warnings(false)
+        .compile("cuda_softmax_emulator");
 }
 
 /// True when the FMA flavour may use -mfma: building for x86-64 on an x86-64 machine that has

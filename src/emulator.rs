@@ -68,7 +68,12 @@ macro_rules! emulator_flavour {
         }
     };
 }
-emulator_flavour!(plain, cs_emu_launch, cs_emu_kernel_count, cs_emu_kernel_name);
+emulator_flavour!(
+    plain,
+    cs_emu_launch,
+    cs_emu_kernel_count,
+    cs_emu_kernel_name
+);
 emulator_flavour!(
     contracted,
     cs_emu_fma_launch,

@@ -277,7 +277,10 @@ fn static_plus_dynamic_shared_memory_over_the_limit_is_refused() {
 #[test]
 fn uninitialised_emulator_memory_is_poisoned() {
     let d = Device::emulator();
-    let f = DeviceTensor::<f32>::uninit(&d, &[7]).unwrap().to_host().unwrap();
+    let f = DeviceTensor::<f32>::uninit(&d, &[7])
+        .unwrap()
+        .to_host()
+        .unwrap();
     assert!(f.iter().all(|v| v.is_poison()), "{f:?}");
     let h = DeviceTensor::<cuda_softmax::f16>::uninit(&d, &[9])
         .unwrap()
@@ -289,7 +292,10 @@ fn uninitialised_emulator_memory_is_poisoned() {
         .to_host()
         .unwrap();
     assert!(b.iter().all(|v| v.is_poison()), "{b:?}");
-    let z = DeviceTensor::<f32>::zeros(&d, &[7]).unwrap().to_host().unwrap();
+    let z = DeviceTensor::<f32>::zeros(&d, &[7])
+        .unwrap()
+        .to_host()
+        .unwrap();
     assert!(z.iter().all(|&v| v == 0.0));
 }
 

@@ -125,7 +125,7 @@ fn operations_of_one_device_run_in_stream_order() {
             let mut i = 0usize;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 writer
-                    .copy_from_host(if i % 2 == 0 { &b } else { &a })
+                    .copy_from_host(if i.is_multiple_of(2) { &b } else { &a })
                     .unwrap();
                 i += 1;
             }
@@ -158,7 +158,11 @@ unsafe extern "C" {
 
 /// x86-64 glibc's rounding modes (fenv.h).
 #[cfg(target_arch = "x86_64")]
-const ROUNDING_MODES: [(&str, i32); 3] = [("upward", 0x800), ("downward", 0x400), ("toward zero", 0xc00)];
+const ROUNDING_MODES: [(&str, i32); 3] = [
+    ("upward", 0x800),
+    ("downward", 0x400),
+    ("toward zero", 0xc00),
+];
 #[cfg(not(target_arch = "x86_64"))]
 const ROUNDING_MODES: [(&str, i32); 0] = [];
 
@@ -193,9 +197,18 @@ fn results_do_not_depend_on_the_callers_rounding_mode() {
                     fesetround(saved);
                     r
                 };
-                let same32 = got32.iter().zip(&want32).all(|(a, b)| a.to_bits() == b.to_bits());
-                let same16 = got16.iter().zip(&want16).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same32 && same16, "rounding {name}, {cols} columns, fma {fma_contraction}: results changed");
+                let same32 = got32
+                    .iter()
+                    .zip(&want32)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                let same16 = got16
+                    .iter()
+                    .zip(&want16)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same32 && same16,
+                    "rounding {name}, {cols} columns, fma {fma_contraction}: results changed"
+                );
             }
         }
     }

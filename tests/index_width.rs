@@ -38,7 +38,10 @@ fn far_row(
     // Closed-form reference: m = max(0, spikes), d = (cols - spikes) e^-m + sum e^(v - m).
     let m = spikes.iter().fold(0.0f64, |m, &(_, v)| m.max(v as f64));
     let sum = (cols - spikes.len()) as f64 * (-m).exp()
-        + spikes.iter().map(|&(_, v)| (v as f64 - m).exp()).sum::<f64>();
+        + spikes
+            .iter()
+            .map(|&(_, v)| (v as f64 - m).exp())
+            .sum::<f64>();
     let zero_out = (-m).exp() / sum;
     let got = x.row(row).unwrap().to_host().unwrap();
     let mut bad = 0usize;
@@ -56,7 +59,11 @@ fn far_row(
     }
     assert_eq!(bad, 0, "{bad} wrong elements; first {first_bad:?}");
     // A row of a skipped block was not touched: the hook ran only the blocks asked for.
-    let before = x.view(skipped_row * cols + cols - 4, &[4]).unwrap().to_host().unwrap();
+    let before = x
+        .view(skipped_row * cols + cols - 4, &[4])
+        .unwrap()
+        .to_host()
+        .unwrap();
     assert!(before.iter().all(|v| v.to_f32() == 0.0), "{before:?}");
 }
 
@@ -70,7 +77,14 @@ const GRID_CAP: u64 = 256;
 #[test]
 fn warp_family_row_offsets_past_2_pow_31() {
     let rows = 1024 * 1025;
-    far_row(rows, 2048, &[(7, 4.0), (2047, 1.0)], GRID_CAP - 1, rows - 5, "warp");
+    far_row(
+        rows,
+        2048,
+        &[(7, 4.0), (2047, 1.0)],
+        GRID_CAP - 1,
+        rows - 5,
+        "warp",
+    );
 }
 
 /// A block per row with the row in shared memory (24,320 columns, the family's longest on the
@@ -78,14 +92,28 @@ fn warp_family_row_offsets_past_2_pow_31() {
 #[test]
 fn block_family_row_offsets_past_2_pow_31() {
     let rows = 256 * 345;
-    far_row(rows, 24_320, &[(0, 3.0), (24_319, 2.0)], GRID_CAP - 1, rows - 2, "block");
+    far_row(
+        rows,
+        24_320,
+        &[(0, 3.0), (24_319, 2.0)],
+        GRID_CAP - 1,
+        rows - 2,
+        "block",
+    );
 }
 
 /// One column more: the online two-pass family; row 88,319 starts at element 2,148,006,399.
 #[test]
 fn online_family_row_offsets_past_2_pow_31() {
     let rows = 256 * 345;
-    far_row(rows, 24_321, &[(1, 3.0), (24_320, -2.0)], GRID_CAP - 1, rows - 2, "online");
+    far_row(
+        rows,
+        24_321,
+        &[(1, 3.0), (24_320, -2.0)],
+        GRID_CAP - 1,
+        rows - 2,
+        "online",
+    );
 }
 
 /// Few long rows: the split-row pair over a (chunks x rows) grid. 7 rows of 357,913,942

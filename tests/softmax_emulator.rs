@@ -40,9 +40,15 @@ suite!(f16_shuffled_schedule, f16, shuffled);
 suite!(bf16_forward_schedule, bf16, |_| emulator(Schedule::Forward));
 suite!(bf16_reverse_schedule, bf16, |_| emulator(Schedule::Reverse));
 suite!(bf16_shuffled_schedule, bf16, shuffled);
-suite!(f32_warp_ahead_schedule, f32, |_| emulator(Schedule::WarpAhead));
-suite!(f16_warp_ahead_schedule, f16, |_| emulator(Schedule::WarpAhead));
-suite!(bf16_warp_ahead_schedule, bf16, |_| emulator(Schedule::WarpAhead));
+suite!(f32_warp_ahead_schedule, f32, |_| emulator(
+    Schedule::WarpAhead
+));
+suite!(f16_warp_ahead_schedule, f16, |_| emulator(
+    Schedule::WarpAhead
+));
+suite!(bf16_warp_ahead_schedule, bf16, |_| emulator(
+    Schedule::WarpAhead
+));
 
 /// The special values (NaN, -inf, +inf, masked rows, magnitudes near the dtype's maximum) and
 /// the edge shapes on the emulator build that contracts a * b + c into FMA, as nvcc does.
