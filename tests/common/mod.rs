@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
+use cuda_softmax::planner::{Family, SoftmaxProblem, Stage, plan_softmax};
 use cuda_softmax::{Device, DeviceTensor, Element, reference, softmax_into};
 
 /// Row lengths from DESIGN.md's edge list plus each family boundary.
@@ -252,6 +253,115 @@ pub fn long_rows<T: Element>(device: &Device, rng: &mut Rng) {
     check_shapes::<T>(device, rng, shapes, (3, 6), 10.0, "long rows");
 }
 
+/// The single launch the planner picks for `rows x cols` of `T` in `layout` on `device`
+/// (buffers start 256-byte aligned on both backends), and the rows one block covers per turn
+/// of its grid loop.
+fn planned_stage<T: Element>(
+    device: &Device,
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+) -> (Stage, usize) {
+    let aligned = |offset: usize| (offset * T::DTYPE.size_bytes()).is_multiple_of(16);
+    let problem = SoftmaxProblem {
+        rows,
+        cols,
+        dtype: T::DTYPE,
+        aligned16: aligned(layout.x_offset) && aligned(layout.y_offset),
+    };
+    let plan = plan_softmax(&problem, &device.limits());
+    assert_eq!(
+        plan.stages.len(),
+        1,
+        "expected a single-kernel plan: {plan:?}"
+    );
+    let stage = plan.stages[0];
+    let rows_per_block = match stage.kernel.family {
+        Family::Warp { width, .. } => (stage.block / 32 * (32 / width)) as usize,
+        _ => 1,
+    };
+    (stage, rows_per_block)
+}
+
+/// The most blocks the planner gives a single-kernel launch on `device`: a row count far above
+/// it gets exactly that many.
+fn grid_cap(device: &Device) -> usize {
+    let (stage, _) = planned_stage::<f32>(device, 1 << 40, 4097, ALIGNED);
+    assert!(matches!(stage.kernel.family, Family::Block { .. }));
+    stage.grid.0 as usize
+}
+
+/// Cases with more rows than the grid covers in one pass, so that blocks (or warps) loop over
+/// rows: a dropped end-of-row barrier or a wrong row stride shows. Each case asserts that the
+/// planner really makes its blocks loop, so that a planner change cannot quietly end the
+/// coverage; on the emulator also that the launch that ran had the planned kernel and grid, and
+/// moved each row exactly once (a stride that revisits rows gives right values).
+///
+/// Row counts follow the device's grid cap (256 blocks on the emulator; 4224 on a 132-SM GPU,
+/// where the online case is 4228 x 58113, about 1 GB of f32 per tensor).
+pub fn grid_loops<T: Element>(device: &Device, rng: &mut Rng) {
+    let cap = grid_cap(device);
+    let block_max = block_family_max_cols(device);
+    let is_warp = |f: &Family| matches!(f, Family::Warp { .. });
+    let is_block = |f: &Family| matches!(f, Family::Block { .. });
+    let is_online = |f: &Family| matches!(f, Family::Online { .. });
+    let layouts = |pairs: &[(usize, usize)]| -> Vec<Layout> {
+        pairs
+            .iter()
+            .map(|&(x_offset, y_offset)| Layout { x_offset, y_offset })
+            .collect()
+    };
+    type Case = (usize, usize, Vec<Layout>, fn(&Family) -> bool);
+    let mut cases: Vec<Case> = vec![
+        // Block family (row in shared memory), 128 threads: 300 x 2049 on the emulator. x and y
+        // misaligned differently, so a thread's loads and stores touch different columns of the
+        // shared row: a missing end-of-row barrier lets the next row overwrite unread values.
+        (cap + 44, 2049, layouts(&[(3, 6), (1, 0)]), is_block),
+        // Block family, 512 (f32) or 256 (f16/bf16) threads: 300 x 8200 on the emulator.
+        (cap + 44, 8200, layouts(&[(2, 5)]), is_block),
+        // Online family (row too long for shared memory): 260 x 24577 on the emulator.
+        (cap + 4, block_max + 257, layouts(&[(3, 6)]), is_online),
+    ];
+    // The warp family at every row width (1..16 lanes per row, then a warp per row, scalar and
+    // 16-byte access): more rows than the grid's warps hold, ending in a partly filled block.
+    for cols in [1, 2, 3, 7, 13, 33, 64] {
+        let (_, rows_per_block) = planned_stage::<T>(device, cap, cols, ALIGNED);
+        let rows = cap * rows_per_block + 2 * rows_per_block + 3;
+        cases.push((rows, cols, layouts(&[(0, 0), (1, 1)]), is_warp));
+    }
+    for (rows, cols, layouts, family) in cases {
+        for layout in layouts {
+            let (stage, rows_per_block) = planned_stage::<T>(device, rows, cols, layout);
+            assert!(family(&stage.kernel.family), "{rows}x{cols}: {stage:?}");
+            let grid = stage.grid.0 as usize;
+            assert!(
+                rows > grid * rows_per_block,
+                "{rows}x{cols} {layout:?}: the grid ({grid} blocks of {rows_per_block} rows) \
+                 covers every row in one pass, so nothing loops: {stage:?}"
+            );
+            let x: Vec<T> = rng.logits(rows * cols, 8.0);
+            check_case(device, &x, rows, cols, layout, "grid loop");
+            if let Some(stats) = device.last_launch_stats() {
+                let what = format!("{rows}x{cols} {layout:?}: {}", stats.kernel);
+                assert_eq!(stats.kernel, stage.kernel.name(), "{what}");
+                let threads = grid as u64 * stage.block as u64;
+                assert_eq!(stats.threads, threads, "{what}: threads");
+                // Each row once: a row stride that visits rows twice (blockDim instead of
+                // gridDim, when the block is smaller than the grid) gives right values but not
+                // this traffic. The online family reads its rows twice.
+                let bytes = (rows * cols * T::DTYPE.size_bytes()) as u64;
+                let reads = if is_online(&stage.kernel.family) {
+                    2
+                } else {
+                    1
+                };
+                assert_eq!(stats.kernel_bytes_written, bytes, "{what}: bytes written");
+                assert_eq!(stats.kernel_bytes_read, reads * bytes, "{what}: bytes read");
+            }
+        }
+    }
+}
+
 /// The whole suite for one dtype on one device.
 pub fn full_suite<T: Element>(device: &Device, test: &str) {
     let mut rng = seeded_rng(test);
@@ -259,6 +369,7 @@ pub fn full_suite<T: Element>(device: &Device, test: &str) {
     huge_row::<T>(device, &mut rng);
     long_rows::<T>(device, &mut rng);
     many_rows::<T>(device, &mut rng);
+    grid_loops::<T>(device, &mut rng);
     misaligned_views::<T>(device, &mut rng);
     special_values::<T>(device, &mut rng);
     shapes_and_in_place::<T>(device, &mut rng);
