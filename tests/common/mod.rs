@@ -167,16 +167,22 @@ pub fn relative_ulp(dtype: Dtype) -> f64 {
 
 /// Fewer elements than this (compared, or normal for the mean) make no statistic.
 pub const ROUNDING_MIN_ELEMENTS: usize = 200;
-/// f16/bf16: at least this share of outputs must equal the once-rounded reference. Kernels
-/// compute in f32 and round once when storing, so they miss only where the exact value lies
-/// within a few f32 ulps of a rounding boundary of the storage type. Measured on the emulator
-/// (seeds 1-5, every case of the suite with 200 values or more): at least 99.89% (f16) and
-/// 99.87% (bf16) per case, 99.99% overall. The mutants of tests/rounding_checks.rs reach 45-52%
-/// (truncation), 63-98% (1/sum rounded to the storage type) and 72-96% (exponentials rounded).
+/// f16/bf16: at least this share of outputs must equal the once-rounded reference, give or take
+/// ROUNDING_SPARE_MISMATCHES. Kernels compute in f32 and round once when storing, so they miss
+/// only where the exact value lies within a few f32 ulps of a rounding boundary of the storage
+/// type. Measured on the emulator (seeds 1-25, every case of the suite with 200 values or more):
+/// 99.99% overall, 0.021% mismatches in the worst kind of case, and one mismatch at most in any
+/// case of fewer than 1000 values (so at least 99.65%). The mutants of tests/rounding_checks.rs
+/// reach 45-52% (truncation), 63-98% (1/sum rounded to the storage type) and 72-96%
+/// (exponentials rounded).
 pub const ROUNDING_MIN_MATCH_RATE: f64 = 0.99;
+/// Mismatches allowed on top of the 1%: in a case of 200-300 values, 1% is only 2-3, and a GPU's
+/// exp2f (2 ulp) misses a little more often than the emulator's, so the allowance must not hinge
+/// on one or two unlucky values.
+pub const ROUNDING_SPARE_MISMATCHES: usize = 2;
 /// f16/bf16: bound on |mean signed relative error|, in relative ulps of the storage type (f16
-/// 2^-10, bf16 2^-7). Round-to-nearest-even errors average out: measured at most 0.024 ulp (f16)
-/// and 0.031 ulp (bf16) per case, seeds 1-5 (about 0.015 ulp is one standard deviation at 200
+/// 2^-10, bf16 2^-7). Round-to-nearest-even errors average out: measured at most 0.030 ulp (f16)
+/// and 0.031 ulp (bf16) per case, seeds 1-25 (about 0.015 ulp is one standard deviation at 200
 /// values); truncation averages -0.35 to -0.38 ulp.
 pub const ROUNDING_MAX_MEAN_ULPS: f64 = 0.1;
 
@@ -226,9 +232,9 @@ pub fn rounding_stats<T: Element>(got: &[T], want: &[f64], cols: usize) -> Round
 }
 
 /// Checks that f16/bf16 outputs are the reference rounded once to nearest even: at least
-/// ROUNDING_MIN_MATCH_RATE of them equal it exactly, and their mean signed relative error is
-/// within ROUNDING_MAX_MEAN_ULPS ulps of zero. Skipped for cases with fewer than
-/// ROUNDING_MIN_ELEMENTS elements to judge.
+/// ROUNDING_MIN_MATCH_RATE of them (less ROUNDING_SPARE_MISMATCHES) equal it exactly, and their
+/// mean signed relative error is within ROUNDING_MAX_MEAN_ULPS ulps of zero. Skipped for cases
+/// with fewer than ROUNDING_MIN_ELEMENTS values to judge.
 ///
 /// Not applied to f32: f32 results are not correctly rounded (about 18% equal the rounded
 /// reference), and their mean signed error is not centred on zero either: measured +0.8 to +0.93
@@ -246,11 +252,12 @@ pub fn check_storage_rounding<T: Element>(
         return Ok(RoundingStats::default());
     }
     let s = rounding_stats(got, want, cols);
-    if s.compared >= ROUNDING_MIN_ELEMENTS && s.match_rate() < ROUNDING_MIN_MATCH_RATE {
+    let allowed = (s.compared as f64 * (1.0 - ROUNDING_MIN_MATCH_RATE)).floor() as usize
+        + ROUNDING_SPARE_MISMATCHES;
+    if s.compared >= ROUNDING_MIN_ELEMENTS && s.compared - s.exact > allowed {
         return Err(format!(
-            "outputs are not the reference rounded once to {} (need {}% equal): {s}",
+            "outputs are not the reference rounded once to {} (at most {allowed} may differ): {s}",
             T::DTYPE.name(),
-            100.0 * ROUNDING_MIN_MATCH_RATE
         ));
     }
     let bound = ROUNDING_MAX_MEAN_ULPS * relative_ulp(T::DTYPE);
