@@ -184,16 +184,13 @@ impl Device {
                     .map_err(|e| Error::driver("cuMemAlloc", e))
             }
             Backend::Emulator(_) => {
-                let poison = T::poison();
-                // SAFETY: an Element is plain bits (f32, f16, bf16) of size_of::<T>() bytes.
-                let pattern = unsafe {
-                    std::slice::from_raw_parts(&poison as *const T as *const u8, size_of::<T>())
-                };
                 // element_count() guarantees the byte size fits.
-                Ok(Buffer::Host(HostBuffer::new(
-                    len * size_of::<T>(),
-                    (!zeroed).then_some(pattern),
-                )?))
+                let buffer = if zeroed {
+                    HostBuffer::zeroed(len * size_of::<T>())?
+                } else {
+                    HostBuffer::filled(len, T::poison())?
+                };
+                Ok(Buffer::Host(buffer))
             }
         }
     }

@@ -451,28 +451,36 @@ unsafe impl Send for HostBuffer {}
 unsafe impl Sync for HostBuffer {}
 
 impl HostBuffer {
-    /// `poison`: `None` for zeroed memory, else the element bit pattern to repeat (its length
-    /// divides 256).
-    pub fn new(bytes: usize, poison: Option<&[u8]>) -> Result<HostBuffer> {
+    /// `bytes` of zeroed memory.
+    pub fn zeroed(bytes: usize) -> Result<HostBuffer> {
+        Self::new(bytes, true)
+    }
+
+    /// `len` elements, each set to `value` (the poison of uninitialised tensors).
+    pub fn filled<T: Copy>(len: usize, value: T) -> Result<HostBuffer> {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .ok_or(Error::OutOfMemory { bytes: usize::MAX })?;
+        let buffer = Self::new(bytes, false)?;
+        // SAFETY: the allocation holds at least `bytes` bytes, 256-byte aligned, and nothing
+        // else refers to it yet; any bit pattern of T is written whole.
+        unsafe { std::slice::from_raw_parts_mut(buffer.ptr.as_ptr() as *mut T, len) }.fill(value);
+        Ok(buffer)
+    }
+
+    fn new(bytes: usize, zeroed: bool) -> Result<HostBuffer> {
         let layout = Layout::from_size_align(bytes.max(256), 256)
             .map_err(|_| Error::OutOfMemory { bytes })?;
         let mapped = (layout.size() >= MAP_THRESHOLD)
             .then(|| anon::map(layout.size()))
             .flatten();
         // SAFETY: the layout has a non-zero size.
-        let ptr = match (mapped, poison) {
-            (Some(p), _) => p,
-            (None, None) => unsafe { alloc_zeroed(layout) },
-            (None, Some(_)) => unsafe { alloc(layout) },
+        let ptr = match mapped {
+            Some(p) => p,
+            None if zeroed => unsafe { alloc_zeroed(layout) },
+            None => unsafe { alloc(layout) },
         };
         let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { bytes })?;
-        if let Some(pattern) = poison {
-            // SAFETY: `ptr` is a fresh allocation of layout.size() bytes.
-            let all = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), layout.size()) };
-            for chunk in all.chunks_mut(pattern.len()) {
-                chunk.copy_from_slice(&pattern[..chunk.len()]);
-            }
-        }
         Ok(HostBuffer {
             ptr,
             layout,

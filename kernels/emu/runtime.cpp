@@ -105,6 +105,7 @@ constexpr unsigned kMaxThreadsPerBlock = 1024;
 // neighbouring stack is reported as a fault of the kernel that overflowed.
 constexpr size_t kStackBytes = 32 * 1024;
 constexpr size_t kCanaryBytes = 512;
+constexpr size_t kCanaryStride = 16;  // words: one canary every 128 bytes of the zone
 constexpr size_t kGuardBytes = 4096;
 constexpr uint64_t kStackCanary = 0x5afe57ac6b0770aaULL;
 // The process-wide limit on arenas, i.e. on OS threads running emulated blocks at once, however
@@ -349,14 +350,14 @@ static void fiber_main_ucontext() { fiber_main(); }
 
 static bool canary_intact(const Fiber& f) {
   const uint64_t* c = reinterpret_cast<const uint64_t*>(f.stack);
-  for (size_t i = 0; i < kCanaryBytes / 8; i += 8)
+  for (size_t i = 0; i < kCanaryBytes / 8; i += kCanaryStride)
     if (c[i] != kStackCanary) return false;
   return true;
 }
 
 static void start_fiber(Fiber* f) {
   uint64_t* c = reinterpret_cast<uint64_t*>(f->stack);
-  for (size_t i = 0; i < kCanaryBytes / 8; i += 8) c[i] = kStackCanary;
+  for (size_t i = 0; i < kCanaryBytes / 8; i += kCanaryStride) c[i] = kStackCanary;
 #ifdef CS_EMU_FAST_SWITCH
   // Lay out the frame the switch pops: six callee-saved registers, then the return address
   // (fiber_main), above it a dummy return address so fiber_main sees an ABI-aligned stack.
