@@ -143,13 +143,19 @@ fn shuffles_follow_ptx_semantics() {
         let idx = (l & !3) + 3;
         (xor as f64 + 100.0 * down as f64 + 10000.0 * up as f64 + 1e6 * idx as f64) as f32
     };
+    assert_lane_values("emu_selftest_shuffle_semantics", 96, expect);
+}
+
+/// Runs a self-test kernel that writes one value per thread, in every schedule, and compares
+/// thread t's value with `expect(lane of t)`.
+fn assert_lane_values(kernel: &str, threads: usize, expect: impl Fn(i64) -> f32) {
     for schedule in SCHEDULES {
         let d = emulator(schedule);
-        let mut y = poisoned(&d, 96);
-        d.emulator_selftest("emu_selftest_shuffle_semantics", 96, 0, &mut y)
+        let mut y = poisoned(&d, threads);
+        d.emulator_selftest(kernel, threads as u32, 0, &mut y)
             .unwrap();
-        let want: Vec<f32> = (0..96).map(|t| expect(t % 32)).collect();
-        assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
+        let want: Vec<f32> = (0..threads as i64).map(|t| expect(t % 32)).collect();
+        assert_eq!(y.to_host().unwrap(), want, "{kernel} {schedule:?}");
     }
 }
 
@@ -165,14 +171,7 @@ fn shuffles_past_the_segment_follow_ptx() {
         let d = if l % 8 >= 3 { l - 3 } else { l }; // up 3, width 8
         (a as f64 + 100.0 * b as f64 + 10000.0 * c as f64 + 1e6 * d as f64) as f32
     };
-    for schedule in SCHEDULES {
-        let d = emulator(schedule);
-        let mut y = poisoned(&d, 64);
-        d.emulator_selftest("emu_selftest_shuffle_segments", 64, 0, &mut y)
-            .unwrap();
-        let want: Vec<f32> = (0..64).map(|t| expect(t % 32)).collect();
-        assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
-    }
+    assert_lane_values("emu_selftest_shuffle_segments", 64, expect);
 }
 
 #[test]
