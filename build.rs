@@ -143,7 +143,10 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
             .unwrap_or_else(|e| panic!("could not run the C++ compiler {cmd:?}: {e}"));
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if !output.status.success() {
-            panic!("the C++ compiler failed on the emulator build ({cmd:?}):\n{stderr}");
+            panic!(
+                "the C++ compiler {:?} failed on the emulator build:\n{stderr}",
+                cmd.get_program()
+            );
         }
         diagnostics += &stderr;
         objects.push(object);

@@ -163,18 +163,18 @@ impl CudaBackend {
         let smem = launch.stage.shared_mem_bytes;
         let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
         let cached = Self::cached(&mut functions, &self.module, &name)?;
-        if smem > cached.smem_allowed {
+        if let Some(allow) = crate::kernel::dynamic_smem_to_allow(cached.smem_allowed, smem) {
             cached
                 .function
                 .set_attribute(
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
+                    allow as i32,
                 )
                 .map_err(|e| Error::Launch {
                     kernel: name.clone(),
-                    detail: format!("cannot allow {smem} bytes of dynamic shared memory: {e:?}"),
+                    detail: format!("cannot allow {allow} bytes of dynamic shared memory: {e:?}"),
                 })?;
-            cached.smem_allowed = smem;
+            cached.smem_allowed = allow;
         }
         let cfg = LaunchConfig {
             grid_dim: (launch.stage.grid.0, launch.stage.grid.1, 1),

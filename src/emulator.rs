@@ -2,6 +2,7 @@
 //! host-compiled kernels (kernels/emu/) to completion before returning.
 
 use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ struct CsEmuLaunch {
     grid: [u32; 3],
     block: [u32; 3],
     dynamic_smem: u64,
+    smem_attribute: u64,
     smem_limit: u64,
     params: *const c_void,
     params_size: u64,
@@ -163,6 +165,9 @@ pub(crate) struct Emulator {
     /// The emulator's stream: every operation of the device (launches, copies) holds it while
     /// it runs, so they execute one at a time in one order, as on a GPU stream.
     stream: Mutex<()>,
+    /// Each kernel's max dynamic shared memory attribute, raised by the rule the CUDA backend
+    /// follows (`kernel::dynamic_smem_to_allow`); absent: never raised.
+    smem_allowed: Mutex<HashMap<String, u32>>,
     /// Test hook: launches skip the blocks before this linear block index (0: run all).
     pub first_block: AtomicU64,
 }
@@ -180,6 +185,21 @@ impl Emulator {
             last_stats: Mutex::new(None),
             stream: Mutex::new(()),
             first_block: AtomicU64::new(0),
+            smem_allowed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Raises `kernel`'s dynamic shared memory attribute as the CUDA backend would before a launch
+    /// asking for `requested` bytes; returns the attribute the launch runs under (0: default).
+    fn allow_dynamic_smem(&self, kernel: &str, requested: u32) -> u32 {
+        let mut allowed = self.smem_allowed.lock().unwrap_or_else(|e| e.into_inner());
+        let current = allowed.get(kernel).copied().unwrap_or(0);
+        match crate::kernel::dynamic_smem_to_allow(current, requested) {
+            Some(allow) => {
+                allowed.insert(kernel.to_string(), allow);
+                allow
+            }
+            None => current,
         }
     }
 
@@ -262,8 +282,7 @@ impl Emulator {
             grid: [grid_x, grid_y, 1],
             block: [block, 1, 1],
             dynamic_smem: smem as u64,
-            // The CUDA backend raises each kernel's dynamic shared memory attribute as needed, so
-            // a block may use static + dynamic shared memory up to the device's opt-in limit.
+            smem_attribute: self.allow_dynamic_smem(name, smem) as u64,
             smem_limit: EMULATOR_LIMITS.max_shared_mem_per_block as u64,
             params: params as *const SoftmaxParams as *const c_void,
             params_size: size_of::<SoftmaxParams>() as u64,

@@ -37,3 +37,12 @@ pub(crate) struct Launch {
     pub params: SoftmaxParams,
     pub ranges: Vec<AccessRange>,
 }
+
+/// The dynamic shared memory a kernel function must be allowed
+/// (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) before a launch asking for `requested`
+/// bytes, when it allows `allowed` now; `None` when it allows enough. Both backends follow this
+/// one rule: the CUDA backend sets the attribute, the emulator checks launches against it as a
+/// GPU does (without a raised attribute a block gets 48 KiB of static + dynamic shared memory).
+pub(crate) fn dynamic_smem_to_allow(allowed: u32, requested: u32) -> Option<u32> {
+    (requested > allowed).then_some(requested)
+}

@@ -200,7 +200,8 @@ struct LaunchShared {
   const void* params;
   dim3 grid, block;
   size_t dynamic_smem_bytes;
-  size_t smem_limit;  // static + dynamic shared memory a block may use
+  size_t smem_attribute;  // the function's max dynamic shared memory attribute (0: never raised)
+  size_t smem_limit;      // the device's opt-in limit on static + dynamic shared memory
   std::vector<Region> regions;
   int schedule;            // 0 forward, 1 reverse, 2 shuffled (per block), 3 warp-ahead
   uint64_t schedule_seed;  // for the shuffled schedule
@@ -687,6 +688,38 @@ void global_access(const void* ptr, size_t bytes, bool is_write) {
 
 SharedSpace* dynamic_shared_space() { return &tl_worker->dynamic_space; }
 
+// The GPU's shared-memory rules for a launch: without a raised attribute a block may use 48 KiB
+// of static + dynamic shared memory; with the attribute raised to A, dynamic <= A and
+// static + A <= the device's opt-in limit (cuFuncSetAttribute refuses more). Writes why not.
+constexpr size_t kDefaultSmemLimit = 48 * 1024;
+static bool smem_fits(const LaunchShared* L, size_t static_bytes, char* why, size_t why_len) {
+  const size_t dyn = L->dynamic_smem_bytes;
+  if (L->smem_attribute == 0) {
+    if (static_bytes + dyn <= kDefaultSmemLimit) return true;
+    std::snprintf(why, why_len,
+                  "too many resources requested for launch: %zu bytes of static plus %zu bytes of dynamic shared "
+                  "memory exceed the default 48 KiB, and the kernel's max dynamic shared memory attribute was not "
+                  "raised",
+                  static_bytes, dyn);
+    return false;
+  }
+  if (dyn > L->smem_attribute) {
+    std::snprintf(why, why_len,
+                  "too many resources requested for launch: %zu bytes of dynamic shared memory exceed the kernel's "
+                  "max dynamic shared memory attribute (%zu bytes)",
+                  dyn, L->smem_attribute);
+    return false;
+  }
+  if (static_bytes + L->smem_attribute > L->smem_limit) {
+    std::snprintf(why, why_len,
+                  "too many resources requested for launch: %zu bytes of static plus %zu bytes of dynamic shared "
+                  "memory (the raised attribute) exceed the %zu bytes a block may use",
+                  static_bytes, L->smem_attribute, L->smem_limit);
+    return false;
+  }
+  return true;
+}
+
 bool enter_static_shared(uint64_t* block_serial, unsigned char* data, size_t bytes) {
   Worker* w = tl_worker;
   if (*block_serial == w->block_epoch) return false;
@@ -698,14 +731,8 @@ bool enter_static_shared(uint64_t* block_serial, unsigned char* data, size_t byt
   size_t prev = seen.load(std::memory_order_relaxed);
   while (w->static_smem > prev && !seen.compare_exchange_weak(prev, w->static_smem)) {
   }
-  if (w->static_smem + L->dynamic_smem_bytes > L->smem_limit) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "too many resources requested for launch: %zu bytes of static plus %zu bytes of dynamic shared "
-                  "memory exceed the %zu bytes a block may use",
-                  w->static_smem, L->dynamic_smem_bytes, L->smem_limit);
-    fault_kind(FailKind::Launch, buf);
-  }
+  char why[320];
+  if (!smem_fits(L, w->static_smem, why, sizeof why)) fault_kind(FailKind::Launch, why);
   fill_poison(data, bytes, w->poison);
   return true;
 }
@@ -794,7 +821,8 @@ struct CsEmuLaunch {
   uint32_t grid[3];
   uint32_t block[3];
   uint64_t dynamic_smem;
-  uint64_t smem_limit;  // static + dynamic shared memory a block may use (the device's limit)
+  uint64_t smem_attribute;  // the kernel's max dynamic shared memory attribute (0: never raised)
+  uint64_t smem_limit;      // static + dynamic shared memory a block may use (the device's limit)
   const void* params;
   uint64_t params_size;
   const CsEmuRegion* regions;
@@ -834,13 +862,9 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
     return fail(2, "%s", "grid dimensions out of range (x: 1..2^31-1, y and z: 1..65535)");
   if (in->schedule < 0 || in->schedule > 3)
     return fail(2, "%s", "schedule must be 0 (forward), 1 (reverse), 2 (shuffled) or 3 (warp-ahead)");
-  const size_t known_static = k->static_smem->load();
-  if (in->dynamic_smem > emu::kMaxDynamicSmem || known_static + in->dynamic_smem > in->smem_limit)
-    return fail(2,
-                "too many resources requested for launch: %zu bytes of static plus %llu bytes of dynamic shared "
-                "memory exceed the %llu bytes a block may use",
-                known_static, static_cast<unsigned long long>(in->dynamic_smem),
-                static_cast<unsigned long long>(in->smem_limit));
+  if (in->dynamic_smem > emu::kMaxDynamicSmem)
+    return fail(2, "too many resources requested for launch: %llu bytes of dynamic shared memory",
+                static_cast<unsigned long long>(in->dynamic_smem));
 
   try {
     emu::LaunchShared L;
@@ -849,7 +873,11 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
     L.grid = dim3{grid[0], grid[1], grid[2]};
     L.block = dim3{in->block[0], in->block[1], in->block[2]};
     L.dynamic_smem_bytes = in->dynamic_smem;
+    L.smem_attribute = in->smem_attribute;
     L.smem_limit = in->smem_limit;
+    // The kernel's static footprint, once a launch has seen it, is checked before anything runs.
+    char why[320] = {0};
+    if (!emu::smem_fits(&L, k->static_smem->load(), why, sizeof why)) return fail(2, "%s", why);
     L.schedule = in->schedule;
     L.schedule_seed = in->schedule_seed;
     L.next_block.store(in->first_block);
@@ -861,7 +889,6 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
     const uint64_t total_blocks = uint64_t(grid[0]) * grid[1] * grid[2];
     const unsigned wanted = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(in->workers, total_blocks)));
 
-    char why[256] = {0};
     emu::ArenaPool& pool = emu::arena_pool();
     emu::Arena* own = pool.acquire(true, why, sizeof why);
     if (own == nullptr) return fail(4, "the emulator could not get host resources: %s", why);
