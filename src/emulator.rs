@@ -429,7 +429,9 @@ mod anon {
         fn munmap(addr: *mut u8, len: usize) -> i32;
     }
     const PROT_READ_WRITE: i32 = 0x1 | 0x2;
-    const MAP_PRIVATE_ANONYMOUS_NORESERVE: i32 = 0x02 | 0x20 | 0x4000;
+    // Not MAP_NORESERVE: the kernel's overcommit check then refuses an impossible size up front
+    // (an error) instead of the OOM killer ending the process when the pages are touched.
+    const MAP_PRIVATE_ANONYMOUS: i32 = 0x02 | 0x20;
 
     /// Zeroed, page-aligned memory, or None.
     pub fn map(len: usize) -> Option<*mut u8> {
@@ -439,7 +441,7 @@ mod anon {
                 std::ptr::null_mut(),
                 len,
                 PROT_READ_WRITE,
-                MAP_PRIVATE_ANONYMOUS_NORESERVE,
+                MAP_PRIVATE_ANONYMOUS,
                 -1,
                 0,
             )

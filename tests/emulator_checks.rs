@@ -222,6 +222,83 @@ fn a_warp_exchange_ordered_by_syncwarp_is_not_a_race() {
     }
 }
 
+/// Warp-synchronous shared memory ordered by __syncwarp (the reduction of the CUDA guide, a
+/// broadcast slot reused each round), a 24-byte struct per thread and byte flags: correct code
+/// the race detector must accept in every schedule.
+#[test]
+fn correct_warp_synchronous_and_odd_sized_shared_memory_is_not_a_fault() {
+    assert_lane_values("emu_selftest_warp_broadcast_rounds", 32, |_| 6.0);
+    for schedule in SCHEDULES {
+        let d = emulator(schedule);
+        let mut y = poisoned(&d, 32);
+        d.emulator_selftest("emu_selftest_warp_reduce_syncwarp", 32, 0, &mut y)
+            .unwrap();
+        assert_eq!(y.to_host().unwrap()[0], 496.0, "{schedule:?}");
+        let mut y = poisoned(&d, 64);
+        d.emulator_selftest("emu_selftest_odd_sized_elements", 64, 0, &mut y)
+            .unwrap();
+        let want: Vec<f32> = (0..64u32)
+            .map(|t| ((t + 1) % 64) as f32 + 100.0 * ((t ^ 1) % 2) as f32)
+            .collect();
+        assert_eq!(y.to_host().unwrap(), want, "{schedule:?}");
+    }
+}
+
+/// A __syncwarp over only some lanes does not order the others; a second read after the last
+/// __syncwarp is not ordered with a later write.
+#[test]
+fn races_past_a_partial_or_earlier_syncwarp_are_faults() {
+    for kernel in [
+        "emu_selftest_partial_syncwarp_race",
+        "emu_selftest_reread_race",
+    ] {
+        for schedule in SCHEDULES {
+            let d = emulator(schedule);
+            let mut y = poisoned(&d, 64);
+            let text = fault_text(d.emulator_selftest(kernel, 64, 0, &mut y));
+            assert!(
+                text.contains("shared-memory race") || text.contains("no thread of this block"),
+                "{kernel} {schedule:?}: {text}"
+            );
+        }
+    }
+}
+
+/// `auto v = smem[i]` kept across a barrier reads after it on the emulator but before it on a
+/// GPU: a fault rather than a silently different result.
+#[test]
+fn a_shared_reference_used_after_a_barrier_is_a_fault() {
+    assert_planted_fault(
+        "emu_selftest_stale_reference",
+        64,
+        "made before a barrier was used after it",
+        false,
+    );
+}
+
+/// The FMA flavour really contracts: the online family's (max, sum) merges are a * b + c, so
+/// some outputs differ in their last bits between the flavours (both within tolerance).
+#[test]
+fn the_fma_flavour_rounds_differently() {
+    use cuda_softmax::check::Rng;
+    let x: Vec<f32> = Rng::new(7).logits(8 * 30_000, 9.0);
+    let run = |fma_contraction| {
+        let d = Device::emulator_with(EmulatorConfig {
+            fma_contraction,
+            ..EmulatorConfig::default()
+        });
+        let xt = DeviceTensor::from_host(&d, &x, &[8, 30_000]).unwrap();
+        softmax(&xt).unwrap().to_host().unwrap()
+    };
+    let (plain, fused) = (run(false), run(true));
+    let differ = plain
+        .iter()
+        .zip(&fused)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert!(differ > 0, "no output changed: is contraction applied?");
+}
+
 fn launch_error(result: cuda_softmax::Result<()>) -> String {
     match result {
         Err(Error::Launch { detail, .. }) => detail,

@@ -74,47 +74,59 @@ struct KernelRegistrar {
 
 // ---- Shared memory. One SharedSpace describes one shared object of the running block (the
 // dynamic segment, or one static array): its bytes and the race detector's shadow, one Granule
-// per 2 bytes (so that 16-bit elements written by neighbouring threads do not alias).
+// per 2 bytes (per byte for arrays of 1-byte elements), so that 16-bit elements written by
+// neighbouring threads do not alias.
 struct Granule {
   uint64_t write_epoch;  // barrier epoch of the last write (older than the block: never written)
-  uint64_t read_epoch;   // barrier epoch of the reads summarised by `reader`
+  uint64_t read_epoch;   // barrier epoch of the reads summarised below
   uint32_t write_sync;   // the writer's warp __syncwarp count at the write
-  uint32_t read_sync;    // the reader's warp __syncwarp count at the read
+  uint32_t read_sync;    // the readers' warp __syncwarp count at the latest read
   uint16_t writer;       // linear thread index of the last write
-  uint16_t reader;       // linear thread index of the reads in read_epoch, or kManyReaders
+  uint16_t read_warp;    // the warp of every read in read_epoch, or kManyWarps
+  uint32_t read_lanes;   // the lanes of read_warp that read in read_epoch
 };
-constexpr uint16_t kManyReaders = 0xffff;
+constexpr uint16_t kManyWarps = 0xffff;
 
 struct SharedSpace {
   unsigned char* data;
   size_t bytes;
   Granule* shadow;
+  unsigned granule_shift;  // log2 of the bytes per granule: 1, or 0 for 1-byte elements
   bool is_static;
 };
 
-// Checks one access of `bytes` bytes at byte `offset` (possibly negative or past the end) of
-// `space` for the calling thread, and records it; never returns when the access is illegal.
-void shared_access(SharedSpace* space, long long offset, size_t bytes, bool is_write);
+// Checks one access of `bytes` bytes (an element of alignment `align`) at byte `offset`
+// (possibly negative or past the end) of `space` for the calling thread, and records it; never
+// returns when the access is illegal.
+void shared_access(SharedSpace* space, long long offset, size_t bytes, size_t align, bool is_write);
 // The running block's dynamic shared memory.
 SharedSpace* dynamic_shared_space();
 // A static array seen by the running block: returns true the first time in each block, after
 // checking that the block's static + dynamic shared memory fits the launch's limit and
 // poisoning `data` (the caller then resets its shadow).
 bool enter_static_shared(uint64_t* block_serial, unsigned char* data, size_t bytes);
+// The running block's current barrier epoch.
+uint64_t current_epoch();
+// A shared-memory reference made in one barrier interval and read or written in a later one.
+[[noreturn]] void stale_shared_reference();
 
-// A reference to one element of shared memory: reads and writes go through shared_access.
+// A reference to one element of shared memory: reads and writes go through shared_access. It
+// remembers the barrier interval it was made in: `auto v = smem[i]; __syncthreads(); use(v)`
+// would read after the barrier on the emulator but before it on a GPU, so it is a fault.
 template <typename T>
 class SharedRef {
  public:
-  SharedRef(SharedSpace* s, long long offset) : s_(s), off_(offset) {}
+  SharedRef(SharedSpace* s, long long offset) : s_(s), off_(offset), epoch_(current_epoch()) {}
   operator T() const {
-    shared_access(s_, off_, sizeof(T), false);
+    check_fresh();
+    shared_access(s_, off_, sizeof(T), alignof(T), false);
     T v;
     std::memcpy(&v, s_->data + off_, sizeof(T));
     return v;
   }
   SharedRef& operator=(const T& v) {
-    shared_access(s_, off_, sizeof(T), true);
+    check_fresh();
+    shared_access(s_, off_, sizeof(T), alignof(T), true);
     std::memcpy(s_->data + off_, &v, sizeof(T));
     return *this;
   }
@@ -127,8 +139,12 @@ class SharedRef {
   SharedRef& operator*=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) * v); }
 
  private:
+  void check_fresh() const {
+    if (epoch_ != current_epoch()) stale_shared_reference();
+  }
   SharedSpace* s_;
   long long off_;
+  uint64_t epoch_;
 };
 
 // A typed pointer into the dynamic shared memory segment (what `extern __shared__` gives).
@@ -153,15 +169,16 @@ class SharedPtr {
 template <typename T, size_t N>
 struct SharedArray {
   static constexpr size_t kBytes = N * sizeof(T);
+  static constexpr unsigned kGranuleShift = sizeof(T) == 1 ? 0 : 1;
   alignas(16) unsigned char data[kBytes];
-  Granule shadow[(kBytes + 1) / 2];
+  Granule shadow[(kBytes + (1u << kGranuleShift) - 1) >> kGranuleShift];
   SharedSpace space;
   uint64_t serial;
 
   SharedRef<T> operator[](long long i) {
     if (enter_static_shared(&serial, data, kBytes)) {
       std::memset(shadow, 0, sizeof shadow);
-      space = SharedSpace{data, kBytes, shadow, true};
+      space = SharedSpace{data, kBytes, shadow, kGranuleShift, true};
     }
     return SharedRef<T>(&space, i * static_cast<long long>(sizeof(T)));
   }

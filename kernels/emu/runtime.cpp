@@ -105,7 +105,7 @@ constexpr unsigned kMaxThreadsPerBlock = 1024;
 // neighbouring stack is reported as a fault of the kernel that overflowed.
 constexpr size_t kStackBytes = 32 * 1024;
 constexpr size_t kCanaryBytes = 512;
-constexpr size_t kCanaryStride = 16;  // words: one canary every 128 bytes of the zone
+constexpr size_t kCanaryStride = 8;  // words: one canary every 64 bytes of the zone
 constexpr size_t kGuardBytes = 4096;
 constexpr uint64_t kStackCanary = 0x5afe57ac6b0770aaULL;
 // The process-wide limit on arenas, i.e. on OS threads running emulated blocks at once, however
@@ -143,7 +143,14 @@ struct Warp {
   ShuffleGroup groups[32];
   int open_groups;
   unsigned lanes;  // the lanes that exist (all 32 unless the block size is not a multiple of 32)
-  uint32_t syncs;  // completed __syncwarp groups: orders shared accesses of its lanes
+  // __syncwarp bookkeeping for the race detector: `syncs` counts completed __syncwarp groups;
+  // full_sync is the count at the last one over every lane, pair_sync[a][b] at the last one
+  // that had both lanes a and b in its mask. Two accesses of lanes a and b in one barrier
+  // interval are ordered when such a __syncwarp came after the earlier one.
+  uint32_t syncs;
+  uint32_t full_sync;
+  bool pairs_used;  // pair_sync holds values from this block (reset lazily)
+  uint32_t pair_sync[32][32];
 };
 
 // What one OS thread needs to run blocks, kept in a bounded pool and reused across launches:
@@ -238,25 +245,31 @@ class ArenaPool {
   // arenas exist: it then waits for one to be returned).
   Arena* acquire(bool wait, char* why, size_t why_len) {
     std::unique_lock<std::mutex> lk(lock_);
+    bool creation_failed = false;
     for (;;) {
       if (!free_.empty()) {
         Arena* a = free_.back();
         free_.pop_back();
         return a;
       }
-      if (created_ < kMaxArenas) {
+      if (created_ < kMaxArenas && !creation_failed) {
         ++created_;
         lk.unlock();
         Arena* a = create(why, why_len);
         if (a != nullptr) return a;
         lk.lock();
         --created_;
+        // The host is short of memory: use an existing arena when one comes back (one may have
+        // come back while the lock was free: the loop looks again before waiting).
+        creation_failed = true;
         if (!wait || created_ == 0) return nullptr;
-      } else if (!wait) {
+        continue;
+      }
+      if (!wait) {
         std::snprintf(why, why_len, "all %u emulator worker arenas are busy", kMaxArenas);
         return nullptr;
       }
-      returned_.wait(lk);
+      returned_.wait(lk, [this] { return !free_.empty(); });
     }
   }
 
@@ -307,6 +320,21 @@ static ArenaPool& arena_pool() {
   return pool;
 }
 
+// Returns its arena to the pool when it goes out of scope, whatever happens meanwhile.
+class ArenaLease {
+ public:
+  explicit ArenaLease(Arena* a) : arena_(a) {}
+  ~ArenaLease() {
+    if (arena_ != nullptr) arena_pool().release(arena_);
+  }
+  ArenaLease(const ArenaLease&) = delete;
+  ArenaLease& operator=(const ArenaLease&) = delete;
+  Arena* get() const { return arena_; }
+
+ private:
+  Arena* arena_;
+};
+
 static void where_am_i(char* buf, size_t len) {
   std::snprintf(buf, len, "block (%u,%u,%u) thread (%u,%u,%u)", cur_block_idx.x, cur_block_idx.y, cur_block_idx.z,
                 cur_thread_idx.x, cur_thread_idx.y, cur_thread_idx.z);
@@ -354,6 +382,16 @@ static bool canary_intact(const Fiber& f) {
   for (size_t i = 0; i < kCanaryBytes / 8; i += kCanaryStride)
     if (c[i] != kStackCanary) return false;
   return true;
+}
+
+// Where the fiber yielded, its stack pointer must be above its canary zone.
+static bool stack_pointer_in_bounds(const Fiber& f) {
+#ifdef CS_EMU_FAST_SWITCH
+  return f.state == FiberState::Done || static_cast<unsigned char*>(f.sp) >= f.stack + kCanaryBytes;
+#else
+  (void)f;
+  return true;
+#endif
 }
 
 static void start_fiber(Fiber* f) {
@@ -466,7 +504,7 @@ static bool sweep(Worker* w, int warp, unsigned* done) {
       progressed = any = true;
       resume(w, &f);
       if (w->block_failed) return any;
-      if (!canary_intact(f)) {
+      if (!stack_pointer_in_bounds(f) || !canary_intact(f)) {
         char where[128];
         where_am_i(where, sizeof where);
         record_error(w->launch, FailKind::Fault, "emulated thread overflowed its %zu KiB stack (at %s)",
@@ -497,6 +535,11 @@ static bool run_block(Worker* w, uint64_t linear_block) {
     unsigned count = std::min(32u, w->nthreads - 32 * i);
     w->warps[i].open_groups = 0;
     w->warps[i].syncs = 0;
+    w->warps[i].full_sync = 0;
+    if (w->warps[i].pairs_used) {
+      std::memset(w->warps[i].pair_sync, 0, sizeof w->warps[i].pair_sync);
+      w->warps[i].pairs_used = false;
+    }
     w->warps[i].lanes = count == 32 ? 0xffffffffu : ((1u << count) - 1);
   }
   // Poison dynamic shared memory so that what no thread wrote can never pass for a value (the
@@ -557,7 +600,7 @@ static void worker_main(LaunchShared* L, Arena* arena) noexcept {
     // 16-byte aligned, like the GPU's dynamic segment.
     uintptr_t base = (reinterpret_cast<uintptr_t>(arena->dynamic_smem.data()) + 15) & ~uintptr_t(15);
     w.dynamic_space = SharedSpace{reinterpret_cast<unsigned char*>(base), L->dynamic_smem_bytes,
-                                  arena->dynamic_shadow.data(), false};
+                                  arena->dynamic_shadow.data(), 1, false};
     unsigned char* stacks = arena->mapping + kGuardBytes;
     for (unsigned i = 0; i < w.nthreads; ++i) {
       Fiber& f = w.fibers[i];
@@ -647,7 +690,17 @@ static void join_shuffle_group(unsigned mask, uint64_t bits, int src_lane, bool 
     warp.results[l] = warp.values[s < 0 ? l : static_cast<unsigned>(s)];
     warp_fibers[l].state = FiberState::Ready;
   }
-  if (is_syncwarp) ++warp.syncs;
+  if (is_syncwarp) {
+    const uint32_t id = ++warp.syncs;
+    if (mask == warp.lanes) {
+      warp.full_sync = id;
+    } else {
+      warp.pairs_used = true;
+      for (unsigned a = mask; a != 0; a &= a - 1)
+        for (unsigned b = mask; b != 0; b &= b - 1)
+          warp.pair_sync[__builtin_ctz(a)][__builtin_ctz(b)] = id;
+    }
+  }
   f->state = FiberState::Ready;
   warp.groups[gi] = warp.groups[--warp.open_groups];
 }
@@ -741,24 +794,56 @@ static const char* space_name(const SharedSpace* s) {
   return s->is_static ? "a static __shared__ array" : "dynamic shared memory";
 }
 
+constexpr unsigned kSeveralThreads = ~0u;  // for shared_fault: threads of several warps
+
+// `other`: the thread whose access conflicts (kSeveralThreads: readers in several warps).
 [[noreturn]] static void shared_fault(const SharedSpace* s, const char* what, long long offset, size_t bytes,
                                       unsigned other) {
   const Worker* w = tl_worker;
   const dim3 b = w->launch->block;
+  char who[64];
+  if (other == kSeveralThreads)
+    std::snprintf(who, sizeof who, "threads of several warps");
+  else
+    std::snprintf(who, sizeof who, "thread (%u,%u,%u)", other % b.x, (other / b.x) % b.y, other / (b.x * b.y));
   char buf[320];
-  std::snprintf(buf, sizeof buf, "%s: %zu bytes at byte offset %lld of %s (%zu bytes); other thread (%u,%u,%u)", what,
-                bytes, offset, space_name(s), s->bytes, other % b.x, (other / b.x) % b.y, other / (b.x * b.y));
+  std::snprintf(buf, sizeof buf, "%s: %zu bytes at byte offset %lld of %s (%zu bytes); other access by %s", what,
+                bytes, offset, space_name(s), s->bytes, who);
   fault(buf);
 }
 
-// Two accesses by different threads in one barrier interval are ordered only when both threads
-// are lanes of one warp and that warp completed a __syncwarp since the earlier access.
-static bool ordered_by_syncwarp(const Worker* w, unsigned earlier_thread, uint32_t earlier_sync) {
-  const unsigned me = w->current->linear;
-  return earlier_thread / 32 == me / 32 && w->warps[me / 32].syncs > earlier_sync;
+uint64_t current_epoch() { return tl_worker->epoch; }
+
+[[noreturn]] void stale_shared_reference() {
+  fault(
+      "a shared-memory reference made before a barrier was used after it (auto v = smem[i]; "
+      "__syncthreads(); use(v)): on a GPU the read happens where v is made; copy the value instead");
 }
 
-void shared_access(SharedSpace* s, long long offset, size_t bytes, bool is_write) {
+// The last __syncwarp that had both lanes a and b of warp `warp` in its mask.
+static uint32_t last_common_sync(const Warp& warp, unsigned a, unsigned b) {
+  return std::max(warp.full_sync, warp.pair_sync[a][b]);
+}
+
+// An earlier access by `earlier_thread` (its warp's __syncwarp count then: `earlier_sync`) and
+// one by the calling thread in the same barrier interval are ordered only when both are lanes of
+// one warp and a __syncwarp over both came after the earlier access.
+static bool ordered_by_syncwarp(const Worker* w, unsigned earlier_thread, uint32_t earlier_sync) {
+  const unsigned me = w->current->linear;
+  if (earlier_thread / 32 != me / 32) return false;
+  return last_common_sync(w->warps[me / 32], earlier_thread % 32, me % 32) > earlier_sync;
+}
+
+// Every lane of `lanes` (other than the caller) read before a __syncwarp over it and the caller.
+static bool reads_ordered_by_syncwarp(const Worker* w, unsigned lanes, uint32_t read_sync) {
+  const unsigned me = w->current->linear;
+  const Warp& warp = w->warps[me / 32];
+  for (unsigned rest = lanes & ~(1u << (me % 32)); rest != 0; rest &= rest - 1)
+    if (last_common_sync(warp, static_cast<unsigned>(__builtin_ctz(rest)), me % 32) <= read_sync) return false;
+  return true;
+}
+
+void shared_access(SharedSpace* s, long long offset, size_t bytes, size_t align, bool is_write) {
   Worker* w = tl_worker;
   if (offset < 0 || static_cast<size_t>(offset) + bytes > s->bytes) {
     char buf[200];
@@ -766,20 +851,31 @@ void shared_access(SharedSpace* s, long long offset, size_t bytes, bool is_write
                   is_write ? "write" : "read", bytes, offset, space_name(s), s->bytes);
     fault(buf);
   }
-  if (offset % static_cast<long long>(bytes < 16 ? bytes : 16) != 0) fault("misaligned shared memory access");
+  if (offset % static_cast<long long>(align) != 0) fault("misaligned shared memory access");
   const unsigned me = w->current->linear;
-  const uint32_t my_sync = w->warps[me / 32].syncs;
+  const uint16_t my_warp = static_cast<uint16_t>(me / 32);
+  const uint32_t my_lane_bit = 1u << (me % 32);
+  const uint32_t my_sync = w->warps[my_warp].syncs;
   const uint64_t epoch = w->epoch;
-  Granule* g = s->shadow + offset / 2;
-  Granule* end = s->shadow + (static_cast<size_t>(offset) + bytes + 1) / 2;
+  const unsigned shift = s->granule_shift;
+  Granule* g = s->shadow + (static_cast<size_t>(offset) >> shift);
+  Granule* end = s->shadow + ((static_cast<size_t>(offset) + bytes + (1u << shift) - 1) >> shift);
   for (; g != end; ++g) {
     if (is_write) {
       if (g->write_epoch == epoch && g->writer != me && !ordered_by_syncwarp(w, g->writer, g->write_sync))
-        shared_fault(s, "shared-memory race (write after write, no barrier between)", offset, bytes, g->writer);
-      if (g->read_epoch == epoch && g->reader != me &&
-          (g->reader == kManyReaders || !ordered_by_syncwarp(w, g->reader, g->read_sync)))
-        shared_fault(s, "shared-memory race (write after another thread's read, no barrier between)", offset, bytes,
-                     g->reader == kManyReaders ? me : g->reader);
+        shared_fault(s, "shared-memory race (write after another thread's write, no barrier between)", offset,
+                     bytes, g->writer);
+      if (g->read_epoch == epoch) {
+        const bool only_me = g->read_warp == my_warp && (g->read_lanes & ~my_lane_bit) == 0;
+        if (!only_me && (g->read_warp != my_warp || !reads_ordered_by_syncwarp(w, g->read_lanes, g->read_sync))) {
+          const unsigned other_lanes = g->read_warp == my_warp ? (g->read_lanes & ~my_lane_bit) : g->read_lanes;
+          const unsigned other = g->read_warp == kManyWarps
+                                     ? kSeveralThreads
+                                     : g->read_warp * 32u + static_cast<unsigned>(__builtin_ctz(other_lanes));
+          shared_fault(s, "shared-memory race (write after another thread's read, no barrier between)", offset, bytes,
+                       other);
+        }
+      }
       g->write_epoch = epoch;
       g->writer = static_cast<uint16_t>(me);
       g->write_sync = my_sync;
@@ -791,11 +887,14 @@ void shared_access(SharedSpace* s, long long offset, size_t bytes, bool is_write
                      g->writer);
       if (g->read_epoch != epoch) {
         g->read_epoch = epoch;
-        g->reader = static_cast<uint16_t>(me);
-        g->read_sync = my_sync;
-      } else if (g->reader != me) {
-        g->reader = kManyReaders;
+        g->read_warp = my_warp;
+        g->read_lanes = my_lane_bit;
+      } else if (g->read_warp == my_warp) {
+        g->read_lanes |= my_lane_bit;
+      } else {
+        g->read_warp = kManyWarps;
       }
+      g->read_sync = my_sync;  // the latest read of the warp (syncs only grow within a block)
     }
   }
 }
@@ -890,27 +989,26 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
     const unsigned wanted = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(in->workers, total_blocks)));
 
     emu::ArenaPool& pool = emu::arena_pool();
-    emu::Arena* own = pool.acquire(true, why, sizeof why);
-    if (own == nullptr) return fail(4, "the emulator could not get host resources: %s", why);
+    std::vector<std::thread> helpers;
+    helpers.reserve(wanted - 1);  // before any arena is taken: nothing to give back if it throws
+    emu::ArenaLease own(pool.acquire(true, why, sizeof why));
+    if (own.get() == nullptr) return fail(4, "the emulator could not get host resources: %s", why);
     // Helper workers: as many as asked for and available; fewer (down to none) when arenas or
     // threads run short, which only makes the launch slower.
-    std::vector<std::thread> helpers;
-    helpers.reserve(wanted - 1);
     for (unsigned i = 1; i < wanted; ++i) {
       emu::Arena* a = pool.acquire(false, why, sizeof why);
       if (a == nullptr) break;
       try {
-        helpers.emplace_back([&L, &pool, a] {
+        helpers.emplace_back([&L, a] {
+          emu::ArenaLease lease(a);
           emu::worker_main(&L, a);
-          pool.release(a);
         });
       } catch (...) {
         pool.release(a);
         break;
       }
     }
-    emu::worker_main(&L, own);
-    pool.release(own);
+    emu::worker_main(&L, own.get());
     for (std::thread& t : helpers) t.join();
     *stats = CsEmuStats{L.bytes_read, L.bytes_written, L.accesses, L.accesses16, total_blocks * threads};
     if (L.failed.load()) return fail(static_cast<int>(L.fail_kind), "%s", L.error);

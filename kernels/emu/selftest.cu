@@ -116,6 +116,93 @@ __device__ void large_static_shared(const cs::SoftmaxParams& p) {
   cs::store_one(static_cast<float*>(p.y) + threadIdx.x, big[threadIdx.x]);
 }
 
+// ---- Correct code the race detector must accept (warp-synchronous patterns, odd element sizes).
+
+// The classic warp reduction through shared memory, ordered by __syncwarp (one warp).
+__device__ void warp_reduce_syncwarp(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, s, 64);
+  const unsigned t = threadIdx.x;
+  s[t] = static_cast<float>(t);
+  s[t + 32] = 0.0f;
+  __syncwarp();
+  float v = s[t];
+  for (unsigned o = 16; o > 0; o /= 2) {
+    v += s[t + o];
+    __syncwarp();
+    s[t] = v;
+    __syncwarp();
+  }
+  cs::store_one(static_cast<float*>(p.y) + t, v);
+}
+
+// Lane 0 broadcasts through one slot, several rounds, each read by every lane.
+__device__ void warp_broadcast_rounds(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, slot, 1);
+  float sum = 0.0f;
+  for (int round = 1; round <= 3; ++round) {
+    if (threadIdx.x == 0) slot[0] = static_cast<float>(round);
+    __syncwarp();
+    sum += slot[0];
+    __syncwarp();
+  }
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, sum);
+}
+
+// A 24-byte struct per thread (8-byte alignment) and one byte flag per thread.
+struct Welford {
+  double mean, m2;
+  long long n;
+};
+__device__ void odd_sized_elements(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(Welford, stats, 64);
+  CS_SHARED_ARRAY(unsigned char, flags, 64);
+  const unsigned t = threadIdx.x;
+  stats[t] = Welford{static_cast<double>(t), 0.0, 1};
+  flags[t] = static_cast<unsigned char>(t % 2);
+  __syncthreads();
+  const Welford other = stats[(t + 1) % blockDim.x];
+  const unsigned char flag = flags[t ^ 1u];
+  cs::store_one(static_cast<float*>(p.y) + t, static_cast<float>(other.mean) + 100.0f * flag);
+}
+
+// ---- Races the detector must report.
+
+// Lane 0 writes; only lanes 0-15 meet in a __syncwarp; lane 20 reads: not ordered.
+__device__ void partial_syncwarp_race(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, slot, 1);
+  const unsigned lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) slot[0] = 1.0f;
+  if (threadIdx.x < 16) __syncwarp(0xffffu);
+  float v = 0.0f;
+  if (threadIdx.x == 20) v = slot[0];
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, v + static_cast<float>(lane));
+}
+
+// Lane 1 reads, __syncwarp, reads again; lane 0 then writes with no __syncwarp after the second
+// read.
+__device__ void reread_race(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, slot, 1);
+  if (threadIdx.x == 0) slot[0] = 1.0f;
+  __syncthreads();
+  float v = 0.0f;
+  if (threadIdx.x == 1) v = slot[0];
+  __syncwarp();
+  if (threadIdx.x == 1) v += slot[0];
+  if (threadIdx.x == 0) slot[0] = 2.0f;
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, v);
+}
+
+// A reference kept across a barrier: the GPU reads before the barrier, the emulator would after.
+__device__ void stale_reference(const cs::SoftmaxParams& p) {
+  CS_SHARED_ARRAY(float, s, 1024);
+  s[threadIdx.x] = 1.0f;
+  __syncthreads();
+  auto v = s[threadIdx.x];
+  __syncthreads();
+  s[threadIdx.x] = 2.0f;
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, static_cast<float>(v));
+}
+
 }  // namespace cs_selftest
 
 CS_ENTRY(emu_selftest_barrier_ok, 1024, (cs_selftest::neighbour_exchange<true>(p)))
@@ -132,3 +219,9 @@ CS_ENTRY(emu_selftest_reused_scratch_race, 1024, (cs_selftest::reused_scratch_ra
 CS_ENTRY(emu_selftest_warp_exchange, 1024, (cs_selftest::warp_exchange_with_syncwarp(p)))
 CS_ENTRY(emu_selftest_bounded_64, 64, (cs_selftest::write_thread_index(p)))
 CS_ENTRY(emu_selftest_large_static_shared, 512, (cs_selftest::large_static_shared(p)))
+CS_ENTRY(emu_selftest_warp_reduce_syncwarp, 32, (cs_selftest::warp_reduce_syncwarp(p)))
+CS_ENTRY(emu_selftest_warp_broadcast_rounds, 1024, (cs_selftest::warp_broadcast_rounds(p)))
+CS_ENTRY(emu_selftest_odd_sized_elements, 64, (cs_selftest::odd_sized_elements(p)))
+CS_ENTRY(emu_selftest_partial_syncwarp_race, 1024, (cs_selftest::partial_syncwarp_race(p)))
+CS_ENTRY(emu_selftest_reread_race, 1024, (cs_selftest::reread_race(p)))
+CS_ENTRY(emu_selftest_stale_reference, 1024, (cs_selftest::stale_reference(p)))
