@@ -70,3 +70,14 @@ macro_rules! fma_suite {
 fma_suite!(f32_fma_contraction, f32);
 fma_suite!(f16_fma_contraction, f16);
 fma_suite!(bf16_fma_contraction, bf16);
+
+/// One small case per warp configuration and per block family, aligned and misaligned, including
+/// the longest row the block family holds (static + dynamic shared memory at the limit).
+#[test]
+fn family_sweep_every_dtype() {
+    let device = emulator(Schedule::WarpAhead);
+    let mut rng = common::seeded_rng("family_sweep_every_dtype");
+    common::family_sweep::<f32>(&device, &mut rng);
+    common::family_sweep::<f16>(&device, &mut rng);
+    common::family_sweep::<bf16>(&device, &mut rng);
+}

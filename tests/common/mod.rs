@@ -319,11 +319,11 @@ pub fn misaligned_views<T: Element>(device: &Device, rng: &mut Rng) {
     }
 }
 
-/// NaN rows, all -inf rows, one +inf, masked (-inf) entries, extreme magnitudes.
+/// NaN rows, all -inf rows, one +inf, masked (-inf) entries, extreme magnitudes, rows far below 0.
 pub fn special_values<T: Element>(device: &Device, rng: &mut Rng) {
     let ninf = T::from_f64(f64::NEG_INFINITY);
     for cols in [1, 7, 32, 100, 1024, 2049, 8003, 30_000] {
-        let rows = 6;
+        let rows = 8;
         let mut x: Vec<T> = rng.logits(rows * cols, 4.0);
         let row = |r: usize| r * cols..(r + 1) * cols;
         // Row 0: one NaN somewhere.
@@ -348,6 +348,15 @@ pub fn special_values<T: Element>(device: &Device, rng: &mut Rng) {
         let top = T::MAX_FINITE * 0.99;
         for v in x[row(5)].iter_mut() {
             *v = T::from_f64(top - (rng.uniform() * 0.01 * top.min(1000.0)));
+        }
+        // Row 6: every element far below zero (a maximum or max identity that starts at 0
+        // instead of -inf turns every exponential into 0 here).
+        for v in x[row(6)].iter_mut() {
+            *v = T::from_f64(-1000.0 - 4.0 * rng.uniform());
+        }
+        // Row 7: row 5 mirrored, close together near the most negative finite value.
+        for v in x[row(7)].iter_mut() {
+            *v = T::from_f64(-top + rng.uniform() * 0.01 * top.min(1000.0));
         }
         check_case(device, &x, rows, cols, ALIGNED, "special values");
     }
