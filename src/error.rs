@@ -96,6 +96,15 @@ pub enum Error {
         /// Elements there are.
         available: usize,
     },
+    /// A range whose start is past its end.
+    BadRange {
+        /// Which call.
+        what: &'static str,
+        /// The start asked for.
+        start: usize,
+        /// The end asked for.
+        end: usize,
+    },
     /// The tensors of one operation live on different devices.
     DeviceMismatch,
     /// Output and input share memory without being the same elements.
@@ -179,10 +188,19 @@ impl fmt::Display for Error {
                 offset,
                 len,
                 available,
-            } => write!(
+            } => match offset.checked_add(*len) {
+                Some(end) => write!(
+                    f,
+                    "{what}: elements {offset}..{end} are outside the {available} available"
+                ),
+                None => write!(
+                    f,
+                    "{what}: {len} elements from {offset} reach past the end of memory ({available} available)"
+                ),
+            },
+            Error::BadRange { what, start, end } => write!(
                 f,
-                "{what}: elements {offset}..{} are outside the {available} available",
-                offset + len
+                "{what}: start {start} is past end {end}; ask for start..end with start <= end"
             ),
             Error::DeviceMismatch => write!(
                 f,

@@ -34,7 +34,7 @@ pub use emulator::{
 };
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use softmax::{softmax, softmax_into};
+pub use softmax::{softmax, softmax_inplace, softmax_into};
 pub use tensor::DeviceTensor;
 
 /// The README's example, compiled and run as a doctest so that it stays true.

@@ -18,7 +18,8 @@ pub fn softmax<T: Element>(x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
 }
 
 /// `softmax(x)` over the last dimension, written to `y` (same shape and device). `y` may be the
-/// very same view as `x` (in place) but must not partly overlap it. On error nothing is written.
+/// very same view as `x` (in place: see [`softmax_inplace`], or pass a second view made with
+/// `x.view(0, x.shape())`) but must not partly overlap it. On error nothing is written.
 pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) -> Result<()> {
     let Some(&cols) = x.shape().last() else {
         return Err(Error::ScalarInput { op: "softmax" });
@@ -79,4 +80,16 @@ pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) ->
         .collect();
     // The workspace is freed (stream-ordered on a GPU) after the launches are enqueued.
     x.device().launch(&launches)
+}
+
+/// `softmax(x)` over the last dimension, in place: `x` is overwritten with its probabilities. No
+/// memory is allocated (beyond the small workspace of few long rows). Other views of the same
+/// memory see the result once the device's stream reaches it.
+pub fn softmax_inplace<T: Element>(x: &mut DeviceTensor<T>) -> Result<()> {
+    if x.shape().is_empty() {
+        return Err(Error::ScalarInput { op: "softmax" });
+    }
+    // A second view of exactly the same elements: identical views are the in-place case.
+    let input = x.view(0, x.shape())?;
+    softmax_into(&input, x)
 }

@@ -33,14 +33,20 @@ impl<T: Element> std::fmt::Debug for DeviceTensor<T> {
     }
 }
 
+/// The number of elements of `shape`. Every product of its non-zero dimensions must fit, in
+/// bytes too, so that all stride and offset arithmetic on the shape fits: `[0, MAX, MAX]` is
+/// rejected like `[MAX, MAX, 0]` (a zero dimension does not make the others meaningful).
 fn element_count(shape: &[usize]) -> Result<usize> {
-    shape
+    let too_large = || Error::ShapeTooLarge {
+        shape: shape.to_vec(),
+    };
+    let nonzero = shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n.checked_mul(16).is_some()) // its byte size must fit too
-        .ok_or_else(|| Error::ShapeTooLarge {
-            shape: shape.to_vec(),
-        })
+        .ok_or_else(too_large)?;
+    Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 impl<T: Element> DeviceTensor<T> {
@@ -190,23 +196,46 @@ impl<T: Element> DeviceTensor<T> {
             .shape
             .split_first()
             .ok_or(Error::ScalarInput { op: "rows" })?;
-        if start > end || end > n {
+        if start > end {
+            return Err(Error::BadRange {
+                what: "rows",
+                start,
+                end,
+            });
+        }
+        if end > n {
             return Err(Error::OutOfRange {
                 what: "rows",
                 offset: start,
-                len: end.saturating_sub(start),
+                len: end - start,
                 available: n,
             });
         }
-        let row_len: usize = rest.iter().product();
+        // The shape was checked when the tensor was made: these products fit.
+        let row_len = element_count(rest)?;
+        let offset = start
+            .checked_mul(row_len)
+            .ok_or_else(|| Error::ShapeTooLarge {
+                shape: self.shape.clone(),
+            })?;
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        self.view(start * row_len, &shape)
+        self.view(offset, &shape)
     }
 
     /// Row `i` along the first dimension, with the first dimension dropped.
     pub fn row(&self, i: usize) -> Result<Self> {
-        let r = self.rows(i, i + 1)?;
+        let n = self.shape.first().copied().unwrap_or(0);
+        let end = i
+            .checked_add(1)
+            .filter(|&e| e <= n)
+            .ok_or(Error::OutOfRange {
+                what: "row",
+                offset: i,
+                len: 1,
+                available: n,
+            })?;
+        let r = self.rows(i, end)?;
         r.reshape(&self.shape[1..])
     }
 

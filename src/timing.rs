@@ -81,8 +81,11 @@ pub struct SoftmaxWorkload<T: Element> {
 impl<T: Element> SoftmaxWorkload<T> {
     /// Allocates and fills the pairs for `rows` x `cols` on `device`.
     pub fn new(device: &Device, rows: usize, cols: usize, seed: u64) -> Result<Self> {
-        let n = rows * cols;
-        let bytes_moved = 2 * n * size_of::<T>();
+        let too_large = || Error::ShapeTooLarge {
+            shape: vec![rows, cols],
+        };
+        let n = rows.checked_mul(cols).ok_or_else(too_large)?;
+        let bytes_moved = n.checked_mul(2 * size_of::<T>()).ok_or_else(too_large)?;
         let count = rotation_count(bytes_moved);
         let mut rng = crate::check::Rng::new(seed);
         let pairs = (0..count)

@@ -143,3 +143,61 @@ fn cuda_without_a_gpu_is_an_error_that_says_what_to_do() {
         ),
     }
 }
+
+/// Index and size arithmetic is checked: these used to overflow (a panic in debug builds, a
+/// wrong message or view in release). CI runs this file in debug and in release.
+#[test]
+fn huge_indices_and_shapes_are_errors_not_overflows() {
+    let d = Device::emulator();
+    let t = DeviceTensor::<f32>::zeros(&d, &[4, 3]).unwrap();
+    let e = t.view(usize::MAX, &[2]).unwrap_err();
+    assert!(matches!(e, Error::OutOfRange { .. }), "{e}");
+    assert!(e.to_string().contains("past the end"), "{e}");
+    let e = t.row(usize::MAX).unwrap_err();
+    assert!(matches!(e, Error::OutOfRange { .. }), "{e}");
+    let _ = e.to_string();
+    // A zero dimension does not make overflowing others acceptable, in either position.
+    for shape in [[0, usize::MAX, usize::MAX], [usize::MAX, usize::MAX, 0]] {
+        let e = DeviceTensor::<f32>::zeros(&d, &shape).unwrap_err();
+        assert!(matches!(e, Error::ShapeTooLarge { .. }), "{shape:?}: {e}");
+        let e = DeviceTensor::<f32>::from_host(&d, &[], &shape).unwrap_err();
+        assert!(matches!(e, Error::ShapeTooLarge { .. }), "{shape:?}: {e}");
+    }
+    // Zero-sized shapes that fit are fine, and so are their row ranges.
+    let empty = DeviceTensor::<f32>::zeros(&d, &[0, 1 << 20, 4]).unwrap();
+    assert_eq!(empty.rows(0, 0).unwrap().shape(), &[0, 1 << 20, 4]);
+    let e = t.rows(3, 1).unwrap_err();
+    assert_eq!(
+        e,
+        Error::BadRange {
+            what: "rows",
+            start: 3,
+            end: 1
+        }
+    );
+    assert!(e.to_string().contains("start 3 is past end 1"), "{e}");
+    match cuda_softmax::timing::SoftmaxWorkload::<f32>::new(&d, 1 << 32, 1 << 32, 1) {
+        Err(Error::ShapeTooLarge { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a 2^64-element workload was accepted"),
+    }
+}
+
+/// In place without two hand-made views.
+#[test]
+fn softmax_inplace_overwrites_the_tensor() {
+    let d = Device::emulator();
+    let x = [1.0f32, 2.0, 3.0, 0.0, 0.0, 0.0];
+    let mut t = DeviceTensor::from_host(&d, &x, &[2, 3]).unwrap();
+    cuda_softmax::softmax_inplace(&mut t).unwrap();
+    let got = t.to_host().unwrap();
+    let want = cuda_softmax::reference::softmax_rows(&x.map(|v| v as f64), 3);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+    }
+    let mut scalar = DeviceTensor::from_host(&d, &[1.0f32], &[]).unwrap();
+    assert!(matches!(
+        cuda_softmax::softmax_inplace(&mut scalar).unwrap_err(),
+        Error::ScalarInput { .. }
+    ));
+}
