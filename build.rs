@@ -14,6 +14,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/nvcc.rs"]
+mod nvcc;
+use nvcc::{find_nvcc, parse_compute_cap};
+
 /// SASS targets always built (CUDA 13 dropped everything below sm_75).
 const BASE_ARCHS: [u32; 5] = [75, 80, 86, 89, 90];
 /// Newer SASS targets built when the nvcc in use lists them.
@@ -24,6 +28,7 @@ const PTX_ARCH: u32 = 75;
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(cs_cuda_image)");
     println!("cargo::rerun-if-changed=kernels");
+    println!("cargo::rerun-if-changed=build");
     for var in [
         "NVCC",
         "CUDA_HOME",
@@ -33,6 +38,7 @@ fn main() {
         "NVCC_CCBIN",
         "DOCS_RS",
         "CUDA_SOFTMAX_NVCC_DIR",
+        "CUDA_SOFTMAX_NO_NVCC",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -40,18 +46,40 @@ fn main() {
         return;
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    // The run-time variable, not env!(): a build script binary shared through one target dir by
+    // two checkouts must read the kernels of the checkout being built.
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let kernels = manifest_dir.join("kernels");
     let sources = kernel_sources(&kernels);
+
+    // Find nvcc first: a broken toolkit named explicitly stops the build at once, with one error.
+    let nvcc = match find_nvcc(&|name: &str| env::var_os(name)) {
+        Ok(nvcc) => nvcc,
+        Err(message) => {
+            println!("cargo::error={}", message.replace('\n', " | "));
+            return;
+        }
+    };
 
     build_emulator(&kernels, &sources, &out);
 
-    match find_nvcc() {
+    let result = match nvcc {
         Some(nvcc) => build_gpu_image(&nvcc, &sources, &out),
-        None => println!(
-            "cargo::warning=nvcc not found: the CUDA image is not built, so Device::cuda() will return an error \
-             (the CPU emulator still works). Install a CUDA toolkit, or run scripts/install-nvcc.sh \
-             (pinned CUDA 13.0 from PyPI, no root needed), then rebuild."
-        ),
+        None if env::var_os("CUDA_SOFTMAX_NO_NVCC").is_some_and(|v| v == "1") => Ok(()),
+        None => {
+            println!(
+                "cargo::warning=nvcc not found: the CUDA image is not built, so Device::cuda() will return an error \
+                 (the CPU emulator still works). Install a CUDA toolkit, or run scripts/install-nvcc.sh \
+                 (pinned CUDA 13.0 from PyPI, no root needed), then rebuild; CUDA_SOFTMAX_NO_NVCC=1 builds \
+                 without the GPU image and without this warning."
+            );
+            Ok(())
+        }
+    };
+    if let Err(message) = result {
+        // One clear error (cargo fails the build after the script exits), not a panic.
+        println!("cargo::error={}", message.replace('\n', " | "));
     }
 }
 
@@ -191,59 +219,39 @@ fn host_fma_usable() -> bool {
         })
 }
 
-fn find_nvcc() -> Option<PathBuf> {
-    let exe = if cfg!(windows) { "nvcc.exe" } else { "nvcc" };
-    if let Some(p) = env::var_os("NVCC").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(home) = env::var_os(var) {
-            let p = Path::new(&home).join("bin").join(exe);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    if let Some(path) = env::var_os("PATH") {
-        for dir in env::split_paths(&path) {
-            let p = dir.join(exe);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    let mut candidates = vec![PathBuf::from("/usr/local/cuda/bin").join(exe)];
-    // Where scripts/install-nvcc.sh puts the pinned toolkit.
-    if let Some(dir) = env::var_os("CUDA_SOFTMAX_NVCC_DIR") {
-        candidates.push(Path::new(&dir).join("nvidia/cu13/bin").join(exe));
-    }
-    let cache = env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
-    if let Some(cache) = cache {
-        candidates.push(
-            cache
-                .join("cuda-softmax/cuda-13.0/nvidia/cu13/bin")
-                .join(exe),
-        );
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-fn run(cmd: &mut Command, what: &str) -> (String, String) {
+/// Runs a tool; its stdout and stderr on success, else what failed.
+fn run(cmd: &mut Command, what: &str) -> Result<(String, String), String> {
     let output = cmd
         .output()
-        .unwrap_or_else(|e| panic!("{what}: could not run {cmd:?}: {e}"));
+        .map_err(|e| format!("{what}: could not run {:?}: {e}", cmd.get_program()))?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
-        panic!("{what} failed ({}):\n{stdout}\n{stderr}", output.status);
+        let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{what} failed ({}): {}",
+            output.status,
+            tail.join("\n")
+        ));
     }
-    (stdout, stderr)
+    Ok((stdout, stderr))
 }
 
-fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
-    let (version_text, _) = run(Command::new(nvcc).arg("--version"), "nvcc --version");
+/// A file the compiler should have written, non-empty.
+fn produced(path: &Path, what: &str, nvcc: &Path) -> Result<(), String> {
+    match fs::metadata(path) {
+        Ok(m) if m.len() > 0 => Ok(()),
+        _ => Err(format!(
+            "{what}: {} exited successfully but did not write {}; check that it is a working nvcc (NVCC, CUDA_HOME)",
+            nvcc.display(),
+            path.display()
+        )),
+    }
+}
+
+fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) -> Result<(), String> {
+    let (version_text, _) = run(Command::new(nvcc).arg("--version"), "nvcc --version")?;
     let toolkit = version_text
         .split("release ")
         .nth(1)
@@ -256,26 +264,25 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
 
-    let archs: Vec<u32> = match env::var("CUDA_COMPUTE_CAP") {
+    // (architecture, suffix): SASS for each; PTX for ptx_arch (never an `a`/`f` PTX, which is
+    // not forward compatible).
+    let (archs, ptx_arch): (Vec<(u32, String)>, u32) = match env::var("CUDA_COMPUTE_CAP") {
         Ok(cap) => {
-            let cap = cap.trim().replace('.', "");
-            vec![cap.parse().unwrap_or_else(|_| {
-                panic!("CUDA_COMPUTE_CAP must look like 90 or 8.6, got {cap:?}")
-            })]
+            let (n, suffix) = parse_compute_cap(&cap)?;
+            (vec![(n, suffix)], n)
         }
-        Err(_) => BASE_ARCHS
-            .into_iter()
-            .chain(
-                NEWER_ARCHS
-                    .into_iter()
-                    .filter(|a| listed.lines().any(|l| l.trim() == format!("compute_{a}"))),
-            )
-            .collect(),
-    };
-    let ptx_arch = if env::var("CUDA_COMPUTE_CAP").is_ok() {
-        archs[0]
-    } else {
-        PTX_ARCH
+        Err(_) => (
+            BASE_ARCHS
+                .into_iter()
+                .chain(
+                    NEWER_ARCHS
+                        .into_iter()
+                        .filter(|a| listed.lines().any(|l| l.trim() == format!("compute_{a}"))),
+                )
+                .map(|a| (a, String::new()))
+                .collect(),
+            PTX_ARCH,
+        ),
     };
 
     let mut unity = String::new();
@@ -283,7 +290,7 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
         unity += &format!("#include \"{}\"\n", s.display());
     }
     let unity_path = out.join("gpu_unity.cu");
-    fs::write(&unity_path, unity).expect("write GPU unity file");
+    fs::write(&unity_path, unity).map_err(|e| format!("write {}: {e}", unity_path.display()))?;
 
     let common = |cmd: &mut Command| {
         cmd.arg("-std=c++17").arg("-O3").arg("-lineinfo");
@@ -300,18 +307,28 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
         .arg("0")
         .arg("-Xptxas")
         .arg("-v");
-    for a in &archs {
-        if *a == ptx_arch {
+    let mut ptx_listed = false;
+    for (a, suffix) in &archs {
+        if *a == ptx_arch && suffix.is_empty() {
             cmd.arg(format!(
                 "-gencode=arch=compute_{a},code=[sm_{a},compute_{a}]"
             ));
+            ptx_listed = true;
         } else {
-            cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+            cmd.arg(format!(
+                "-gencode=arch=compute_{a}{suffix},code=sm_{a}{suffix}"
+            ));
         }
     }
+    if !ptx_listed {
+        cmd.arg(format!(
+            "-gencode=arch=compute_{ptx_arch},code=compute_{ptx_arch}"
+        ));
+    }
     cmd.arg("-o").arg(&fatbin).arg(&unity_path);
-    let (_, ptxas_report) = run(&mut cmd, "nvcc (fatbin)");
-    fs::write(out.join("ptxas.txt"), &ptxas_report).expect("write ptxas report");
+    let (_, ptxas_report) = run(&mut cmd, "nvcc (fatbin)")?;
+    produced(&fatbin, "nvcc (fatbin)", nvcc)?;
+    fs::write(out.join("ptxas.txt"), &ptxas_report).map_err(|e| format!("write ptxas.txt: {e}"))?;
 
     let ptx = out.join("softmax.ptx");
     let mut cmd = Command::new(nvcc);
@@ -321,8 +338,9 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
         .arg("-o")
         .arg(&ptx)
         .arg(&unity_path);
-    run(&mut cmd, "nvcc (ptx)");
-    let ptx_text = fs::read_to_string(&ptx).expect("read generated PTX");
+    run(&mut cmd, "nvcc (ptx)")?;
+    produced(&ptx, "nvcc (ptx)", nvcc)?;
+    let ptx_text = fs::read_to_string(&ptx).map_err(|e| format!("read {}: {e}", ptx.display()))?;
     let ptx_version = ptx_text
         .lines()
         .find_map(|l| l.trim().strip_prefix(".version "))
@@ -332,7 +350,7 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
 
     let arch_list: Vec<String> = archs
         .iter()
-        .map(|a| format!("sm_{a}"))
+        .map(|(a, suffix)| format!("sm_{a}{suffix}"))
         .chain([format!("compute_{ptx_arch}")])
         .collect();
     println!("cargo::rustc-cfg=cs_cuda_image");
@@ -340,4 +358,5 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) {
     println!("cargo::rustc-env=CS_PTX_VERSION={ptx_version}");
     println!("cargo::rustc-env=CS_IMAGE_ARCHS={}", arch_list.join(","));
     println!("cargo::rustc-env=CS_NVCC={}", nvcc.display());
+    Ok(())
 }

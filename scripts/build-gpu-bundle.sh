@@ -14,7 +14,7 @@ else
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/gpu-bundle-build}"
 if [ -z "${CUDA_HOME:-}" ] && ! command -v nvcc >/dev/null; then
-  CUDA_HOME="$(scripts/install-nvcc.sh)"
+  CUDA_HOME="$(scripts/install-nvcc.sh --print-home)"
   export CUDA_HOME
 fi
 out=gpu-bundle

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the pinned CUDA 13.0 compiler (nvcc, ptxas, headers) from PyPI into a cache folder
-# and prints the CUDA_HOME to use on its last line of stdout.
+# Installs the pinned CUDA 13.0 compiler (nvcc, ptxas, headers) from PyPI into a cache folder,
+# and says what it did in one line on stderr. build.rs finds it there without further setup.
 #
 # Why pinned: installing nvidia-cuda-nvcc alone pulls 13.5 parts whose PTX a CUDA 13.0 driver
 # (driver 580) cannot JIT. These five versions together form a consistent 13.0 toolkit.
 #
-# Usage: scripts/install-nvcc.sh            # installs (or reuses) and prints CUDA_HOME
+# Usage: scripts/install-nvcc.sh                        # installs (or reuses); prints nothing on stdout
+#        CUDA_HOME="$(scripts/install-nvcc.sh --print-home)"   # prints the toolkit folder on stdout
 #        eval "$(scripts/install-nvcc.sh --export)"   # sets CUDA_HOME in the current shell
 # The cache folder is $CUDA_SOFTMAX_NVCC_DIR, else ~/.cache/cuda-softmax/cuda-13.0.
 # build.rs looks in that default folder too, so after this script `cargo build` finds nvcc.
@@ -16,10 +17,15 @@ home="$dir/nvidia/cu13"
 pins=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
       nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85)
 
+case "${1:-}" in
+  ""|--print-home|--export) ;;
+  *) echo "usage: $0 [--print-home | --export]" >&2; exit 2 ;;
+esac
+
 if [ -x "$home/bin/nvcc" ] && [ -f "$dir/.pins" ] && [ "$(cat "$dir/.pins")" = "${pins[*]}" ]; then
-  echo "cuda-softmax: reusing the pinned CUDA 13.0 compiler in $dir" >&2
+  did="reusing"
 else
-  echo "cuda-softmax: installing the pinned CUDA 13.0 compiler into $dir" >&2
+  did="installed"
   py=$(command -v python3 || command -v python) || {
     echo "cuda-softmax: python3 with pip is needed to install nvcc from PyPI" >&2; exit 1; }
   rm -rf "$dir"
@@ -29,8 +35,8 @@ else
 fi
 
 "$home/bin/nvcc" --version >/dev/null || { echo "cuda-softmax: $home/bin/nvcc does not run" >&2; exit 1; }
-if [ "${1:-}" = "--export" ]; then
-  echo "export CUDA_HOME='$home'"
-else
-  echo "$home"
-fi
+echo "cuda-softmax: $did the pinned CUDA 13.0 compiler in $home (build.rs finds it there)" >&2
+case "${1:-}" in
+  --export) echo "export CUDA_HOME='$home'" ;;
+  --print-home) echo "$home" ;;
+esac

@@ -110,10 +110,26 @@ fn ptx_version_is_one_a_cuda_13_0_driver_loads() {
         image::ARCHS.contains("compute_"),
         "the image carries no PTX fallback"
     );
+    // The PTX must never be arch-specific (compute_90a is not forward compatible); arch-specific
+    // SASS appears only when asked for with CUDA_COMPUTE_CAP=90a.
+    let ptx_targets: Vec<&str> = image::ARCHS
+        .split(',')
+        .filter(|a| a.starts_with("compute_"))
+        .collect();
     assert!(
-        !image::ARCHS.contains("90a"),
-        "arch-specific (sm_90a) code is not forward compatible"
+        ptx_targets.iter().all(|a| a
+            .trim_start_matches("compute_")
+            .bytes()
+            .all(|b| b.is_ascii_digit())),
+        "arch-specific PTX is not forward compatible: {ptx_targets:?}"
     );
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        assert!(
+            !image::ARCHS.contains('a'),
+            "the default image holds no arch-specific code: {}",
+            image::ARCHS
+        );
+    }
 }
 
 #[test]
