@@ -69,41 +69,32 @@ static mode_t mode_arg(int flags, va_list ap) {
   return 0;
 }
 
-#define CS_OPEN_SHIM(name)                                                  \
-  int name(const char* path, int flags, ...) {                            \
-    va_list ap;                                                             \
-    va_start(ap, flags);                                                    \
-    mode_t mode = mode_arg(flags, ap);                                      \
-    va_end(ap);                                                             \
-    if (hidden(path)) {                                                     \
-      errno = ENOENT;                                                       \
-      return -1;                                                            \
-    }                                                                       \
-    int (*real)(const char*, int, ...) = (int (*)(const char*, int, ...))next_symbol(#name); \
-    if (real == NULL) {                                                     \
-      errno = ENOSYS;                                                       \
-      return -1;                                                            \
-    }                                                                       \
-    return real(path, flags, mode);                                         \
-  }
+// The body both shims share: read the optional mode, refuse a hidden path, else find the real
+// function NAME of type TYPE and call it with ARGS (which may use `mode`).
+#define CS_SHIM_BODY(name, type, args)                                      \
+  va_list ap;                                                               \
+  va_start(ap, flags);                                                      \
+  mode_t mode = mode_arg(flags, ap);                                        \
+  va_end(ap);                                                               \
+  if (hidden(path)) {                                                       \
+    errno = ENOENT;                                                         \
+    return -1;                                                              \
+  }                                                                         \
+  type real = (type)next_symbol(#name);                                     \
+  if (real == NULL) {                                                       \
+    errno = ENOSYS;                                                         \
+    return -1;                                                              \
+  }                                                                         \
+  return real args;
 
-#define CS_OPENAT_SHIM(name)                                                \
-  int name(int dirfd, const char* path, int flags, ...) {                 \
-    va_list ap;                                                             \
-    va_start(ap, flags);                                                    \
-    mode_t mode = mode_arg(flags, ap);                                      \
-    va_end(ap);                                                             \
-    if (hidden(path)) {                                                     \
-      errno = ENOENT;                                                       \
-      return -1;                                                            \
-    }                                                                       \
-    int (*real)(int, const char*, int, ...) = (int (*)(int, const char*, int, ...))next_symbol(#name); \
-    if (real == NULL) {                                                     \
-      errno = ENOSYS;                                                       \
-      return -1;                                                            \
-    }                                                                       \
-    return real(dirfd, path, flags, mode);                                  \
-  }
+typedef int (*open_fn)(const char*, int, ...);
+typedef int (*openat_fn)(int, const char*, int, ...);
+
+#define CS_OPEN_SHIM(name) \
+  int name(const char* path, int flags, ...) { CS_SHIM_BODY(name, open_fn, (path, flags, mode)) }
+
+#define CS_OPENAT_SHIM(name) \
+  int name(int dirfd, const char* path, int flags, ...) { CS_SHIM_BODY(name, openat_fn, (dirfd, path, flags, mode)) }
 
 CS_OPEN_SHIM(open)
 CS_OPEN_SHIM(open64)
