@@ -27,11 +27,25 @@ fn poisoned(device: &Device, n: usize) -> DeviceTensor<f32> {
     DeviceTensor::from_host(device, &vec![f32::from_bits(0x7fa5_5a5a); n], &[n]).unwrap()
 }
 
-fn fault_text(result: cuda_softmax::Result<()>) -> String {
-    match result {
-        Err(Error::EmulatorFault { detail, .. }) => detail,
-        other => panic!("expected an emulator fault, got {other:?}"),
+/// The detail of an emulator fault (`launch_refused`: of a launch the device refuses); any
+/// other outcome fails the test.
+fn error_detail(result: cuda_softmax::Result<()>, launch_refused: bool) -> String {
+    match (result, launch_refused) {
+        (Err(Error::EmulatorFault { detail, .. }), false) => detail,
+        (Err(Error::Launch { detail, .. }), true) => detail,
+        (other, _) => panic!(
+            "expected {}, got {other:?}",
+            if launch_refused {
+                "a refused launch"
+            } else {
+                "an emulator fault"
+            }
+        ),
     }
+}
+
+fn fault_text(result: cuda_softmax::Result<()>) -> String {
+    error_detail(result, false)
 }
 
 #[test]
@@ -300,10 +314,7 @@ fn the_fma_flavour_rounds_differently() {
 }
 
 fn launch_error(result: cuda_softmax::Result<()>) -> String {
-    match result {
-        Err(Error::Launch { detail, .. }) => detail,
-        other => panic!("expected a refused launch, got {other:?}"),
-    }
+    error_detail(result, true)
 }
 
 /// A GPU refuses a block larger than the kernel's __launch_bounds__; so does the emulator.

@@ -2,6 +2,8 @@
 //! stay bounded, operations of one device run in stream order, results do not depend on the
 //! caller's floating-point environment, and a host resource failure is its own error.
 
+mod common;
+
 use std::sync::Barrier;
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
@@ -19,16 +21,11 @@ fn emulator(workers: usize) -> Device {
     })
 }
 
-/// Runs softmax over `rows x cols` random logits on `device` and checks it against the f64
-/// reference.
+/// Runs softmax over `rows x cols` random logits on `device`: poisoned output, compared with
+/// the f64 reference (the shared correctness suite's check).
 fn check_softmax(device: &Device, rng: &mut Rng, rows: usize, cols: usize) {
     let x: Vec<f32> = rng.logits(rows * cols, 6.0);
-    let xt = DeviceTensor::from_host(device, &x, &[rows, cols]).unwrap();
-    let got = cuda_softmax::softmax(&xt).unwrap().to_host().unwrap();
-    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let want = reference::softmax_rows(&x64, cols);
-    let c = compare(&got, &want, Tolerance::softmax(Dtype::F32));
-    assert!(c.passed(), "{rows}x{cols}: {c}");
+    common::check_case(device, &x, rows, cols, common::ALIGNED, "under load");
 }
 
 /// What 5591579 aborted on: 64 workers twice, 16 threads each with its own 16-worker emulator,

@@ -153,10 +153,7 @@ class SharedPtr {
  public:
   SharedPtr(SharedSpace* s, long long byte_offset) : s_(s), off_(byte_offset) {}
   SharedRef<T> operator[](long long i) const { return SharedRef<T>(s_, off_ + i * static_cast<long long>(sizeof(T))); }
-  SharedRef<T> operator*() const { return (*this)[0]; }
   SharedPtr operator+(long long i) const { return SharedPtr(s_, off_ + i * static_cast<long long>(sizeof(T))); }
-  template <typename U>
-  SharedPtr<U> cast() const { return SharedPtr<U>(s_, off_); }
 
  private:
   SharedSpace* s_;
