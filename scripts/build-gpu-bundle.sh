@@ -38,8 +38,8 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["kind"]==["bench"]:
         print(m["executable"])')
 cp "$bench" "$out/bench-softmax"
-cargo build --release --bin cuda-softmax
-cp "$CARGO_TARGET_DIR/release/cuda-softmax" "$out/cuda-softmax"
+cargo build --release --bin cuda-softmax --bin driver-probe
+cp "$CARGO_TARGET_DIR/release/cuda-softmax" "$CARGO_TARGET_DIR/release/driver-probe" "$out/"
 
 strip "$out"/* 2>/dev/null || true
 # The GPU machine's glibc may be older than this one's: report the newest symbol version needed.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine, from the repository root, with gpu-bundle/ from
 # scripts/build-gpu-bundle.sh. Needs no Rust. Steps (each with a time limit, ~5 min in all):
+#   0. driver-probe --exercise: the real driver exports every function the crate checks for, and
+#      every API path that reaches the driver runs;
 #   1. the GPU correctness suite (CS_REQUIRE_GPU=1: a skip is a failure) and the image checks;
 #   2. compute-sanitizer memcheck and racecheck over every entry point;
 #   3. the main job: self-check and the bandwidth table against a device-to-device copy;
@@ -26,6 +28,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | head -3
 
 export CS_REQUIRE_GPU=1
+step "driver probe (every driver path)" 60 "$b/driver-probe" --exercise
 step "GPU correctness suite" 150 "$b/test-softmax_gpu" --test-threads=1
 step "image checks" 30 "$b/test-cuda_image"
 if command -v compute-sanitizer >/dev/null; then

@@ -30,22 +30,9 @@ pub(crate) struct CudaBackend {
     pub compute_capability: (i32, i32),
 }
 
-/// Runs `f`, turning a panic inside cudarc (for example a driver symbol it cannot find) into an
-/// error: library code must not panic because of the machine it runs on.
-fn no_panic<R>(call: &'static str, f: impl FnOnce() -> Result<R>) -> Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let detail = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "cudarc panicked".into());
-        Err(Error::Driver { call, detail })
-    })
-}
-
 pub(crate) fn driver_version() -> i32 {
     let mut v = 0;
-    // SAFETY: only called after the driver library was found and initialised.
+    // SAFETY: only called after the driver library was checked and initialised.
     let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
     v
 }
@@ -56,73 +43,68 @@ impl CudaBackend {
         if image::FATBIN.is_none() {
             return Err(Error::NoCudaImage);
         }
-        // SAFETY: only tries to dlopen the driver library.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::DriverNotFound);
-        }
-        no_panic("cuInit", || {
-            match cudarc::driver::result::init() {
-                Ok(()) => {}
-                Err(e) if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => {
-                    return Err(Error::NoGpu);
-                }
-                Err(e) => return Err(Error::driver("cuInit", e)),
-            }
-            let count =
-                CudaContext::device_count().map_err(|e| Error::driver("cuDeviceGetCount", e))?;
-            let count = count.max(0) as usize;
-            if count == 0 {
+        // Nothing below may reach a driver function the library lacks (cudarc would panic).
+        crate::driver::check()?;
+        match cudarc::driver::result::init() {
+            Ok(()) => {}
+            Err(e) if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => {
                 return Err(Error::NoGpu);
             }
-            if ordinal >= count {
-                return Err(Error::NoSuchDevice { ordinal, count });
-            }
-            let ctx = CudaContext::new(ordinal)
-                .map_err(|e| Error::driver("cuDevicePrimaryCtxRetain", e))?;
-            // Our allocations never cross streams, so per-allocation events are pure overhead.
-            // SAFETY: called before this context allocates anything.
-            unsafe { ctx.disable_event_tracking() };
-            Self::on_stream(ctx.default_stream())
-        })
+            Err(e) => return Err(Error::driver("cuInit", e)),
+        }
+        let count =
+            CudaContext::device_count().map_err(|e| Error::driver("cuDeviceGetCount", e))?;
+        let count = count.max(0) as usize;
+        if count == 0 {
+            return Err(Error::NoGpu);
+        }
+        if ordinal >= count {
+            return Err(Error::NoSuchDevice { ordinal, count });
+        }
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| Error::driver("cuDevicePrimaryCtxRetain", e))?;
+        // Our allocations never cross streams, so per-allocation events are pure overhead.
+        // SAFETY: called before this context allocates anything.
+        unsafe { ctx.disable_event_tracking() };
+        Self::on_stream(ctx.default_stream())
     }
 
     /// Uses a stream the caller already has (and its context).
     pub fn on_stream(stream: Arc<CudaStream>) -> Result<CudaBackend> {
         let fatbin = image::FATBIN.ok_or(Error::NoCudaImage)?;
-        no_panic("cuModuleLoadData", || {
-            let ctx = stream.context().clone();
-            let attr = |a| {
-                ctx.attribute(a)
-                    .map_err(|e| Error::driver("cuDeviceGetAttribute", e))
-            };
-            let cc = (
-                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-                attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-            );
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
-                .map_err(|e| Error::ImageLoad {
-                    driver_version: driver_version(),
-                    compute_capability: cc,
-                    detail: format!("{e:?}"),
-                })?;
-            let limits = DeviceLimits {
-                sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1)
-                    as u32,
-                max_shared_mem_per_block: attr(
-                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                )?
-                .max(0) as u32,
-            };
-            let name = ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());
-            Ok(CudaBackend {
-                stream,
-                module,
-                functions: Mutex::new(HashMap::new()),
-                limits,
-                name,
+        crate::driver::check()?;
+        let ctx = stream.context().clone();
+        let attr = |a| {
+            ctx.attribute(a)
+                .map_err(|e| Error::driver("cuDeviceGetAttribute", e))
+        };
+        let cc = (
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        );
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
+            .map_err(|e| Error::ImageLoad {
+                driver_version: driver_version(),
                 compute_capability: cc,
-            })
+                detail: format!("{e:?}"),
+            })?;
+        let limits = DeviceLimits {
+            sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1)
+                as u32,
+            max_shared_mem_per_block: attr(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?
+            .max(0) as u32,
+        };
+        let name = ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());
+        Ok(CudaBackend {
+            stream,
+            module,
+            functions: Mutex::new(HashMap::new()),
+            limits,
+            name,
+            compute_capability: cc,
         })
     }
 

@@ -12,6 +12,14 @@ pub enum Error {
     NoCudaImage,
     /// libcuda (the NVIDIA driver library) could not be loaded.
     DriverNotFound,
+    /// A driver library was found but cannot be used: it does not load, or it lacks driver
+    /// functions this crate calls (a stub, a partial install, a damaged file).
+    DriverUnusable {
+        /// The library file name that was found.
+        library: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The driver loaded but reports no CUDA device.
     NoGpu,
     /// `Device::cuda(ordinal)` with an ordinal past the last device.
@@ -131,6 +139,13 @@ impl fmt::Display for Error {
                 "the NVIDIA driver library (libcuda.so) was not found: install an NVIDIA driver (580 or newer for the \
                  CUDA 13.0 image) or use Device::emulator()"
             ),
+            Error::DriverUnusable { library, problem } => write!(
+                f,
+                "the NVIDIA driver library {library} cannot be used: {problem}. It is not a working driver (a CUDA \
+                 toolkit's stubs/libcuda.so first on LD_LIBRARY_PATH, a partial install, a damaged file): install or \
+                 repair the NVIDIA driver (580 or newer for the CUDA 13.0 image), check that nvidia-smi works and that \
+                 LD_LIBRARY_PATH puts no other libcuda first, or use Device::emulator()"
+            ),
             Error::NoGpu => write!(
                 f,
                 "the NVIDIA driver reports no CUDA device; check nvidia-smi and CUDA_VISIBLE_DEVICES, or use Device::emulator()"
@@ -155,6 +170,16 @@ impl fmt::Display for Error {
                 crate::image::TOOLKIT_VERSION,
                 crate::image::PTX_VERSION,
                 crate::image::ARCHS,
+            ),
+            Error::Driver {
+                call: "cuInit",
+                detail,
+            } => write!(
+                f,
+                "the NVIDIA driver failed to initialise (cuInit: {detail}). Check that nvidia-smi works; after a \
+                 driver update, reboot (the kernel module and the library must match); in a container, start it with \
+                 GPU access (the NVIDIA container toolkit, --gpus); a toolkit's stubs/libcuda.so must not come first on \
+                 LD_LIBRARY_PATH. Or use Device::emulator()"
             ),
             Error::Driver { call, detail } => write!(f, "CUDA driver call {call} failed: {detail}"),
             Error::EmulatorFault { kernel, detail } => {

@@ -15,6 +15,7 @@
 pub mod check;
 mod cuda;
 mod device;
+pub mod driver;
 mod element;
 mod emulator;
 mod error;
