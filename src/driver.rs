@@ -17,7 +17,9 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 
 /// Every driver function cudarc calls on this crate's behalf: opening a device, memory (pooled
-/// and plain), copies, modules, launches, events for timing, error strings, and teardown.
+/// and plain), copies, modules, launches, events for timing, error strings, and teardown
+/// (including a caller's stream or context dropped through this crate's handles). What a caller
+/// does with cudarc directly (`Device::cuda_stream()`) is outside this list.
 /// `Device::cuda` checks that the driver library exports each one before calling any of them.
 /// `tests/driver_probe.rs` runs the whole API against a stand-in driver that exports exactly
 /// this list, so a function missing here fails that test rather than a user's process.
@@ -35,6 +37,10 @@ pub const REQUIRED_FUNCTIONS: &[&str] = &[
     "cuCtxSetCurrent",
     "cuCtxGetCurrent",
     "cuCtxSynchronize",
+    // Only for a non-primary context of the caller's, dropped through our handles.
+    "cuCtxDestroy_v2",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
     "cuStreamSynchronize",
     "cuStreamWaitEvent",
     "cuMemAlloc_v2",
@@ -99,36 +105,49 @@ struct CheckedLibrary {
     _library: libloading::Library,
 }
 
-/// Checks the driver library once per process; later calls return the first answer.
-pub(crate) fn check() -> Result<()> {
-    static CHECKED: OnceLock<std::result::Result<CheckedLibrary, Error>> = OnceLock::new();
-    match CHECKED.get_or_init(find_and_check) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.clone()),
+/// Checks that the driver library loads and exports every function in [`REQUIRED_FUNCTIONS`].
+/// `Device::cuda` calls it before any driver call; it needs no GPU image. A success is kept for
+/// the life of the process; a failure is checked afresh next time (it may be passing, say, out
+/// of file handles).
+pub fn check() -> Result<()> {
+    static CHECKED: OnceLock<CheckedLibrary> = OnceLock::new();
+    if CHECKED.get().is_some() {
+        return Ok(());
     }
+    let library = find_and_check()?;
+    let _ = CHECKED.set(library);
+    Ok(())
 }
 
-fn find_and_check() -> std::result::Result<CheckedLibrary, Error> {
+/// The driver library this process already has, if any: linked at build time (cudarc's
+/// `dynamic-linking`, as candle-core enables it) or loaded by cudarc already. That is the one in
+/// use, whatever the search order would find first.
+#[cfg(unix)]
+fn already_loaded() -> Option<(String, libloading::Library)> {
+    use libloading::os::unix::{Library, RTLD_LAZY};
+    const RTLD_NOLOAD: std::os::raw::c_int = 4; // glibc and musl
+    ["libcuda.so.1", "libcuda.so"].into_iter().find_map(|name| {
+        // SAFETY: RTLD_NOLOAD only returns a library that is already loaded; nothing runs.
+        let lib = unsafe { Library::open(Some(name), RTLD_LAZY | RTLD_NOLOAD) }.ok()?;
+        Some((name.to_string(), lib.into()))
+    })
+}
+
+#[cfg(not(unix))]
+fn already_loaded() -> Option<(String, libloading::Library)> {
+    None
+}
+
+fn find_and_check() -> Result<CheckedLibrary> {
+    if let Some((name, library)) = already_loaded() {
+        return check_functions(name, library);
+    }
     // Why files that exist would not load (say, an empty libcuda.so): reported when nothing loads.
     let mut unloadable = Vec::new();
     for name in library_candidates() {
         // SAFETY: loading the driver library runs its initialisers, as cudarc's own load would.
         match unsafe { libloading::Library::new(&name) } {
-            Ok(library) => {
-                let missing: Vec<&str> = REQUIRED_FUNCTIONS
-                    .iter()
-                    .copied()
-                    // SAFETY: only looks the symbol up; it is never called through this pointer.
-                    .filter(|f| unsafe { library.get::<*const ()>(f.as_bytes()) }.is_err())
-                    .collect();
-                if missing.is_empty() {
-                    return Ok(CheckedLibrary { _library: library });
-                }
-                return Err(Error::DriverUnusable {
-                    library: loaded_path(&name).unwrap_or(name),
-                    problem: describe_missing(&missing),
-                });
-            }
+            Ok(library) => return check_functions(name, library),
             Err(e) => {
                 // The loader's own words ("file too short", "wrong ELF class") are in the source.
                 let text = std::error::Error::source(&e)
@@ -165,7 +184,11 @@ fn loaded_path(name: &str) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let mut paths: Vec<&str> = maps
         .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+        // "addr perms offset dev inode   /path/with maybe spaces/libcuda.so.1 (deleted)"
+        .filter_map(|line| {
+            line.find('/')
+                .map(|at| line[at..].trim_end_matches(" (deleted)"))
+        })
         .filter(|path| {
             let file = path.rsplit('/').next().unwrap_or(path);
             // libcuda.so.580.65, libcuda64_12.so; not libcudart.so or libcudnn.so.
@@ -180,15 +203,51 @@ fn loaded_path(name: &str) -> Option<String> {
     }
 }
 
+fn check_functions(name: String, library: libloading::Library) -> Result<CheckedLibrary> {
+    let missing: Vec<&str> = REQUIRED_FUNCTIONS
+        .iter()
+        .copied()
+        // SAFETY: only looks the symbol up; it is never called through this pointer.
+        .filter(|f| unsafe { library.get::<*const ()>(f.as_bytes()) }.is_err())
+        .collect();
+    if missing.is_empty() {
+        return Ok(CheckedLibrary { _library: library });
+    }
+    Err(Error::DriverUnusable {
+        library: loaded_path(&name).unwrap_or(name),
+        problem: describe_missing(&missing),
+    })
+}
+
 fn describe_missing(missing: &[&str]) -> String {
     const SHOWN: usize = 6;
     let mut names = missing[..missing.len().min(SHOWN)].join(", ");
     if missing.len() > SHOWN {
         names.push_str(&format!(" and {} more", missing.len() - SHOWN));
     }
+    // Stream-ordered allocation (cuMemAllocAsync, cuMemFreeAsync) came with CUDA 11.2.
+    let only_newer = missing
+        .iter()
+        .all(|f| matches!(*f, "cuMemAllocAsync" | "cuMemFreeAsync"));
+    let why = if only_newer {
+        ": the driver is older than CUDA 11.2"
+    } else {
+        ""
+    };
     format!(
-        "it lacks {} of the {} driver functions this crate calls ({names})",
+        "it lacks {} of the {} driver functions this crate calls ({names}){why}",
         missing.len(),
         REQUIRED_FUNCTIONS.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The library checked is the library cudarc loads: same names, same order.
+    #[test]
+    fn candidates_match_cudarc() {
+        let mut theirs = cudarc::get_lib_name_candidates("cuda");
+        theirs.extend(cudarc::get_lib_name_candidates("nvcuda"));
+        assert_eq!(super::library_candidates(), theirs);
+    }
 }

@@ -141,8 +141,8 @@ impl fmt::Display for Error {
             ),
             Error::DriverUnusable { library, problem } => write!(
                 f,
-                "the NVIDIA driver library {library} cannot be used: {problem}. It is not a working driver (a CUDA \
-                 toolkit's stubs/libcuda.so first on LD_LIBRARY_PATH, a partial install, a damaged file): install or \
+                "the NVIDIA driver library {library} cannot be used: {problem}. It is not a working driver, or one \
+                 too old (a partial install, a damaged file, a stand-in first on LD_LIBRARY_PATH): install or \
                  repair the NVIDIA driver (580 or newer for the CUDA 13.0 image), check that nvidia-smi works and that \
                  LD_LIBRARY_PATH puts no other libcuda first, or use Device::emulator()"
             ),

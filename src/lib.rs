@@ -23,6 +23,7 @@ pub mod image;
 mod kernel;
 pub mod planner;
 pub mod reference;
+pub mod sass;
 mod softmax;
 mod tensor;
 pub mod timing;

@@ -3,8 +3,8 @@
 //!
 //! With `--exercise` it then drives every path of the API that reaches the driver: allocation
 //! (plain, zeroed, from host), copies both ways, each kernel family for each dtype (into a new
-//! tensor, into a view, in place), preloading, event timing and a device-to-device copy, a stream
-//! the caller owns, and teardown. It checks no values (the main job does): it exists so that
+//! tensor, into a view, in place), preloading, event timing and a device-to-device copy, buffers
+//! handed to cudarc and back, a context and stream of the caller's own, and teardown. It checks no values (the main job does): it exists so that
 //! `tests/driver_probe.rs` can run the whole API against stand-in driver libraries.
 //!
 //! Any panic aborts the process, exactly as under `panic = "abort"`: the crate must turn every
@@ -13,9 +13,11 @@
 
 use std::process::ExitCode;
 
+use cudarc::driver::CudaContext;
+
 use cuda_softmax::timing::{median_ms, time_copy};
 use cuda_softmax::{
-    Device, DeviceTensor, Element, Result, bf16, f16, softmax, softmax_inplace, softmax_into,
+    Device, DeviceTensor, Element, Error, Result, bf16, f16, softmax, softmax_inplace, softmax_into,
 };
 
 /// Row shapes that reach every kernel family (as the main job's self-check picks them).
@@ -63,17 +65,24 @@ fn exercise(device: &Device) -> Result<String> {
     let ms = median_ms(device, 1, 3, 2, |_| softmax_into(&x, &mut y))?;
     let copy_ms = time_copy(device, 1 << 20, 3, 2)?;
     device.synchronize()?;
-    // A stream the caller owns, and a buffer handed over and back.
-    let stream = device.cuda_stream().cloned();
-    if let Some(stream) = stream {
-        let other = Device::cuda_on_stream(stream)?;
-        let t = DeviceTensor::<f32>::from_host(&other, &[1.0, 2.0, 3.0], &[1, 3])?;
-        let slice = t
-            .into_cuda_slice()
-            .map_err(|_| cuda_softmax::Error::ForeignBuffer)?;
-        let back = DeviceTensor::from_cuda_slice(&other, slice, &[1, 3])?;
-        softmax(&back)?.to_host()?;
-    }
+    // A buffer handed to cudarc and back.
+    let t = DeviceTensor::<f32>::from_host(device, &[1.0, 2.0, 3.0], &[1, 3])?;
+    let slice = t.into_cuda_slice().map_err(|_| Error::ForeignBuffer)?;
+    softmax(&DeviceTensor::from_cuda_slice(device, slice, &[1, 3])?)?.to_host()?;
+    // A caller's own context (event tracking on) and stream, released through this crate's
+    // handles: the last drop destroys the stream.
+    let driver = |e| Error::Driver {
+        call: "cudarc",
+        detail: format!("{e:?}"),
+    };
+    let ctx = CudaContext::new(0).map_err(driver)?;
+    let stream = ctx.new_stream().map_err(driver)?;
+    let slice = stream.alloc_zeros::<f32>(3 * 1024).map_err(driver)?;
+    drop(ctx);
+    let theirs = Device::cuda_on_stream(stream)?;
+    let wrapped = DeviceTensor::from_cuda_slice(&theirs, slice, &[3, 1024])?;
+    softmax(&wrapped)?.to_host()?;
+    drop((wrapped, theirs));
     Ok(format!(
         "exercised: {kernels} kernels preloaded, {launches} softmax calls, timing {ms:.3} ms, copy {copy_ms:.3} ms"
     ))
@@ -87,6 +96,11 @@ fn main() -> ExitCode {
         std::process::abort();
     }));
     let exercise_too = std::env::args().any(|a| a == "--exercise");
+    // The driver library first: this check needs no GPU image.
+    if let Err(e) = cuda_softmax::driver::check() {
+        println!("error: {e}");
+        return ExitCode::from(2);
+    }
     let device = match Device::cuda(0) {
         Ok(device) => device,
         Err(e) => {

@@ -101,6 +101,13 @@ CUresult cuDevicePrimaryCtxRelease_v2(int device) { (void)device; return SUCCESS
 CUresult cuCtxSetCurrent(void *context) { current_context = context; return SUCCESS; }
 CUresult cuCtxGetCurrent(void **context) { *context = current_context; return SUCCESS; }
 CUresult cuCtxSynchronize(void) { return SUCCESS; }
+CUresult cuCtxDestroy_v2(void *context) { (void)context; return SUCCESS; }
+CUresult cuStreamCreate(void **stream, unsigned flags) {
+    (void)flags;
+    *stream = &handle_storage;
+    return SUCCESS;
+}
+CUresult cuStreamDestroy_v2(void *stream) { (void)stream; return SUCCESS; }
 CUresult cuStreamSynchronize(void *stream) { (void)stream; return SUCCESS; }
 CUresult cuStreamWaitEvent(void *stream, void *event, unsigned flags) {
     (void)stream; (void)event; (void)flags;

@@ -1,0 +1,383 @@
+//! A census of the machine code (SASS) of the GPU image, from `cuobjdump -sass` text: what each
+//! kernel's loops execute, by instruction class and access width.
+//!
+//! Why: the source and the emulator show intent, not what the GPU runs. NVVM splits 16-byte
+//! stores that look wide in C++, `exp2f` grows a denormal sequence, and a loop's instruction
+//! count decides whether a kernel can keep up with memory. `tests/sass_gate.rs` runs the census
+//! on the embedded image and holds every kernel to budgets; this module is the pure part (text in,
+//! numbers out), so it is unit-tested without any CUDA tool.
+//!
+//! Loops are found from the control flow: a branch to an earlier address closes a loop from its
+//! target to itself; an innermost loop contains no other. A loop's elements per iteration (per
+//! thread) are its widest data movement: the larger of the bytes it loads or stores, in global or
+//! shared memory, over the element size. Loops that move no data (there are none in the current
+//! kernels) are reported with zero elements.
+
+use std::collections::BTreeMap;
+
+/// One SASS instruction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instruction {
+    /// Byte offset in the function.
+    pub address: u32,
+    /// The guard predicate (`P0`, `!P1`), if any.
+    pub predicate: Option<String>,
+    /// Opcode with its modifiers, e.g. `LDG.E.128` or `MUFU.EX2`.
+    pub opcode: String,
+    /// Everything after the opcode, without the trailing `;`.
+    pub operands: String,
+}
+
+/// One kernel's SASS for one architecture.
+#[derive(Debug, Clone)]
+pub struct Function {
+    /// The entry point's name.
+    pub name: String,
+    /// Its instructions in address order.
+    pub instructions: Vec<Instruction>,
+}
+
+/// Parses `cuobjdump -sass` output (one architecture) into functions.
+pub fn parse_cuobjdump(text: &str) -> Vec<Function> {
+    let mut functions: Vec<Function> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed.strip_prefix("Function : ") {
+            functions.push(Function {
+                name: name.trim().to_string(),
+                instructions: Vec::new(),
+            });
+            continue;
+        }
+        // "/*0230*/   @!P0 LDG.E.128 R4, desc[UR6][R36.64] ;   /* 0x... */"
+        let Some(rest) = trimmed.strip_prefix("/*") else {
+            continue;
+        };
+        let Some((addr, body)) = rest.split_once("*/") else {
+            continue;
+        };
+        let Ok(address) = u32::from_str_radix(addr.trim(), 16) else {
+            continue; // an encoding-only line: "/* 0x000fe2... */"
+        };
+        let body = body.split("/*").next().unwrap_or("").trim();
+        let body = body.trim_end_matches(';').trim();
+        if body.is_empty() {
+            continue;
+        }
+        let (predicate, body) = match body.strip_prefix('@') {
+            Some(p) => {
+                let (pred, rest) = p.split_once(' ').unwrap_or((p, ""));
+                (Some(pred.to_string()), rest.trim())
+            }
+            None => (None, body),
+        };
+        let (opcode, operands) = body.split_once(' ').unwrap_or((body, ""));
+        if let Some(f) = functions.last_mut() {
+            f.instructions.push(Instruction {
+                address,
+                predicate,
+                opcode: opcode.to_string(),
+                operands: operands.trim().to_string(),
+            });
+        }
+    }
+    functions
+}
+
+/// What an instruction does, for the census.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// A global-memory load of this many bytes per thread.
+    GlobalLoad(u32),
+    /// A global-memory store of this many bytes per thread.
+    GlobalStore(u32),
+    /// A shared-memory load.
+    SharedLoad(u32),
+    /// A shared-memory store.
+    SharedStore(u32),
+    /// Local memory (register spills or a stack array): never wanted.
+    Local,
+    /// The special-function unit: exp2, reciprocal, ...
+    Mufu,
+    /// f32/f16 arithmetic, min/max.
+    Float,
+    /// Conversions between types (F2F, I2F, F2FP packing, ...).
+    Conversion,
+    /// Comparisons and predicate logic.
+    Predicate,
+    /// Warp shuffles and votes.
+    Warp,
+    /// Integer arithmetic, logic, moves and selects.
+    Integer,
+    /// Branches, barriers, exits and other control.
+    Control,
+    /// Everything else (special registers, constant loads, uniform datapath).
+    Other,
+}
+
+impl Class {
+    /// A short label for tables.
+    pub fn label(&self) -> String {
+        match self {
+            Class::GlobalLoad(b) => format!("ldg{}", b * 8),
+            Class::GlobalStore(b) => format!("stg{}", b * 8),
+            Class::SharedLoad(b) => format!("lds{}", b * 8),
+            Class::SharedStore(b) => format!("sts{}", b * 8),
+            Class::Local => "local".into(),
+            Class::Mufu => "mufu".into(),
+            Class::Float => "fp".into(),
+            Class::Conversion => "cvt".into(),
+            Class::Predicate => "pred".into(),
+            Class::Warp => "shfl".into(),
+            Class::Integer => "int".into(),
+            Class::Control => "ctrl".into(),
+            Class::Other => "other".into(),
+        }
+    }
+}
+
+/// Bytes per thread of a memory opcode, from its width modifier (`.128`, `.64`, `.U16`, `.S8`;
+/// none means 32 bits).
+fn access_bytes(opcode: &str) -> u32 {
+    for m in opcode.split('.').skip(1) {
+        match m {
+            "128" => return 16,
+            "64" => return 8,
+            "U16" | "S16" => return 2,
+            "U8" | "S8" => return 1,
+            _ => {}
+        }
+    }
+    4
+}
+
+/// Classifies one instruction.
+pub fn classify(ins: &Instruction) -> Class {
+    let base = ins.opcode.split('.').next().unwrap_or("");
+    match base {
+        "LDG" => Class::GlobalLoad(access_bytes(&ins.opcode)),
+        "STG" => Class::GlobalStore(access_bytes(&ins.opcode)),
+        "LDS" | "LDSM" => Class::SharedLoad(access_bytes(&ins.opcode)),
+        "STS" => Class::SharedStore(access_bytes(&ins.opcode)),
+        "LDL" | "STL" => Class::Local,
+        "MUFU" => Class::Mufu,
+        "FADD" | "FMUL" | "FFMA" | "FMNMX" | "FSEL" | "FCHK" | "HADD2" | "HMUL2" | "HMNMX2"
+        | "FMUL32I" | "FADD32I" | "FFMA32I" | "FSWZADD" => Class::Float,
+        // HFMA2.MMA with zero operands is a move on the FMA pipe; still an instruction issued.
+        "HFMA2" => Class::Float,
+        "F2F" | "F2I" | "I2F" | "F2FP" | "I2FP" | "F2IP" | "FRND" => Class::Conversion,
+        "ISETP" | "FSETP" | "HSETP2" | "PLOP3" | "P2R" | "R2P" | "DSETP" | "PSETP" => {
+            Class::Predicate
+        }
+        "SHFL" | "VOTE" | "VOTEU" | "REDUX" | "MATCH" => Class::Warp,
+        "IMAD" | "IADD3" | "IADD" | "LOP3" | "LOP" | "SHF" | "LEA" | "MOV" | "SEL" | "IABS"
+        | "PRMT" | "ISCADD" | "IMNMX" | "VIMNMX" | "FLO" | "POPC" | "BREV" | "IMUL" | "SGXT"
+        | "BMSK" | "LEA.HI" => Class::Integer,
+        "BRA" | "BRX" | "EXIT" | "BAR" | "BSSY" | "BSYNC" | "WARPSYNC" | "CALL" | "RET"
+        | "YIELD" | "BPT" | "JMP" | "BREAK" | "NANOSLEEP" | "MEMBAR" | "DEPBAR" | "ERRBAR"
+        | "CCTL" => Class::Control,
+        _ => Class::Other,
+    }
+}
+
+/// The branch target of a `BRA` (its absolute byte offset), if it is one.
+fn branch_target(ins: &Instruction) -> Option<u32> {
+    if !ins.opcode.starts_with("BRA") {
+        return None;
+    }
+    let hex = ins.operands.rsplit("0x").next()?;
+    let digits: String = hex.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u32::from_str_radix(&digits, 16).ok()
+}
+
+/// A loop: instructions `first..=last` (indices into the function), closed by a backward branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loop {
+    /// Index of the loop's first instruction (the branch target).
+    pub first: usize,
+    /// Index of the backward branch.
+    pub last: usize,
+}
+
+/// Every loop of `f` (a self-branch, the trap after the last EXIT, is not a loop), innermost
+/// ones flagged by [`innermost_loops`].
+pub fn loops(f: &Function) -> Vec<Loop> {
+    let index_of: BTreeMap<u32, usize> = f
+        .instructions
+        .iter()
+        .enumerate()
+        .map(|(i, ins)| (ins.address, i))
+        .collect();
+    let mut found = Vec::new();
+    for (i, ins) in f.instructions.iter().enumerate() {
+        if let Some(target) = branch_target(ins)
+            && target < ins.address
+            && let Some(&first) = index_of.get(&target)
+        {
+            found.push(Loop { first, last: i });
+        }
+    }
+    found.sort_by_key(|l| (l.first, l.last));
+    found.dedup();
+    found
+}
+
+/// The loops of `f` that contain no other loop.
+pub fn innermost_loops(f: &Function) -> Vec<Loop> {
+    let all = loops(f);
+    all.iter()
+        .copied()
+        .filter(|l| {
+            !all.iter()
+                .any(|o| o != l && o.first >= l.first && o.last <= l.last)
+        })
+        .collect()
+}
+
+/// What one pass through a loop executes (per thread, i.e. per warp instruction).
+#[derive(Debug, Clone, Default)]
+pub struct LoopCensus {
+    /// Instructions per iteration by class.
+    pub by_class: BTreeMap<Class, u32>,
+    /// All instructions per iteration.
+    pub instructions: u32,
+    /// Elements per thread per iteration (its widest data movement over the element size).
+    pub elements: f64,
+}
+
+impl LoopCensus {
+    /// Bytes of global memory loaded per iteration.
+    pub fn global_load_bytes(&self) -> u32 {
+        self.sum_bytes(|c| matches!(c, Class::GlobalLoad(_)))
+    }
+    /// Bytes of global memory stored per iteration.
+    pub fn global_store_bytes(&self) -> u32 {
+        self.sum_bytes(|c| matches!(c, Class::GlobalStore(_)))
+    }
+    fn sum_bytes(&self, pick: impl Fn(&Class) -> bool) -> u32 {
+        self.by_class
+            .iter()
+            .filter(|(c, _)| pick(c))
+            .map(|(c, n)| {
+                n * match c {
+                    Class::GlobalLoad(b)
+                    | Class::GlobalStore(b)
+                    | Class::SharedLoad(b)
+                    | Class::SharedStore(b) => *b,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+    /// Global accesses narrower than 16 bytes in this loop: (opcode class, count).
+    pub fn narrow_global(&self) -> Vec<(Class, u32)> {
+        self.by_class
+            .iter()
+            .filter(|(c, _)| matches!(c, Class::GlobalLoad(b) | Class::GlobalStore(b) if *b < 16))
+            .map(|(c, n)| (*c, *n))
+            .collect()
+    }
+    /// Does the loop move global memory 16 bytes at a time anywhere?
+    pub fn has_wide_global(&self) -> bool {
+        self.by_class
+            .keys()
+            .any(|c| matches!(c, Class::GlobalLoad(16) | Class::GlobalStore(16)))
+    }
+    /// Warp instructions per element: a warp instruction covers 32 lanes' elements.
+    pub fn per_element(&self) -> f64 {
+        if self.elements == 0.0 {
+            return f64::INFINITY;
+        }
+        self.instructions as f64 / (32.0 * self.elements)
+    }
+}
+
+/// Counts one loop of `f`; `element_bytes` is the storage size of the kernel's dtype.
+pub fn census(f: &Function, l: Loop, element_bytes: u32) -> LoopCensus {
+    let mut c = LoopCensus::default();
+    for ins in &f.instructions[l.first..=l.last] {
+        if ins.opcode == "NOP" {
+            continue;
+        }
+        *c.by_class.entry(classify(ins)).or_default() += 1;
+        c.instructions += 1;
+    }
+    let moved = [
+        c.sum_bytes(|k| matches!(k, Class::GlobalLoad(_))),
+        c.sum_bytes(|k| matches!(k, Class::GlobalStore(_))),
+        c.sum_bytes(|k| matches!(k, Class::SharedLoad(_))),
+        c.sum_bytes(|k| matches!(k, Class::SharedStore(_))),
+    ];
+    c.elements = f64::from(moved.into_iter().max().unwrap_or(0)) / f64::from(element_bytes.max(1));
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+	code for sm_90
+		Function : k
+	.headerflags	@"EF_CUDA_64BIT_ADDRESS EF_CUDA_SM90"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                                 /* 0x00000a00ff017b82 */
+                                                                                          /* 0x000fe20000000800 */
+        /*0010*/              @!P0 LDG.E.128 R4, desc[UR6][R36.64] ;                      /* 0x0000000624048981 */
+        /*0020*/                   FMNMX R3, R4, R5, !PT ;                                /* 0x0000000504037209 */
+        /*0030*/                   MUFU.EX2 R3, R3 ;                                      /* 0x0000000300037308 */
+        /*0040*/                   STG.E desc[UR6][R2.64], R3 ;                           /* 0x0000000302007986 */
+        /*0050*/               @P1 BRA 0x10 ;                                             /* 0x0000000000008947 */
+        /*0060*/                   EXIT ;                                                 /* 0x000000000000794d */
+        /*0070*/                   BRA 0x70;                                              /* 0xfffffffc00fc7947 */
+        /*0080*/                   NOP;                                                   /* 0x0000000000007918 */
+"#;
+
+    #[test]
+    fn parses_classifies_and_finds_the_loop() {
+        let fs = parse_cuobjdump(SAMPLE);
+        assert_eq!(fs.len(), 1);
+        let f = &fs[0];
+        assert_eq!(f.name, "k");
+        assert_eq!(f.instructions.len(), 9);
+        assert_eq!(f.instructions[1].predicate.as_deref(), Some("!P0"));
+        assert_eq!(classify(&f.instructions[1]), Class::GlobalLoad(16));
+        assert_eq!(classify(&f.instructions[4]), Class::GlobalStore(4));
+        let ls = innermost_loops(f);
+        assert_eq!(
+            ls,
+            vec![Loop { first: 1, last: 5 }],
+            "the self-branch trap is no loop"
+        );
+        let c = census(f, ls[0], 4);
+        assert_eq!(c.instructions, 5);
+        assert_eq!(c.elements, 4.0, "16 bytes of f32 per iteration");
+        assert_eq!(c.narrow_global(), vec![(Class::GlobalStore(4), 1)]);
+        assert!(c.has_wide_global());
+        assert!((c.per_element() - 5.0 / 128.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nested_loops_report_only_the_inner_one() {
+        let f = Function {
+            name: "n".into(),
+            instructions: (0..6)
+                .map(|i| Instruction {
+                    address: i * 16,
+                    predicate: None,
+                    opcode: match i {
+                        3 => "BRA".into(),
+                        5 => "BRA".into(),
+                        _ => "IADD3".into(),
+                    },
+                    operands: match i {
+                        3 => "0x20".into(),
+                        5 => "0x0".into(),
+                        _ => String::new(),
+                    },
+                })
+                .collect(),
+        };
+        assert_eq!(loops(&f).len(), 2);
+        assert_eq!(innermost_loops(&f), vec![Loop { first: 2, last: 3 }]);
+    }
+}
