@@ -109,3 +109,27 @@ fn compute_capabilities_are_parsed_or_clearly_rejected() {
         assert!(e.contains("CUDA_COMPUTE_CAP="), "{bad}: {e}");
     }
 }
+
+/// build.rs and its modules read the checkout's location at run time: `env!` would fix it when
+/// the build script is compiled, so one build-script binary shared by two checkouts through one
+/// CARGO_TARGET_DIR (a global target dir, sccache) would read the other checkout's kernels.
+#[test]
+fn the_build_script_takes_the_checkout_location_at_run_time() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("build.rs")];
+    for entry in std::fs::read_dir(root.join("build")).unwrap() {
+        sources.push(entry.unwrap().path());
+    }
+    for path in sources {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            assert!(
+                !(code.contains("env!(") && code.contains("CARGO_MANIFEST_DIR")),
+                "{}:{}: compile-time CARGO_MANIFEST_DIR; use env::var_os at run time",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+}
