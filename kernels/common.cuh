@@ -34,14 +34,19 @@ struct SoftmaxParams {
 // (On the emulator the entry is an internal function found by name, and its launch bounds are
 // recorded so that a launch a GPU would refuse is refused there too.)
 #ifdef CS_EMULATOR
-#define CS_ENTRY(name, max_threads, call)                                                       \
+#define CS_ENTRY(name, max_threads, min_blocks, call)                                           \
   static void name(cs::SoftmaxParams p) { call; }                                                \
   static ::emu::KernelRegistrar cs_register_##name(                                              \
       #name, [](const void* raw) { name(*static_cast<const cs::SoftmaxParams*>(raw)); },        \
       sizeof(cs::SoftmaxParams), max_threads);
 #else
-#define CS_ENTRY(name, max_threads, call) \
-  extern "C" __global__ void __launch_bounds__(max_threads) name(cs::SoftmaxParams p) { call; }
+// min_blocks (blocks per SM the register allocation must allow) sets ptxas's register budget:
+// 65536 / (max_threads * min_blocks) registers a thread. Left to itself, ptxas for sm_100/sm_120
+// picked budgets that spilled (a 4-byte spill at 32 registers, 16 bytes at 128).
+#define CS_ENTRY(name, max_threads, min_blocks, call)                                          \
+  extern "C" __global__ void __launch_bounds__(max_threads, min_blocks) name(cs::SoftmaxParams p) { \
+    call;                                                                                      \
+  }
 #endif
 
 #ifdef CS_EMULATOR
@@ -85,13 +90,50 @@ __device__ __forceinline__ void load_pack(const T* src, float (&out)[N]) {
   for (int i = 0; i < N; ++i) out[i] = to_f32(p.v[i]);
 }
 
+// The storage bits of one element, zero-extended to 32 bits.
+#ifdef CS_EMULATOR
+inline uint32_t storage_bits(float v) { return ::emu::f32_bits(v); }
+inline uint32_t storage_bits(__half v) { return v.bits; }
+inline uint32_t storage_bits(__nv_bfloat16 v) { return v.bits; }
+#else
+__device__ __forceinline__ uint32_t storage_bits(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t storage_bits(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t storage_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+#endif
+
+// One 16-byte global store of four 32-bit words. NVVM splits a 16-byte struct store into
+// narrower ones in some kernels (the block and two-pass families got 4 STG.E per pack), so on
+// the GPU it is written as one st.global.v4.b32; the emulator copies the bytes.
+__device__ __forceinline__ void store16(void* dst, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+#ifdef CS_EMULATOR
+  const uint32_t words[4] = {a, b, c, d};
+  std::memcpy(dst, words, 16);
+#else
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(a), "r"(b), "r"(c), "r"(d)
+               : "memory");
+#endif
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* dst, const float (&in)[N]) {
   CS_CHECK_GLOBAL(dst, sizeof(Pack<T, N>), true);
-  Pack<T, N> p;
+  if constexpr (sizeof(T) * N == 16) {
+    // Word k holds elements k * E .. k * E + E - 1 (E = 4 / sizeof(T)), little-endian.
+    constexpr int E = 4 / sizeof(T);
+    uint32_t w[4];
 #pragma unroll
-  for (int i = 0; i < N; ++i) p.v[i] = from_f32<T>(in[i]);
-  *reinterpret_cast<Pack<T, N>*>(dst) = p;
+    for (int k = 0; k < 4; ++k) {
+      w[k] = 0;
+#pragma unroll
+      for (int e = 0; e < E; ++e) w[k] |= storage_bits(from_f32<T>(in[k * E + e])) << (16 * e);
+    }
+    store16(dst, w[0], w[1], w[2], w[3]);
+  } else {
+    Pack<T, N> p;
+#pragma unroll
+    for (int i = 0; i < N; ++i) p.v[i] = from_f32<T>(in[i]);
+    *reinterpret_cast<Pack<T, N>*>(dst) = p;
+  }
 }
 
 template <typename T>
@@ -122,14 +164,44 @@ __device__ __forceinline__ long long head_elements(const T* p, long long n) {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -__builtin_huge_valf();
 
-// exp(x - m) for x <= m. An x of -inf contributes exactly 0, even when m is -inf too, so a
-// fully masked row never forms (-inf) - (-inf). A NaN x (or a NaN/+inf m) gives NaN.
-__device__ __forceinline__ float exp_shifted(float x, float m) {
-  return x == kNegInf ? 0.0f : exp2f((x - m) * kLog2e);
+// 2^x on the special-function unit: ex2.approx.ftz.f32, one MUFU.EX2 (exp2f adds a denormal
+// rescaling sequence around it). Relative error about 2^-22; subnormal inputs count as 0 and
+// subnormal results flush to +0 (probabilities below 2^-126, far under every tolerance's atol).
+// ex2(-inf) = +0, ex2(NaN) = NaN. The emulator twin flushes the same way.
+__device__ __forceinline__ float fast_exp2(float x) {
+#ifdef CS_EMULATOR
+  return ::emu::flush_subnormal(std::exp2(::emu::flush_subnormal(x)));
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// 1/d on the special-function unit: rcp.approx.ftz.f32 (one MUFU.RCP, within 1 ulp; the exact
+// division is a subroutine call). Only used on row sums, which are >= 1, 0 or NaN.
+__device__ __forceinline__ float fast_reciprocal(float d) {
+#ifdef CS_EMULATOR
+  return 1.0f / d;
+#else
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return r;
+#endif
+}
+
+// The shift of a row (or chunk) whose maximum is m: m itself, except that -inf (every element
+// masked) becomes 0. Then x - shift is -inf, never (-inf) - (-inf), for every -inf element, and
+// exp gives exactly 0 with no per-element test. A NaN or +inf m passes through (the row is NaN).
+__device__ __forceinline__ float row_shift(float m) { return m == kNegInf ? 0.0f : m; }
+
+// exp(x - m) for x <= m, given shift = row_shift(m): three instructions (FADD, FMUL, MUFU).
+__device__ __forceinline__ float exp_shifted(float x, float shift) {
+  return fast_exp2((x - shift) * kLog2e);
 }
 
 // 1/d, except that an all -inf row (d == 0) gives probabilities of 0 rather than NaN.
-__device__ __forceinline__ float safe_reciprocal(float d) { return d == 0.0f ? 0.0f : 1.0f / d; }
+__device__ __forceinline__ float safe_reciprocal(float d) { return d == 0.0f ? 0.0f : fast_reciprocal(d); }
 
 // Online normalizer state (Milakov & Gimelshein 2018): running max m and d = sum exp(x - m).
 struct MaxSum {
@@ -141,8 +213,9 @@ __device__ __forceinline__ MaxSum maxsum_identity() { return MaxSum{kNegInf, 0.0
 
 // Merging two partial states is associative and commutative; -inf maxima scale by 0, not NaN.
 __device__ __forceinline__ MaxSum maxsum_merge(MaxSum a, MaxSum b) {
-  float m = fmaxf(a.m, b.m);
-  return MaxSum{m, a.d * exp_shifted(a.m, m) + b.d * exp_shifted(b.m, m)};
+  const float m = fmaxf(a.m, b.m);
+  const float shift = row_shift(m);
+  return MaxSum{m, a.d * exp_shifted(a.m, shift) + b.d * exp_shifted(b.m, shift)};
 }
 
 // Folds N more values into a state with one rescale (not one per element).
@@ -151,9 +224,10 @@ __device__ __forceinline__ MaxSum maxsum_add(MaxSum s, const float (&x)[N]) {
   float m = s.m;
 #pragma unroll
   for (int i = 0; i < N; ++i) m = fmaxf(m, x[i]);
-  float d = s.d * exp_shifted(s.m, m);
+  const float shift = row_shift(m);
+  float d = s.d * exp_shifted(s.m, shift);
 #pragma unroll
-  for (int i = 0; i < N; ++i) d += exp_shifted(x[i], m);
+  for (int i = 0; i < N; ++i) d += exp_shifted(x[i], shift);
   return MaxSum{m, d};
 }
 

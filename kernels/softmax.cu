@@ -54,11 +54,11 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
 #pragma unroll
       for (int j = 0; j < Vec; ++j) m = fmaxf(m, v[i * Vec + j]);
     }
-    m = warp_max<Width>(m);
+    const float shift = row_shift(warp_max<Width>(m));
     float d = 0.0f;
 #pragma unroll
     for (int j = 0; j < Cols; ++j) {
-      v[j] = exp_shifted(v[j], m);
+      v[j] = exp_shifted(v[j], shift);
       d += v[j];
     }
     const float inv = safe_reciprocal(warp_sum<Width>(d));
@@ -111,6 +111,8 @@ __device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
     g(c, v);
     store_pack<T, 1>(row + c, v);
   }
+  // Two packs per iteration: deeper unrolling made ptxas for sm_100 spill in the block kernel.
+#pragma unroll 2
   for (long long k = threadIdx.x; k < packs; k += Block) {
     float v[V];
     g(head + k * V, v);
@@ -141,10 +143,10 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
       }
     });
     // block_max's barriers also publish every thread's writes to buf.
-    m = block_max<Block>(m);
+    const float shift = row_shift(block_max<Block>(m));
     float d = 0.0f;
     for (long long c = threadIdx.x; c < p.cols; c += Block) {
-      const float e = exp_shifted(buf[c], m);
+      const float e = exp_shifted(buf[c], shift);
       buf[c] = e;
       d += e;
     }
@@ -162,7 +164,7 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
 // split-row kernels. Chunked by y's alignment; x shares it in the usual case (same offsets) and
 // is then read in packs too, otherwise element by element.
 template <typename T, int Block>
-__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, float m, float inv) {
+__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, float shift, float inv) {
   constexpr int V = Vec16<T>::n;
   const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
   for_each_stored<T, Block>(yr, n, [&](long long c, auto& v) {
@@ -174,7 +176,7 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
       for (int j = 0; j < k; ++j) v[j] = load_one(xr + c + j);
     }
 #pragma unroll
-    for (int j = 0; j < k; ++j) v[j] = exp_shifted(v[j], m) * inv;
+    for (int j = 0; j < k; ++j) v[j] = exp_shifted(v[j], shift) * inv;
   });
 }
 
@@ -192,7 +194,8 @@ __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   T* y = static_cast<T*>(p.y);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols);
-    write_normalized<T, Block>(x + row * p.cols, y + row * p.cols, p.cols, s.m, safe_reciprocal(s.d));
+    write_normalized<T, Block>(x + row * p.cols, y + row * p.cols, p.cols, row_shift(s.m),
+                               safe_reciprocal(s.d));
   }
 }
 
@@ -223,21 +226,27 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   }
   s = block_maxsum<Block>(s);
   const long long offset = row * p.cols + first;
-  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n, s.m,
-                             safe_reciprocal(s.d));
+  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n,
+                             row_shift(s.m), safe_reciprocal(s.d));
 }
 
 }  // namespace cs
 
 // ---- Entry points. Keep in step with src/planner.rs (KernelConfig::all); a test checks both
 // the emulator's table and the PTX against the planner's list.
-#define CS_WARP(dt, T, W, C, V) \
-  CS_ENTRY(softmax_warp_##dt##_w##W##_c##C##_v##V, 128, (cs::softmax_warp<T, W, C, V>(p)))
-#define CS_BLOCK(dt, T, B) CS_ENTRY(softmax_block_##dt##_b##B, B, (cs::softmax_block<T, B>(p)))
-#define CS_ONLINE(dt, T, B) CS_ENTRY(softmax_online_##dt##_b##B, B, (cs::softmax_online<T, B>(p)))
+// Register budgets (see CS_ENTRY): warp kernels 64 registers up to 8 columns a lane, 128 up to 32,
+// 255 at 64 (a lane holds its columns in registers); block kernels 64 (1024 threads an SM).
+#define CS_WARP_MIN_BLOCKS(C) ((C) <= 8 ? 8 : (C) <= 32 ? 4 : 2)
+#define CS_WARP(dt, T, W, C, V)                                                            \
+  CS_ENTRY(softmax_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),             \
+           (cs::softmax_warp<T, W, C, V>(p)))
+#define CS_BLOCK(dt, T, B) \
+  CS_ENTRY(softmax_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B>(p)))
+#define CS_ONLINE(dt, T, B) \
+  CS_ENTRY(softmax_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B>(p)))
 #define CS_SPLIT(dt, T, B)                                                                      \
-  CS_ENTRY(softmax_split_stats_##dt##_b##B, B, (cs::softmax_split_stats<T, B>(p)))              \
-  CS_ENTRY(softmax_split_write_##dt##_b##B, B, (cs::softmax_split_write<T, B>(p)))
+  CS_ENTRY(softmax_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))   \
+  CS_ENTRY(softmax_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B>(p)))
 
 // Short rows: Width lanes per row, one column per lane.
 #define CS_WARP_SMALL(dt, T) \

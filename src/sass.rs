@@ -199,8 +199,9 @@ pub struct Loop {
     pub last: usize,
 }
 
-/// Every loop of `f` (a self-branch, the trap after the last EXIT, is not a loop), innermost
-/// ones flagged by [`innermost_loops`].
+/// Every loop of `f`. Not loops: a self-branch (the trap after the last EXIT), and a backward
+/// branch whose span holds an unconditional EXIT: that is out-of-line code (the divergent-warp
+/// fallback that `BRA.DIV` jumps to, laid out after the kernel's end) rejoining the main path.
 pub fn loops(f: &Function) -> Vec<Loop> {
     let index_of: BTreeMap<u32, usize> = f
         .instructions
@@ -213,6 +214,9 @@ pub fn loops(f: &Function) -> Vec<Loop> {
         if let Some(target) = branch_target(ins)
             && target < ins.address
             && let Some(&first) = index_of.get(&target)
+            && !f.instructions[first..i]
+                .iter()
+                .any(|x| x.opcode == "EXIT" && x.predicate.is_none())
         {
             found.push(Loop { first, last: i });
         }

@@ -283,6 +283,15 @@ inline float f32_from_bits(uint32_t u) {
   return f;
 }
 
+// Flush-to-zero as the GPU's .ftz instructions do: a subnormal becomes a zero of its sign. Done
+// on the bits (no float select, so the compiler still sees plain arithmetic around it and the
+// FMA flavour can contract it as nvcc would).
+inline float flush_subnormal(float f) {
+  uint32_t u = f32_bits(f);
+  u &= (u & 0x7f800000u) != 0 ? 0xffffffffu : 0x80000000u;
+  return f32_from_bits(u);
+}
+
 inline float half2float(__half h) {
   uint32_t sign = (h.bits & 0x8000u) << 16;
   uint32_t exp = (h.bits >> 10) & 0x1f;
