@@ -34,18 +34,23 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
   const long long row_step = static_cast<long long>(gridDim.x) * warps_per_block * kRowsPerWarp;
   const int lane = threadIdx.x % Width;
   const int group = (threadIdx.x % 32) / Width;
+  // Pack i of a lane sits at pack index i * Width + lane (a group's accesses are contiguous), so
+  // it lies inside the row iff i < lane_packs: one 32-bit compare a pack. (cols <= 2048 here,
+  // and a whole number of packs when Vec > 1.)
+  const int row_packs = static_cast<int>(p.cols / Vec);
+  const int lane_packs = row_packs > lane ? (row_packs - lane + Width - 1) / Width : 0;
 
   for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step) {
     const long long row = base + group;
     const bool active = row < p.rows;
     const long long row_offset = active ? row * p.cols : 0;
+    const int packs = active ? lane_packs : 0;
     float v[Cols];
     float m = kNegInf;
-    // Pack i of a lane sits at pack index i * Width + lane: a group's accesses are contiguous.
 #pragma unroll
     for (int i = 0; i < kPacks; ++i) {
       const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
-      if (active && col < p.cols) {
+      if (i < packs) {
         load_pack<T, Vec>(x + row_offset + col, sub_array<Vec>(v + i * Vec));
       } else {
 #pragma unroll
@@ -65,7 +70,7 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
 #pragma unroll
     for (int i = 0; i < kPacks; ++i) {
       const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
-      if (active && col < p.cols) {
+      if (i < packs) {
 #pragma unroll
         for (int j = 0; j < Vec; ++j) v[i * Vec + j] *= inv;
         store_pack<T, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
@@ -248,28 +253,22 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   CS_ENTRY(softmax_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))   \
   CS_ENTRY(softmax_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B>(p)))
 
-// Short rows: Width lanes per row, one column per lane.
-#define CS_WARP_SMALL(dt, T) \
-  CS_WARP(dt, T, 1, 1, 1)    \
-  CS_WARP(dt, T, 2, 1, 1)    \
-  CS_WARP(dt, T, 4, 1, 1)    \
-  CS_WARP(dt, T, 8, 1, 1)    \
-  CS_WARP(dt, T, 16, 1, 1)
-// A warp per row, scalar access (rows whose start is not 16-byte aligned).
-#define CS_WARP_SCALAR(dt, T) \
-  CS_WARP(dt, T, 32, 1, 1)    \
-  CS_WARP(dt, T, 32, 2, 1)    \
-  CS_WARP(dt, T, 32, 4, 1)    \
-  CS_WARP(dt, T, 32, 8, 1)    \
-  CS_WARP(dt, T, 32, 16, 1)   \
-  CS_WARP(dt, T, 32, 32, 1)   \
-  CS_WARP(dt, T, 32, 64, 1)
-// A warp per row, 16-byte access, V elements per pack (4 for f32, 8 for f16/bf16).
-#define CS_WARP_VECTOR(dt, T, V) \
-  CS_WARP(dt, T, 32, 8, V)       \
-  CS_WARP(dt, T, 32, 16, V)      \
-  CS_WARP(dt, T, 32, 32, V)      \
-  CS_WARP(dt, T, 32, 64, V)
+// The warp family (keep in step with KernelConfig::all in src/planner.rs): Width lanes per row
+// (32 / Width rows a warp), 8 elements a lane, and full warps with 16, 32 or 64 a lane; each
+// scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for f16/bf16).
+#define CS_WARP_LANE(dt, T, V, W, C) \
+  CS_WARP(dt, T, W, C, 1)            \
+  CS_WARP(dt, T, W, C, V)
+#define CS_WARP_ALL(dt, T, V)     \
+  CS_WARP_LANE(dt, T, V, 1, 8)    \
+  CS_WARP_LANE(dt, T, V, 2, 8)    \
+  CS_WARP_LANE(dt, T, V, 4, 8)    \
+  CS_WARP_LANE(dt, T, V, 8, 8)    \
+  CS_WARP_LANE(dt, T, V, 16, 8)   \
+  CS_WARP_LANE(dt, T, V, 32, 8)   \
+  CS_WARP_LANE(dt, T, V, 32, 16)  \
+  CS_WARP_LANE(dt, T, V, 32, 32)  \
+  CS_WARP_LANE(dt, T, V, 32, 64)
 // Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
 #define CS_BLOCKS(dt, T) \
   CS_BLOCK(dt, T, 128)   \
@@ -278,12 +277,9 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   CS_ONLINE(dt, T, 512)  \
   CS_SPLIT(dt, T, 256)
 #define CS_ALL_FAMILIES(dt, T, V) \
-  CS_WARP_SMALL(dt, T)            \
-  CS_WARP_SCALAR(dt, T)           \
-  CS_WARP_VECTOR(dt, T, V)        \
+  CS_WARP_ALL(dt, T, V)           \
   CS_BLOCKS(dt, T)
 
 CS_ALL_FAMILIES(f32, float, 4)
-CS_WARP(f32, float, 32, 4, 4)  // f32 packs of 4 also serve rows of 65-128 columns
 CS_ALL_FAMILIES(f16, __half, 8)
 CS_ALL_FAMILIES(bf16, __nv_bfloat16, 8)

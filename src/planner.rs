@@ -2,8 +2,9 @@
 //! No backend is involved, so every dispatch decision is unit-tested here.
 //!
 //! Families, by row length (elements per row = `cols`):
-//! - `cols <= 16`: several rows per warp, `width` lanes per row, one element per lane;
-//! - `cols <= 2048`: a warp per row, the row in registers (16-byte packs when rows are aligned);
+//! - `cols <= 2048`: the warp family, the row in registers: `width` lanes per row (several rows
+//!   per warp below 256 columns), at least 8 elements per lane (16-byte packs when rows are
+//!   aligned);
 //! - row fits in shared memory as f32: a block per row, the row on chip (global traffic 1.0x);
 //! - longer: a block per row, online (max, sum) pass then a write pass (traffic 1.5x);
 //! - few long rows (fewer rows than SMs, at least SPLIT_MIN_COLS): split-row, two kernels over
@@ -89,8 +90,15 @@ pub struct KernelConfig {
 pub const WARP_FAMILY_THREADS: u32 = 128;
 /// Longest row the warp family holds in registers (32 lanes x 64 elements).
 pub const WARP_FAMILY_MAX_COLS: usize = 32 * 64;
-const SMALL_ROW_WIDTHS: [u32; 5] = [1, 2, 4, 8, 16];
-const LANE_COLS: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// Lanes per row in the warp family (32 / width rows per warp).
+const WARP_WIDTHS: [u32; 6] = [1, 2, 4, 8, 16, 32];
+/// Elements a lane holds, at least: two f32 packs, one 16-bit pack, or 8 scalars. With fewer,
+/// the per-row work (index math, the shuffle reductions, the reciprocal) is shared by too few
+/// elements: the SASS census measured 0.67 warp instructions per element for f32 at 4 per lane
+/// against 0.48 at 8 (tests/sass_gate.rs budgets 0.6).
+const MIN_LANE_COLS: u32 = 8;
+/// Elements per lane of full-warp rows (32 lanes), longer rows.
+const LONG_LANE_COLS: [u32; 3] = [16, 32, 64];
 const BLOCK_THREADS: [u32; 3] = [128, 256, 512];
 const ONLINE_THREADS: u32 = 512;
 const SPLIT_THREADS: u32 = 256;
@@ -140,26 +148,20 @@ impl KernelConfig {
         for dtype in Dtype::ALL {
             let v = dtype.vector_width() as u32;
             let mut push = |family| all.push(KernelConfig { dtype, family });
-            for width in SMALL_ROW_WIDTHS {
-                push(Family::Warp {
-                    width,
-                    cols_per_lane: 1,
-                    vec: 1,
-                });
-            }
-            for c in LANE_COLS {
-                push(Family::Warp {
-                    width: 32,
-                    cols_per_lane: c,
-                    vec: 1,
-                });
-            }
-            for c in LANE_COLS.into_iter().filter(|&c| c >= v) {
-                push(Family::Warp {
-                    width: 32,
-                    cols_per_lane: c,
-                    vec: v,
-                });
+            // Scalar (any alignment) and 16-byte packs (aligned rows), for every width at
+            // MIN_LANE_COLS and for full warps with more elements per lane.
+            let lane_shapes = WARP_WIDTHS
+                .into_iter()
+                .map(|width| (width, MIN_LANE_COLS))
+                .chain(LONG_LANE_COLS.into_iter().map(|c| (32, c)));
+            for (width, cols_per_lane) in lane_shapes {
+                for vec in [1, v] {
+                    push(Family::Warp {
+                        width,
+                        cols_per_lane,
+                        vec,
+                    });
+                }
             }
             for threads in BLOCK_THREADS {
                 push(Family::Block { threads });
@@ -231,18 +233,20 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
     };
 
     if cols <= WARP_FAMILY_MAX_COLS {
-        let (width, cols_per_lane, vec) = if cols <= 16 {
-            (cols.next_power_of_two() as u32, 1, 1)
+        // Elements per lane: at least MIN_LANE_COLS, a power of two; lanes per row: as few as
+        // cover the row, so short rows pack several rows into a warp.
+        let per_lane = cols
+            .div_ceil(32)
+            .next_power_of_two()
+            .max(MIN_LANE_COLS as usize);
+        let width = cols.div_ceil(per_lane).next_power_of_two() as u32;
+        // Vector packs need every row to start 16-byte aligned: aligned base, cols % v == 0.
+        let vec = if p.aligned16 && cols.is_multiple_of(v) {
+            v as u32
         } else {
-            // Vector packs need every row to start 16-byte aligned: aligned base, cols % v == 0.
-            let vectorized = p.aligned16 && cols.is_multiple_of(v);
-            let per_lane = cols.div_ceil(32).next_power_of_two();
-            if vectorized {
-                (32, per_lane.max(v) as u32, v as u32)
-            } else {
-                (32, per_lane as u32, 1)
-            }
+            1
         };
+        let cols_per_lane = per_lane as u32;
         let rows_per_block = (WARP_FAMILY_THREADS / 32 * (32 / width)) as usize;
         let family = Family::Warp {
             width,
@@ -324,11 +328,12 @@ mod tests {
 
     #[test]
     fn short_rows_pack_several_rows_per_warp() {
-        for (cols, width) in [(1, 1), (2, 2), (3, 4), (5, 8), (16, 16)] {
-            let s = single(1000, cols, Dtype::F32, true);
+        // Eight elements a lane; as few lanes as cover the row.
+        for (cols, width) in [(1, 1), (3, 1), (8, 1), (9, 2), (16, 2), (17, 4), (64, 8)] {
+            let s = single(1000, cols, Dtype::F32, false);
             let expected = Family::Warp {
                 width,
-                cols_per_lane: 1,
+                cols_per_lane: 8,
                 vec: 1,
             };
             assert_eq!(s.kernel.family, expected, "cols {cols}");
@@ -352,8 +357,18 @@ mod tests {
             name(64, 1023, Dtype::F32, true),
             "softmax_warp_f32_w32_c32_v1"
         );
-        // f16 packs hold 8 elements: 32 columns still use one 8-wide pack per lane.
-        assert_eq!(name(64, 32, Dtype::F16, true), "softmax_warp_f16_w32_c8_v8");
+        // 32 f16 columns: four lanes of one 8-wide pack each, eight rows a warp.
+        assert_eq!(name(64, 32, Dtype::F16, true), "softmax_warp_f16_w4_c8_v8");
+        // 32 f32 columns: four lanes of two 4-wide packs.
+        assert_eq!(name(64, 32, Dtype::F32, true), "softmax_warp_f32_w4_c8_v4");
+        assert_eq!(
+            name(64, 256, Dtype::F32, true),
+            "softmax_warp_f32_w32_c8_v4"
+        );
+        assert_eq!(
+            name(64, 257, Dtype::F32, false),
+            "softmax_warp_f32_w32_c16_v1"
+        );
         assert_eq!(
             name(64, 2048, Dtype::Bf16, true),
             "softmax_warp_bf16_w32_c64_v8"
@@ -476,10 +491,12 @@ mod tests {
     #[test]
     fn grids_cover_the_rows_and_are_capped() {
         let grid = |rows, cols| single(rows, cols, Dtype::F32, true).grid;
-        // 16 rows per block at width 8; 1000 rows need 63 blocks.
-        assert_eq!(grid(1000, 5), (63, 1));
-        // 4 rows per block (a warp per row).
-        assert_eq!(grid(1000, 100), (250, 1));
+        // 5 columns: one lane a row, 128 rows per block; 1000 rows need 8 blocks.
+        assert_eq!(grid(1000, 5), (8, 1));
+        // 100 columns: 16 lanes a row, 8 rows per block.
+        assert_eq!(grid(1000, 100), (125, 1));
+        // 300 columns: a warp per row, 4 rows per block.
+        assert_eq!(grid(1000, 300), (250, 1));
         // Many rows: the grid stops at 32 blocks per SM and the kernel loops.
         assert_eq!(grid(10_000_000, 100), (132 * 32, 1));
         assert_eq!(grid(100_000, 4097), (132 * 32, 1));
@@ -502,9 +519,8 @@ mod tests {
                     .filter(|k| k.dtype == dtype && f(&k.family))
                     .count()
             };
-            // 5 small-row widths + 7 scalar + (5 f32 | 4 f16/bf16) vector warp configs.
-            let vector = if dtype == Dtype::F32 { 5 } else { 4 };
-            assert_eq!(of(|f| matches!(f, Family::Warp { .. })), 12 + vector);
+            // (6 widths at 8 a lane + 3 longer full-warp shapes) x (scalar, vector).
+            assert_eq!(of(|f| matches!(f, Family::Warp { .. })), 18);
             assert_eq!(of(|f| matches!(f, Family::Block { .. })), 3);
             assert_eq!(of(|f| matches!(f, Family::Online { .. })), 1);
             assert_eq!(of(|f| matches!(f, Family::SplitStats { .. })), 1);

@@ -13,6 +13,15 @@ use std::path::{Path, PathBuf};
 
 use nvcc::{check_nvcc, find_nvcc, parse_compute_cap};
 
+/// Tests that write stand-in programs and run them hold this: a script written while another
+/// test thread forks a child can still be open in that child when exec'd (ETXTBSY, "Text file
+/// busy"), a flake seen on 2 cores.
+static WRITE_AND_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    WRITE_AND_RUN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fresh folder under the target dir for this test's stand-ins.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cs-build-script-{}-{name}", std::process::id()));
@@ -38,6 +47,7 @@ fn find(vars: &[(&str, &Path)]) -> Result<Option<PathBuf>, String> {
 
 #[test]
 fn an_explicit_broken_nvcc_is_one_clear_error() {
+    let _serial = serial();
     let dir = scratch("explicit");
     let not_executable = dir.join("not-executable");
     std::fs::write(&not_executable, "nvcc").unwrap();
@@ -70,6 +80,7 @@ fn an_explicit_broken_nvcc_is_one_clear_error() {
 
 #[test]
 fn a_working_nvcc_is_found_and_broken_search_candidates_are_skipped() {
+    let _serial = serial();
     let dir = scratch("search");
     let good = dir.join("bin/nvcc");
     script(
@@ -99,6 +110,7 @@ fn a_working_nvcc_is_found_and_broken_search_candidates_are_skipped() {
 
 #[test]
 fn compute_capabilities_are_parsed_or_clearly_rejected() {
+    let _serial = serial();
     assert_eq!(parse_compute_cap("90"), Ok((90, String::new())));
     assert_eq!(parse_compute_cap("8.6"), Ok((86, String::new())));
     assert_eq!(parse_compute_cap("90a"), Ok((90, "a".into())));

@@ -427,11 +427,37 @@ fn global_traffic_matches_the_performance_model() {
     let d = emulator(Schedule::Forward);
     type IsFamily = fn(&Family) -> bool;
     // (rows, cols, expected first family, bytes read / minimum, share of 16-byte accesses)
-    let cases: [(usize, usize, IsFamily, f64, f64); 6] = [
+    let cases: [(usize, usize, IsFamily, f64, f64); 7] = [
+        // Short rows: one lane a row, two 16-byte packs (aligned) or eight scalars.
         (
             6,
             8,
-            |f| matches!(f, Family::Warp { width: 8, .. }),
+            |f| {
+                matches!(
+                    f,
+                    Family::Warp {
+                        width: 1,
+                        vec: 4,
+                        ..
+                    }
+                )
+            },
+            1.0,
+            1.0,
+        ),
+        (
+            6,
+            7,
+            |f| {
+                matches!(
+                    f,
+                    Family::Warp {
+                        width: 1,
+                        vec: 1,
+                        ..
+                    }
+                )
+            },
             1.0,
             0.0,
         ),
