@@ -166,23 +166,27 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
 }
 
 // y = exp(x - m) * inv over one row (or chunk) of n elements: the second pass of the online and
-// split-row kernels. Chunked by y's alignment; x shares it in the usual case (same offsets) and
-// is then read in packs too, otherwise element by element.
+// split-row kernels. When x and y share their alignment (the usual case: same offsets), both
+// move in 16-byte packs, chunked by y's alignment; otherwise element by element. The test is
+// made once, outside the loops, so the pack loop holds only 16-byte accesses.
 template <typename T, int Block>
 __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, float shift, float inv) {
   constexpr int V = Vec16<T>::n;
   const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
-  for_each_stored<T, Block>(yr, n, [&](long long c, auto& v) {
-    constexpr int k = sizeof(v) / sizeof(float);
-    if (k == V && same_alignment) {
-      load_pack<T, k>(xr + c, v);
-    } else {
+  if (same_alignment) {
+    for_each_stored<T, Block>(yr, n, [&](long long c, auto& v) {
+      constexpr int k = sizeof(v) / sizeof(float);
+      if constexpr (k == V) {
+        load_pack<T, k>(xr + c, v);
+      } else {
+        v[0] = load_one(xr + c);
+      }
 #pragma unroll
-      for (int j = 0; j < k; ++j) v[j] = load_one(xr + c + j);
-    }
-#pragma unroll
-    for (int j = 0; j < k; ++j) v[j] = exp_shifted(v[j], shift) * inv;
-  });
+      for (int j = 0; j < k; ++j) v[j] = exp_shifted(v[j], shift) * inv;
+    });
+  } else {
+    for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
+  }
 }
 
 // The online (max, sum) state of n elements, reduced over the block.
