@@ -12,6 +12,7 @@
 //!   OVER_BUDGET with their measured value: a ratchet (worse fails, and so does better, until
 //!   the entry is removed);
 //! - no local memory (spills or stack arrays) in any kernel.
+//!
 //! Not yet gated here: shared-memory wavefronts and bytes in flight per SM (see
 //! docs/performance.md).
 //!
