@@ -105,6 +105,7 @@ __device__ __forceinline__ uint32_t storage_bits(__nv_bfloat16 v) { return __bfl
 // narrower ones in some kernels (the block and two-pass families got 4 STG.E per pack), so on
 // the GPU it is written as one st.global.v4.b32; the emulator copies the bytes.
 __device__ __forceinline__ void store16(void* dst, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  CS_CHECK_GLOBAL(dst, 16, true);
 #ifdef CS_EMULATOR
   const uint32_t words[4] = {a, b, c, d};
   std::memcpy(dst, words, 16);
@@ -114,21 +115,75 @@ __device__ __forceinline__ void store16(void* dst, uint32_t a, uint32_t b, uint3
 #endif
 }
 
+// An element from its storage bits (the low 16 bits for f16/bf16).
+template <typename T>
+__device__ __forceinline__ T from_storage_bits(uint32_t b);
+#ifdef CS_EMULATOR
+template <>
+inline float from_storage_bits<float>(uint32_t b) { return ::emu::f32_from_bits(b); }
+template <>
+inline __half from_storage_bits<__half>(uint32_t b) { return __half{static_cast<uint16_t>(b)}; }
+template <>
+inline __nv_bfloat16 from_storage_bits<__nv_bfloat16>(uint32_t b) {
+  return __nv_bfloat16{static_cast<uint16_t>(b)};
+}
+#else
+template <>
+__device__ __forceinline__ float from_storage_bits<float>(uint32_t b) { return __uint_as_float(b); }
+template <>
+__device__ __forceinline__ __half from_storage_bits<__half>(uint32_t b) {
+  return __ushort_as_half(static_cast<unsigned short>(b));
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_storage_bits<__nv_bfloat16>(uint32_t b) {
+  return __ushort_as_bfloat16(static_cast<unsigned short>(b));
+}
+#endif
+
+// 16 bytes of storage as four 32-bit words <-> Vec16<T>::n floats. Word k holds elements
+// k * E .. k * E + E - 1 (E = 4 / sizeof(T)), little-endian.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint32_t (&w)[4], float (&out)[16 / sizeof(T)]) {
+  constexpr int E = 4 / sizeof(T);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) out[k * E + e] = to_f32(from_storage_bits<T>(w[k] >> (16 * e)));
+  }
+}
+template <typename T>
+__device__ __forceinline__ void pack16(const float (&in)[16 / sizeof(T)], uint32_t (&w)[4]) {
+  constexpr int E = 4 / sizeof(T);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    w[k] = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) w[k] |= storage_bits(from_f32<T>(in[k * E + e])) << (16 * e);
+  }
+}
+
+// 16 bytes of global memory as words (one LDG.128), without converting them.
+__device__ __forceinline__ void load16(const void* src, uint32_t (&w)[4]) {
+  CS_CHECK_GLOBAL(src, 16, false);
+#ifdef CS_EMULATOR
+  std::memcpy(w, src, 16);
+#else
+  const uint4 v = *static_cast<const uint4*>(src);
+  w[0] = v.x;
+  w[1] = v.y;
+  w[2] = v.z;
+  w[3] = v.w;
+#endif
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* dst, const float (&in)[N]) {
-  CS_CHECK_GLOBAL(dst, sizeof(Pack<T, N>), true);
   if constexpr (sizeof(T) * N == 16) {
-    // Word k holds elements k * E .. k * E + E - 1 (E = 4 / sizeof(T)), little-endian.
-    constexpr int E = 4 / sizeof(T);
     uint32_t w[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      w[k] = 0;
-#pragma unroll
-      for (int e = 0; e < E; ++e) w[k] |= storage_bits(from_f32<T>(in[k * E + e])) << (16 * e);
-    }
-    store16(dst, w[0], w[1], w[2], w[3]);
+    pack16<T>(in, w);
+    store16(dst, w[0], w[1], w[2], w[3]);  // checked there
   } else {
+    CS_CHECK_GLOBAL(dst, sizeof(Pack<T, N>), true);
     Pack<T, N> p;
 #pragma unroll
     for (int i = 0; i < N; ++i) p.v[i] = from_f32<T>(in[i]);
@@ -276,6 +331,33 @@ __device__ __forceinline__ SmemPtr<T> dynamic_smem() {
 #else
   extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
   return reinterpret_cast<T*>(cs_dynamic_smem);
+#endif
+}
+
+// 16 bytes of shared memory from element i of `base` on (16-byte aligned): one STS.128 /
+// LDS.128 (inline PTX: NVVM may split a 16-byte struct access). A warp's 32 consecutive 16-byte
+// accesses take the minimum four wavefronts: no bank conflicts.
+template <typename T>
+__device__ __forceinline__ void smem_store16(SmemPtr<T> base, long long i, const uint32_t (&w)[4]) {
+#ifdef CS_EMULATOR
+  base.store16(i, w);
+#else
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(base + i));
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(w[0]), "r"(w[1]), "r"(w[2]),
+               "r"(w[3])
+               : "memory");
+#endif
+}
+template <typename T>
+__device__ __forceinline__ void smem_load16(SmemPtr<T> base, long long i, uint32_t (&w)[4]) {
+#ifdef CS_EMULATOR
+  base.load16(i, w);
+#else
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(base + i));
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+               : "r"(addr)
+               : "memory");
 #endif
 }
 

@@ -3,7 +3,8 @@
 // Kernel families, chosen by src/planner.rs from the row length and row count:
 // - softmax_warp:   a row in registers, owned by a group of Width lanes (several rows per warp
 //                   when Width < 32). Reads x once, writes y once.
-// - softmax_block:  a block per row, the row held in shared memory as f32. Reads x once.
+// - softmax_block:  a block per row, the row held in shared memory in its storage type.
+//                   Reads x once.
 // - softmax_online: a block per row for rows too long for shared memory: one pass computes the
 //                   online (max, sum) state, a second pass reads x again and writes y.
 // - softmax_split_*: few long rows. Each row is cut into chunks, one block per (chunk, row):
@@ -130,37 +131,92 @@ __device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
   }
 }
 
+// A block per row, the row held on chip in its storage type (half the footprint of f32 for
+// f16/bf16). Column c sits at shared element c + lead, where lead puts x's 16-byte packs on
+// 16-byte boundaries of shared memory: a pack moves global -> shared -> registers as LDG.128,
+// STS.128, LDS.128, and a warp's consecutive packs hit every bank once (no conflicts). Three
+// passes over the row: load and max; sum of exp from shared memory; exp again, scale, store
+// (recomputing exp costs less than writing exps back and reading them again).
 template <typename T, int Block>
 __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
+  constexpr int V = Vec16<T>::n;
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-  SmemPtr<float> buf = dynamic_smem<float>();  // p.cols floats: the row, then its exponentials
+  const SmemPtr<T> buf = dynamic_smem<T>();  // p.cols + V elements
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* xr = x + row * p.cols;
     T* yr = y + row * p.cols;
+    const long long head = head_elements(xr, p.cols);
+    const long long lead = (V - head) % V;
+    const long long packs = (p.cols - head) / V;
+    const long long tail = head + packs * V;
+    // Pass 1: the row into shared memory, and its maximum.
     float m = kNegInf;
-    for_each_loaded<T, Block>(xr, p.cols, [&](long long c, auto& v) {
-      constexpr int n = sizeof(v) / sizeof(float);
+    for (long long c = threadIdx.x; c < head; c += Block) {
+      CS_CHECK_GLOBAL(xr + c, sizeof(T), false);
+      const T v = xr[c];
+      buf[c + lead] = v;
+      m = fmaxf(m, to_f32(v));
+    }
+    for (long long k = threadIdx.x; k < packs; k += Block) {
+      uint32_t w[4];
+      float v[V];
+      load16(xr + head + k * V, w);
+      smem_store16(buf, head + lead + k * V, w);
+      unpack16<T>(w, v);
 #pragma unroll
-      for (int j = 0; j < n; ++j) {
-        buf[c + j] = v[j];
-        m = fmaxf(m, v[j]);
-      }
-    });
+      for (int j = 0; j < V; ++j) m = fmaxf(m, v[j]);
+    }
+    for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
+      CS_CHECK_GLOBAL(xr + c, sizeof(T), false);
+      const T v = xr[c];
+      buf[c + lead] = v;
+      m = fmaxf(m, to_f32(v));
+    }
     // block_max's barriers also publish every thread's writes to buf.
     const float shift = row_shift(block_max<Block>(m));
+    // Pass 2: the sum of exponentials, from shared memory.
     float d = 0.0f;
-    for (long long c = threadIdx.x; c < p.cols; c += Block) {
-      const float e = exp_shifted(buf[c], shift);
-      buf[c] = e;
-      d += e;
+    for (long long c = threadIdx.x; c < head; c += Block) d += exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift);
+    for (long long k = threadIdx.x; k < packs; k += Block) {
+      uint32_t w[4];
+      float v[V];
+      smem_load16(buf, head + lead + k * V, w);
+      unpack16<T>(w, v);
+#pragma unroll
+      for (int j = 0; j < V; ++j) d += exp_shifted(v[j], shift);
+    }
+    for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
+      d += exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift);
     }
     const float inv = safe_reciprocal(block_sum<Block>(d));
-    for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
-      constexpr int n = sizeof(v) / sizeof(float);
+    // Pass 3: y. When y shares x's alignment (the usual case) packs go shared -> global as
+    // LDS.128 / STG.128; otherwise y is still stored in packs (by its own alignment), read from
+    // shared memory element by element.
+    if (head_elements(yr, p.cols) == head) {
+      for (long long c = threadIdx.x; c < head; c += Block) {
+        store_one(yr + c, exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift) * inv);
+      }
+      for (long long k = threadIdx.x; k < packs; k += Block) {
+        uint32_t w[4];
+        float v[V];
+        smem_load16(buf, head + lead + k * V, w);
+        unpack16<T>(w, v);
 #pragma unroll
-      for (int j = 0; j < n; ++j) v[j] = buf[c + j] * inv;
-    });
+        for (int j = 0; j < V; ++j) v[j] = exp_shifted(v[j], shift) * inv;
+        pack16<T>(v, w);
+        store16(yr + head + k * V, w[0], w[1], w[2], w[3]);
+      }
+      for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
+        store_one(yr + c, exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift) * inv);
+      }
+    } else {
+      for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
+        constexpr int n = sizeof(v) / sizeof(float);
+#pragma unroll
+        for (int j = 0; j < n; ++j) v[j] = exp_shifted(to_f32(static_cast<T>(buf[c + j + lead])), shift) * inv;
+      });
+    }
     __syncthreads();  // the next row overwrites buf
   }
 }

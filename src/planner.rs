@@ -282,8 +282,8 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
         };
     }
 
-    let row_bytes = cols * std::mem::size_of::<f32>();
-    if row_bytes + STATIC_SMEM_RESERVE <= limits.max_shared_mem_per_block as usize {
+    if cols <= block_family_max_cols(p.dtype, limits) {
+        let row_bytes = block_smem_bytes(p.dtype, cols);
         let threads = match cols.div_ceil(v) {
             0..=1024 => 128,
             1025..=2048 => 256,
@@ -300,6 +300,18 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
         threads: ONLINE_THREADS,
     };
     LaunchPlan::single(config(family), grid_for(rows), 0)
+}
+
+/// Dynamic shared memory of the block family for rows of `cols`: the row in its storage type,
+/// plus one pack of lead-in so that x's 16-byte packs sit on 16-byte boundaries of shared memory.
+pub fn block_smem_bytes(dtype: Dtype, cols: usize) -> usize {
+    ((cols + dtype.vector_width()) * dtype.size_bytes()).next_multiple_of(16)
+}
+
+/// The longest row the block family holds on this device (leaving STATIC_SMEM_RESERVE).
+pub fn block_family_max_cols(dtype: Dtype, limits: &DeviceLimits) -> usize {
+    let room = (limits.max_shared_mem_per_block as usize).saturating_sub(STATIC_SMEM_RESERVE);
+    (room / 16 * 16 / dtype.size_bytes()).saturating_sub(dtype.vector_width())
 }
 
 #[cfg(test)]
@@ -401,12 +413,15 @@ mod tests {
                             }
                             Family::Block { .. } => {
                                 let s = p.stages[0];
-                                assert_eq!(s.shared_mem_bytes as usize, cols * 4);
+                                let lead_in = dtype.vector_width();
+                                let bytes = (cols + lead_in) * dtype.size_bytes();
+                                assert_eq!(s.shared_mem_bytes as usize, bytes.next_multiple_of(16));
                                 let limit = DeviceLimits::H100.max_shared_mem_per_block as usize;
                                 assert!(s.shared_mem_bytes as usize + STATIC_SMEM_RESERVE <= limit);
                             }
                             Family::Online { .. } => {
-                                assert!(cols * 4 + STATIC_SMEM_RESERVE > 227 * 1024)
+                                let bytes = (cols + dtype.vector_width()) * dtype.size_bytes();
+                                assert!(bytes + STATIC_SMEM_RESERVE > 227 * 1024)
                             }
                             Family::SplitStats { .. } => {
                                 let chunks = p.stages[0].grid.0 as usize;
@@ -437,21 +452,22 @@ mod tests {
         let family = |rows, cols, dtype| single(rows, cols, dtype, true).kernel.family;
         assert!(matches!(family(8, 2048, Dtype::F32), Family::Warp { .. }));
         assert_eq!(family(8, 2049, Dtype::F32), Family::Block { threads: 128 });
-        assert_eq!(single(8, 2049, Dtype::F32, true).shared_mem_bytes, 2049 * 4);
+        // The row in its storage type plus one pack of lead-in, rounded to 16 bytes.
+        assert_eq!(single(8, 2049, Dtype::F32, true).shared_mem_bytes, 8224);
+        assert_eq!(single(8, 2049, Dtype::Bf16, true).shared_mem_bytes, 4128);
         assert_eq!(
             family(200, 16384, Dtype::F32),
             Family::Block { threads: 512 }
         );
-        // The longest row the block family takes leaves room for static shared memory.
-        let max_cols = (227 * 1024 - STATIC_SMEM_RESERVE) / 4;
-        assert!(matches!(
-            family(200, max_cols, Dtype::F16),
-            Family::Block { .. }
-        ));
-        assert_eq!(
-            family(200, max_cols + 1, Dtype::F16),
-            Family::Online { threads: 512 }
-        );
+        // The longest row the block family takes leaves room for static shared memory; 16-bit
+        // rows are held as 16-bit, so twice as long.
+        for (dtype, max_cols) in [(Dtype::F32, 57_852), (Dtype::F16, 115_704)] {
+            assert!(matches!(family(200, max_cols, dtype), Family::Block { .. }));
+            assert_eq!(
+                family(200, max_cols + 1, dtype),
+                Family::Online { threads: 512 }
+            );
+        }
         // A device with 48 KiB of shared memory switches to the online kernel sooner.
         let small = DeviceLimits {
             sm_count: 8,

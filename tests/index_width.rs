@@ -87,29 +87,30 @@ fn warp_family_row_offsets_past_2_pow_31() {
     );
 }
 
-/// A block per row with the row in shared memory (24,320 columns, the family's longest on the
-/// emulator): row 88,319 starts at element 2,147,918,080.
+/// A block per row with the row in shared memory (48,632 bf16 columns, the family's longest on
+/// the emulator's 96 KiB: the row in its storage type plus one pack of lead-in, and 1 KiB
+/// reserve): row 44,287 starts at element 2,153,765,384.
 #[test]
 fn block_family_row_offsets_past_2_pow_31() {
-    let rows = 256 * 345;
+    let rows = 256 * 173;
     far_row(
         rows,
-        24_320,
-        &[(0, 3.0), (24_319, 2.0)],
+        48_632,
+        &[(0, 3.0), (48_631, 2.0)],
         GRID_CAP - 1,
         rows - 2,
         "block",
     );
 }
 
-/// One column more: the online two-pass family; row 88,319 starts at element 2,148,006,399.
+/// One column more: the online two-pass family; row 44,287 starts at element 2,153,809,671.
 #[test]
 fn online_family_row_offsets_past_2_pow_31() {
-    let rows = 256 * 345;
+    let rows = 256 * 173;
     far_row(
         rows,
-        24_321,
-        &[(1, 3.0), (24_320, -2.0)],
+        48_633,
+        &[(1, 3.0), (48_632, -2.0)],
         GRID_CAP - 1,
         rows - 2,
         "online",

@@ -4,9 +4,11 @@
 //! CS_REQUIRE_CUDA_IMAGE=1, which makes a missing tool a failure instead of a skip.
 //!
 //! Budgets (issue 7), each test's failure message carrying the measured values:
-//! - kernels with a 16-byte path (warp v4/v8, block, online, split): every global load and store
-//!   in their steady-state loops is 128-bit (scalar head/tail and misaligned-fallback loops,
-//!   which hold only narrow accesses, are not steady state);
+//! - kernels with a 16-byte path (warp v4/v8, block, online, split): at least one loop moves
+//!   only 16-byte packs, and no loop that moves 16-byte packs of global memory moves anything
+//!   narrower there (scalar head/tail loops and fallbacks for rows whose x and y differ in
+//!   alignment have no 16-byte global access, or also narrow shared ones, and are not steady
+//!   state);
 //! - at most 0.6 warp instructions per element in the steady state of every kernel that serves
 //!   rows of 32 columns or more, 1.0 below. Kernels still over budget are listed in
 //!   OVER_BUDGET with their measured value: a ratchet (worse fails, and so does better, until
@@ -100,21 +102,35 @@ fn element_bytes(kernel: &str) -> u32 {
     if kernel.contains("_f32_") { 4 } else { 2 }
 }
 
-/// The loops that make a kernel's steady state: every innermost loop, except, in a kernel that
-/// moves 16-byte packs, the scalar head/tail loops (only narrow global accesses, no shared).
-fn steady_loops(f: &Function) -> Vec<LoopCensus> {
-    let all: Vec<LoopCensus> = sass::innermost_loops(f)
+fn all_loops(f: &Function) -> Vec<LoopCensus> {
+    sass::innermost_loops(f)
         .into_iter()
         .map(|l| sass::census(f, l, element_bytes(&f.name)))
-        .collect();
-    let vector_kernel = all.iter().any(|c| c.has_wide_global());
-    all.into_iter()
-        .filter(|c| {
-            !vector_kernel
-                || c.has_wide_global()
-                || c.global_load_bytes() + c.global_store_bytes() == 0
-        })
         .collect()
+}
+
+/// Does every memory access of the loop (global or shared) move 16 bytes?
+fn all_wide(c: &LoopCensus) -> bool {
+    c.by_class.keys().all(|k| match k {
+        Class::GlobalLoad(b)
+        | Class::GlobalStore(b)
+        | Class::SharedLoad(b)
+        | Class::SharedStore(b) => *b == 16,
+        _ => true,
+    })
+}
+
+/// The loops that make a kernel's steady state. In a kernel with a 16-byte path, the loops whose
+/// every access is 16 bytes: the others are the scalar head and tail of a row and the
+/// fallbacks for rows whose x and y differ in alignment. In a scalar kernel, every innermost
+/// loop.
+fn steady_loops(f: &Function) -> Vec<LoopCensus> {
+    let loops = all_loops(f);
+    if has_vector_path(&config_of(&f.name)) {
+        loops.into_iter().filter(all_wide).collect()
+    } else {
+        loops
+    }
 }
 
 #[test]
@@ -200,11 +216,15 @@ fn vector_paths_move_16_bytes_in_their_steady_loops() {
             if !has_vector_path(&config_of(&f.name)) {
                 continue;
             }
-            let loops = steady_loops(f);
-            if !loops.iter().any(|c| c.has_wide_global()) {
-                failures.push(format!("{arch} {}: no 16-byte loop at all", f.name));
+            if !steady_loops(f).iter().any(|c| c.has_wide_global()) {
+                failures.push(format!(
+                    "{arch} {}: no loop moves only 16-byte packs",
+                    f.name
+                ));
             }
-            for c in &loops {
+            // A loop that moves 16-byte packs of global memory moves nothing narrower there
+            // (NVVM's split stores showed up as 4 STG.E beside an LDG.128).
+            for c in all_loops(f).iter().filter(|c| c.has_wide_global()) {
                 let narrow = c.narrow_global();
                 if !narrow.is_empty() {
                     let list: Vec<String> = narrow

@@ -154,6 +154,17 @@ class SharedPtr {
   SharedPtr(SharedSpace* s, long long byte_offset) : s_(s), off_(byte_offset) {}
   SharedRef<T> operator[](long long i) const { return SharedRef<T>(s_, off_ + i * static_cast<long long>(sizeof(T))); }
   SharedPtr operator+(long long i) const { return SharedPtr(s_, off_ + i * static_cast<long long>(sizeof(T))); }
+  // 16 bytes from element i on (16-byte aligned): one st.shared.v4 / ld.shared.v4 on the GPU.
+  void store16(long long i, const uint32_t (&w)[4]) const {
+    const long long at = off_ + i * static_cast<long long>(sizeof(T));
+    shared_access(s_, at, 16, 16, true);
+    std::memcpy(s_->data + at, w, 16);
+  }
+  void load16(long long i, uint32_t (&w)[4]) const {
+    const long long at = off_ + i * static_cast<long long>(sizeof(T));
+    shared_access(s_, at, 16, 16, false);
+    std::memcpy(w, s_->data + at, 16);
+  }
 
  private:
   SharedSpace* s_;

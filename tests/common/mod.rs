@@ -413,9 +413,8 @@ fn check_shapes<T: Element>(
 }
 
 /// The longest row the block family holds in shared memory on this device.
-fn block_family_max_cols(device: &Device) -> usize {
-    (device.limits().max_shared_mem_per_block as usize - cuda_softmax::planner::STATIC_SMEM_RESERVE)
-        / 4
+fn block_family_max_cols<T: Element>(device: &Device) -> usize {
+    cuda_softmax::planner::block_family_max_cols(T::DTYPE, &device.limits())
 }
 
 /// One small case per warp configuration and per block family, aligned and misaligned: every
@@ -425,7 +424,7 @@ pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
         1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
     ];
     let sm = device.limits().sm_count as usize;
-    let block_max = block_family_max_cols(device);
+    let block_max = block_family_max_cols::<T>(device);
     // Around the end of the block family: its longest row with a row per SM, then one column
     // more (online with a row per SM, split-row with 2 rows).
     let shapes = short.into_iter().map(|c| (2, c)).chain([
@@ -443,7 +442,7 @@ pub fn long_rows<T: Element>(device: &Device, rng: &mut Rng) {
         (1, 16384),
         (1, 100_003),
         (5, 65537),
-        (sm, block_family_max_cols(device) + 3),
+        (sm, block_family_max_cols::<T>(device) + 3),
     ];
     check_shapes::<T>(device, rng, shapes, (3, 6), 10.0, "long rows");
 }
@@ -496,7 +495,7 @@ fn grid_cap(device: &Device) -> usize {
 /// where the online case is 4228 x 58113, about 1 GB of f32 per tensor).
 pub fn grid_loops<T: Element>(device: &Device, rng: &mut Rng) {
     let cap = grid_cap(device);
-    let block_max = block_family_max_cols(device);
+    let block_max = block_family_max_cols::<T>(device);
     let is_warp = |f: &Family| matches!(f, Family::Warp { .. });
     let is_block = |f: &Family| matches!(f, Family::Block { .. });
     let is_online = |f: &Family| matches!(f, Family::Online { .. });
