@@ -27,6 +27,8 @@ struct CsEmuStats {
     accesses: u64,
     accesses16: u64,
     threads: u64,
+    smem_wavefronts: u64,
+    smem_wavefronts_ideal: u64,
 }
 
 /// One launch, as kernels/emu/runtime.cpp's `CsEmuLaunch` reads it.
@@ -147,6 +149,13 @@ pub struct LaunchStats {
     pub accesses_16b: u64,
     /// Emulated threads the launch ran (grid x block).
     pub threads: u64,
+    /// Shared-memory wavefronts of every warp access, as 32 banks of 4-byte words serve them
+    /// (8-byte accesses by half-warps, 16-byte by quarter-warps; a warp access is one access
+    /// site's k-th run by each lane).
+    pub shared_wavefronts: u64,
+    /// The fewest wavefronts the same accesses could take (no bank conflicts): equal to
+    /// `shared_wavefronts` when the kernels are conflict-free.
+    pub shared_wavefronts_ideal: u64,
     /// The kernel that ran (`a+b` when one operation ran several).
     pub kernel: String,
 }
@@ -233,6 +242,8 @@ impl Emulator {
             total.accesses += stats.accesses;
             total.accesses_16b += stats.accesses_16b;
             total.threads += stats.threads;
+            total.shared_wavefronts += stats.shared_wavefronts;
+            total.shared_wavefronts_ideal += stats.shared_wavefronts_ideal;
             if !total.kernel.is_empty() {
                 total.kernel.push('+');
             }
@@ -324,6 +335,8 @@ impl Emulator {
                 accesses: stats.accesses,
                 accesses_16b: stats.accesses16,
                 threads: stats.threads,
+                shared_wavefronts: stats.smem_wavefronts,
+                shared_wavefronts_ideal: stats.smem_wavefronts_ideal,
                 kernel,
             }),
             3 => Err(Error::EmulatorFault {

@@ -629,3 +629,71 @@ fn concurrent_launches_on_one_device() {
         }
     });
 }
+
+/// The shared-memory wavefront counter against accesses whose bank behaviour is known: per warp,
+/// consecutive floats take one wavefront, floats two apart take two (lanes l and l + 16 share a
+/// bank), consecutive 16-byte packs take the minimum four (quarter-warps), packs 32 bytes apart
+/// take eight.
+#[test]
+fn shared_bank_conflicts_are_counted() {
+    let threads = 64u32; // two warps
+    for schedule in SCHEDULES {
+        let d = emulator(schedule);
+        for (kernel, smem_floats, wavefronts, ideal) in [
+            ("emu_selftest_smem_stride1", 64, 2, 2),
+            ("emu_selftest_smem_stride2", 128, 4, 2),
+            ("emu_selftest_smem_pack16_stride1", 256, 8, 8),
+            ("emu_selftest_smem_pack16_stride2", 512, 16, 8),
+        ] {
+            let mut y = poisoned(&d, threads as usize);
+            d.emulator_selftest(kernel, threads, smem_floats * 4, &mut y)
+                .unwrap();
+            let s = d.last_launch_stats().unwrap();
+            assert_eq!(
+                (s.shared_wavefronts, s.shared_wavefronts_ideal),
+                (wavefronts, ideal),
+                "{kernel} {schedule:?}"
+            );
+        }
+    }
+}
+
+/// Every shared-memory access of the block family (the row on chip), and of the reductions of
+/// the online and split-row families, takes the fewest wavefronts its width allows: no bank
+/// conflicts, every dtype, rows with and without a scalar head (x and y sharing alignment, as
+/// they do unless a caller passes views of different alignment).
+#[test]
+fn shared_memory_accesses_are_conflict_free() {
+    fn check<T: cuda_softmax::Element>(d: &Device) {
+        let mut rng = cuda_softmax::check::Rng::new(11);
+        for (rows, cols, offset) in [
+            (9, 4000, 0),
+            (9, 4001, 1),
+            (5, 8200, 3),
+            (8, 65_536, 0),
+            (3, 65_536, 0),
+        ] {
+            let n = rows * cols + offset;
+            let host: Vec<T> = rng.logits(n, 4.0);
+            let all = DeviceTensor::from_host(d, &host, &[n]).unwrap();
+            let x = all.view(offset, &[rows, cols]).unwrap();
+            let mut y = x.view(0, &[rows, cols]).unwrap();
+            cuda_softmax::softmax_into(&x, &mut y).unwrap();
+            let s = d.last_launch_stats().unwrap();
+            assert!(
+                s.shared_wavefronts > 0,
+                "{}: no shared access counted",
+                s.kernel
+            );
+            assert_eq!(
+                s.shared_wavefronts, s.shared_wavefronts_ideal,
+                "{} {rows}x{cols} (offset {offset}): bank conflicts",
+                s.kernel
+            );
+        }
+    }
+    let d = emulator(Schedule::Forward);
+    check::<f32>(&d);
+    check::<cuda_softmax::f16>(&d);
+    check::<cuda_softmax::bf16>(&d);
+}

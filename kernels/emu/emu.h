@@ -110,6 +110,10 @@ uint64_t current_epoch();
 // A shared-memory reference made in one barrier interval and read or written in a later one.
 [[noreturn]] void stale_shared_reference();
 
+// Accessors are forced inline so that shared_access's return address is the access site in the
+// kernel: the wavefront counter groups the lanes of one warp access by it.
+#define CS_EMU_SITE __attribute__((always_inline)) inline
+
 // A reference to one element of shared memory: reads and writes go through shared_access. It
 // remembers the barrier interval it was made in: `auto v = smem[i]; __syncthreads(); use(v)`
 // would read after the barrier on the emulator but before it on a GPU, so it is a fault.
@@ -117,14 +121,14 @@ template <typename T>
 class SharedRef {
  public:
   SharedRef(SharedSpace* s, long long offset) : s_(s), off_(offset), epoch_(current_epoch()) {}
-  operator T() const {
+  CS_EMU_SITE operator T() const {
     check_fresh();
     shared_access(s_, off_, sizeof(T), alignof(T), false);
     T v;
     std::memcpy(&v, s_->data + off_, sizeof(T));
     return v;
   }
-  SharedRef& operator=(const T& v) {
+  CS_EMU_SITE SharedRef& operator=(const T& v) {
     check_fresh();
     shared_access(s_, off_, sizeof(T), alignof(T), true);
     std::memcpy(s_->data + off_, &v, sizeof(T));
@@ -155,12 +159,12 @@ class SharedPtr {
   SharedRef<T> operator[](long long i) const { return SharedRef<T>(s_, off_ + i * static_cast<long long>(sizeof(T))); }
   SharedPtr operator+(long long i) const { return SharedPtr(s_, off_ + i * static_cast<long long>(sizeof(T))); }
   // 16 bytes from element i on (16-byte aligned): one st.shared.v4 / ld.shared.v4 on the GPU.
-  void store16(long long i, const uint32_t (&w)[4]) const {
+  CS_EMU_SITE void store16(long long i, const uint32_t (&w)[4]) const {
     const long long at = off_ + i * static_cast<long long>(sizeof(T));
     shared_access(s_, at, 16, 16, true);
     std::memcpy(s_->data + at, w, 16);
   }
-  void load16(long long i, uint32_t (&w)[4]) const {
+  CS_EMU_SITE void load16(long long i, uint32_t (&w)[4]) const {
     const long long at = off_ + i * static_cast<long long>(sizeof(T));
     shared_access(s_, at, 16, 16, false);
     std::memcpy(w, s_->data + at, 16);

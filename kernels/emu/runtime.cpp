@@ -21,6 +21,7 @@
 #include <new>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #if !defined(__x86_64__) || defined(CS_EMU_UCONTEXT)
@@ -127,6 +128,27 @@ struct Fiber {
   uint3 tidx;
   unsigned linear;
   FiberState state;
+  // How many times this thread has run each shared-memory access site in the running block: the
+  // k-th run of a site by every lane of a warp is one warp access (see SharedAccessGroup).
+  std::unordered_map<const void*, uint32_t> site_runs;
+};
+
+// The lanes of one warp access to shared memory: one static access site, its k-th run by each
+// lane. Bank conflicts are counted when every live lane has arrived (or at the block's end).
+struct SharedAccessGroup {
+  unsigned mask = 0;
+  uint32_t bytes = 0;
+  uintptr_t address[32];
+};
+struct SiteRun {
+  const void* site;
+  uint32_t run;
+  bool operator==(const SiteRun& o) const { return site == o.site && run == o.run; }
+};
+struct SiteRunHash {
+  size_t operator()(const SiteRun& k) const {
+    return std::hash<const void*>()(k.site) ^ (size_t(k.run) * 0x9e3779b97f4a7c15ULL);
+  }
 };
 
 // An open shuffle group: the lanes named in `mask` that have arrived so far.
@@ -151,6 +173,7 @@ struct Warp {
   uint32_t full_sync;
   bool pairs_used;  // pair_sync holds values from this block (reset lazily)
   uint32_t pair_sync[32][32];
+  std::unordered_map<SiteRun, SharedAccessGroup, SiteRunHash> open_accesses;
 };
 
 // What one OS thread needs to run blocks, kept in a bounded pool and reused across launches:
@@ -188,6 +211,9 @@ struct Worker {
   bool block_failed = false;
   // Counters (summed into the launch's statistics when the worker finishes).
   uint64_t bytes_read = 0, bytes_written = 0, accesses = 0, accesses16 = 0;
+  // Shared-memory wavefronts of warp accesses as the banks serve them, and the fewest the same
+  // accesses could take without bank conflicts.
+  uint64_t smem_wavefronts = 0, smem_wavefronts_ideal = 0;
 };
 
 static thread_local Worker* tl_worker = nullptr;
@@ -218,6 +244,7 @@ struct LaunchShared {
   FailKind fail_kind = FailKind::None;
   char error[768] = {0};
   uint64_t bytes_read = 0, bytes_written = 0, accesses = 0, accesses16 = 0;
+  uint64_t smem_wavefronts = 0, smem_wavefronts_ideal = 0;
 };
 
 // Never allocates, never throws: it may run on a fiber stack or after an allocation failed.
@@ -521,6 +548,8 @@ static bool sweep(Worker* w, int warp, unsigned* done) {
   return any;
 }
 
+static void flush_warp_accesses(Worker* w);
+
 static bool run_block(Worker* w, uint64_t linear_block) {
   LaunchShared* L = w->launch;
   cur_block_idx = uint3{static_cast<unsigned>(linear_block % L->grid.x),
@@ -541,6 +570,7 @@ static bool run_block(Worker* w, uint64_t linear_block) {
       w->warps[i].pairs_used = false;
     }
     w->warps[i].lanes = count == 32 ? 0xffffffffu : ((1u << count) - 1);
+    w->warps[i].open_accesses.clear();
   }
   // Poison dynamic shared memory so that what no thread wrote can never pass for a value (the
   // race detector also faults on such a read).
@@ -548,6 +578,7 @@ static bool run_block(Worker* w, uint64_t linear_block) {
   for (unsigned i = 0; i < w->nthreads; ++i) {
     Fiber& f = w->fibers[i];
     f.state = FiberState::Ready;
+    f.site_runs.clear();
     start_fiber(&f);
   }
   // The sweep order: fixed for forward, reverse and warp-ahead, a fresh permutation per block
@@ -574,6 +605,7 @@ static bool run_block(Worker* w, uint64_t linear_block) {
       return false;
     }
   }
+  flush_warp_accesses(w);
   return true;
 }
 
@@ -621,6 +653,8 @@ static void worker_main(LaunchShared* L, Arena* arena) noexcept {
     L->bytes_written += w.bytes_written;
     L->accesses += w.accesses;
     L->accesses16 += w.accesses16;
+    L->smem_wavefronts += w.smem_wavefronts;
+    L->smem_wavefronts_ideal += w.smem_wavefronts_ideal;
   } catch (const std::bad_alloc&) {
     record_error(L, FailKind::Host, "out of host memory for an emulator worker");
   } catch (...) {
@@ -843,7 +877,58 @@ static bool reads_ordered_by_syncwarp(const Worker* w, unsigned lanes, uint32_t 
   return true;
 }
 
-void shared_access(SharedSpace* s, long long offset, size_t bytes, size_t align, bool is_write) {
+// Bank conflicts of one warp access, as the hardware serves shared memory: 32 banks of 4-byte
+// words; an access of 4 bytes or less per lane in one pass over the warp, of 8 bytes in two
+// (half-warps), of 16 bytes in four (quarter-warps). In each pass, lanes reading the same word
+// share it; distinct words in one bank take one wavefront each. Ideal: the distinct words of the
+// pass over 32, rounded up.
+static void count_wavefronts(Worker* w, const SharedAccessGroup& g) {
+  const unsigned per_pass = g.bytes >= 16 ? 8 : g.bytes == 8 ? 16 : 32;
+  const unsigned words_per_lane = g.bytes >= 4 ? g.bytes / 4 : 1;
+  for (unsigned first = 0; first < 32; first += per_pass) {
+    uintptr_t words[32 * 4];
+    unsigned n = 0;
+    for (unsigned lane = first; lane < first + per_pass; ++lane) {
+      if (!(g.mask & (1u << lane))) continue;
+      for (unsigned k = 0; k < words_per_lane; ++k) words[n++] = g.address[lane] / 4 + k;
+    }
+    if (n == 0) continue;
+    std::sort(words, words + n);
+    n = static_cast<unsigned>(std::unique(words, words + n) - words);
+    unsigned per_bank[32] = {0};
+    unsigned worst = 0;
+    for (unsigned i = 0; i < n; ++i) worst = std::max(worst, ++per_bank[words[i] % 32]);
+    w->smem_wavefronts += worst;
+    w->smem_wavefronts_ideal += (n + 31) / 32;
+  }
+}
+
+// Adds the calling lane's access at `site` to its warp access; counts it once every live lane of
+// the warp has made it.
+static void record_warp_access(Worker* w, const void* site, const unsigned char* address, size_t bytes) {
+  Fiber* f = w->current;
+  Warp& warp = w->warps[f->linear / 32];
+  const uint32_t run = f->site_runs[site]++;
+  SharedAccessGroup& g = warp.open_accesses[SiteRun{site, run}];
+  g.mask |= 1u << (f->linear % 32);
+  g.bytes = static_cast<uint32_t>(bytes);
+  g.address[f->linear % 32] = reinterpret_cast<uintptr_t>(address);
+  if (g.mask == warp.lanes) {
+    count_wavefronts(w, g);
+    warp.open_accesses.erase(SiteRun{site, run});
+  }
+}
+
+// At a block's end: the accesses some lanes never made (divergent code) are counted as they are.
+static void flush_warp_accesses(Worker* w) {
+  for (Warp& warp : w->warps) {
+    for (const auto& entry : warp.open_accesses) count_wavefronts(w, entry.second);
+    warp.open_accesses.clear();
+  }
+}
+
+__attribute__((noinline)) void shared_access(SharedSpace* s, long long offset, size_t bytes, size_t align,
+                                             bool is_write) {
   Worker* w = tl_worker;
   if (offset < 0 || static_cast<size_t>(offset) + bytes > s->bytes) {
     char buf[200];
@@ -852,6 +937,7 @@ void shared_access(SharedSpace* s, long long offset, size_t bytes, size_t align,
     fault(buf);
   }
   if (offset % static_cast<long long>(align) != 0) fault("misaligned shared memory access");
+  record_warp_access(w, __builtin_return_address(0), s->data + offset, bytes);
   const unsigned me = w->current->linear;
   const uint16_t my_warp = static_cast<uint16_t>(me / 32);
   const uint32_t my_lane_bit = 1u << (me % 32);
@@ -913,6 +999,7 @@ struct CsEmuRegion {
 
 struct CsEmuStats {
   uint64_t bytes_read, bytes_written, accesses, accesses16, threads;
+  uint64_t smem_wavefronts, smem_wavefronts_ideal;
 };
 
 struct CsEmuLaunch {
@@ -1010,7 +1097,9 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
     }
     emu::worker_main(&L, own.get());
     for (std::thread& t : helpers) t.join();
-    *stats = CsEmuStats{L.bytes_read, L.bytes_written, L.accesses, L.accesses16, total_blocks * threads};
+    *stats = CsEmuStats{L.bytes_read,      L.bytes_written, L.accesses,
+                        L.accesses16,      total_blocks * threads, L.smem_wavefronts,
+                        L.smem_wavefronts_ideal};
     if (L.failed.load()) return fail(static_cast<int>(L.fail_kind), "%s", L.error);
     return 0;
   } catch (const std::bad_alloc&) {

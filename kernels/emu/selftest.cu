@@ -16,6 +16,22 @@ __device__ void neighbour_exchange(const cs::SoftmaxParams& p) {
   cs::store_one(static_cast<float*>(p.y) + threadIdx.x, slots[(threadIdx.x + 1) % n]);
 }
 
+// One shared-memory store per thread at `Stride` times its natural spacing: 4-byte floats, or
+// 16-byte packs. Stride 1 is conflict-free; stride 2 puts two distinct words in a bank per pass
+// (two wavefronts where one would do). For the wavefront counter's own test.
+template <int Stride, bool Pack16>
+__device__ void shared_stride(const cs::SoftmaxParams& p) {
+  cs::SmemPtr<float> s = cs::dynamic_smem<float>();
+  const long long i = static_cast<long long>(threadIdx.x) * Stride * (Pack16 ? 4 : 1);
+  if (Pack16) {
+    const uint32_t w[4] = {1, 2, 3, 4};
+    cs::smem_store16(s, i, w);
+  } else {
+    s[i] = 1.0f;
+  }
+  cs::store_one(static_cast<float*>(p.y) + threadIdx.x, 1.0f);
+}
+
 // Writes one element past the end of the output.
 __device__ void out_of_bounds_write(const cs::SoftmaxParams& p) {
   cs::store_one(static_cast<float*>(p.y) + p.cols, 1.0f);
@@ -225,3 +241,7 @@ CS_ENTRY(emu_selftest_odd_sized_elements, 64, 1, (cs_selftest::odd_sized_element
 CS_ENTRY(emu_selftest_partial_syncwarp_race, 1024, 1, (cs_selftest::partial_syncwarp_race(p)))
 CS_ENTRY(emu_selftest_reread_race, 1024, 1, (cs_selftest::reread_race(p)))
 CS_ENTRY(emu_selftest_stale_reference, 1024, 1, (cs_selftest::stale_reference(p)))
+CS_ENTRY(emu_selftest_smem_stride1, 1024, 1, (cs_selftest::shared_stride<1, false>(p)))
+CS_ENTRY(emu_selftest_smem_stride2, 1024, 1, (cs_selftest::shared_stride<2, false>(p)))
+CS_ENTRY(emu_selftest_smem_pack16_stride1, 1024, 1, (cs_selftest::shared_stride<1, true>(p)))
+CS_ENTRY(emu_selftest_smem_pack16_stride2, 1024, 1, (cs_selftest::shared_stride<2, true>(p)))
