@@ -80,6 +80,9 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
   }
 }
 
+// Packs a thread of a two-pass kernel loads before it uses the first (see for_each_loaded).
+constexpr int kBatch = 4;
+
 // Calls f(first_col, values) for every element of `row`, in chunks of one or Vec elements:
 // a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar tail. Thread t of the
 // block takes elements/packs t, t + Block, ...
@@ -93,10 +96,26 @@ __device__ __forceinline__ void for_each_loaded(const T* row, long long cols, F&
     float v[1] = {load_one(row + c)};
     f(c, v);
   }
-  for (long long k = threadIdx.x; k < packs; k += Block) {
-    float v[V];
-    load_pack<T, V>(row + head + k * V, v);
-    f(head + k * V, v);
+  // kBatch packs a thread loads before it uses any: 64 bytes in flight a thread, enough to
+  // cover DRAM latency at one or two blocks an SM (src/occupancy.rs). One loop, predicated
+  // loads: no remainder loop with a single load in flight.
+  // The batch is held as raw words (16 registers whatever the dtype), widened at use.
+  for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
+    uint32_t w[kBatch][4];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const long long k = k0 + static_cast<long long>(u) * Block;
+      if (k < packs) load16(row + head + k * V, w[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const long long k = k0 + static_cast<long long>(u) * Block;
+      if (k < packs) {
+        float v[V];
+        unpack16<T>(w[u], v);
+        f(head + k * V, v);
+      }
+    }
   }
   for (long long c = tail_start + threadIdx.x; c < cols; c += Block) {
     float v[1] = {load_one(row + c)};
@@ -230,16 +249,32 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
   constexpr int V = Vec16<T>::n;
   const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
   if (same_alignment) {
-    for_each_stored<T, Block>(yr, n, [&](long long c, auto& v) {
-      constexpr int k = sizeof(v) / sizeof(float);
-      if constexpr (k == V) {
-        load_pack<T, k>(xr + c, v);
-      } else {
-        v[0] = load_one(xr + c);
+    const long long head = head_elements(yr, n);
+    const long long packs = (n - head) / V;
+    const long long tail = head + packs * V;
+    for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
+    // As in for_each_loaded: kBatch packs loaded before the first is used.
+    for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
+      uint32_t w[kBatch][4];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const long long k = k0 + static_cast<long long>(u) * Block;
+        if (k < packs) load16(xr + head + k * V, w[u]);
       }
 #pragma unroll
-      for (int j = 0; j < k; ++j) v[j] = exp_shifted(v[j], shift) * inv;
-    });
+      for (int u = 0; u < kBatch; ++u) {
+        const long long k = k0 + static_cast<long long>(u) * Block;
+        if (k < packs) {
+          float v[V];
+          unpack16<T>(w[u], v);
+#pragma unroll
+          for (int j = 0; j < V; ++j) v[j] = exp_shifted(v[j], shift) * inv;
+          pack16<T>(v, w[u]);
+          store16(yr + head + k * V, w[u][0], w[u][1], w[u][2], w[u][3]);
+        }
+      }
+    }
+    for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
   } else {
     for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
   }

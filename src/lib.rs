@@ -21,6 +21,7 @@ mod emulator;
 mod error;
 pub mod image;
 mod kernel;
+pub mod occupancy;
 pub mod planner;
 pub mod reference;
 pub mod sass;

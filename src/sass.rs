@@ -316,6 +316,105 @@ pub fn census(f: &Function, l: Loop, element_bytes: u32) -> LoopCensus {
     c
 }
 
+/// Registers named in an operand list (`R4`, `R36.64`, `-R16`), in order.
+fn registers(operands: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let bytes = operands.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts = bytes[i] == b'R'
+            && (i == 0 || !(bytes[i - 1] as char).is_ascii_alphanumeric())
+            && i + 1 < bytes.len()
+            && bytes[i + 1].is_ascii_digit();
+        if starts {
+            let digits: String = operands[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            if let Ok(r) = digits.parse() {
+                found.push(r);
+            }
+            i += 1 + digits.len();
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// Bytes of global loads one thread issues in a pass through loop `l` before any instruction
+/// uses a loaded value: what it keeps in flight while it waits (memory-level parallelism).
+/// The scan starts at the loop's first global load and wraps around the loop's end, so that a
+/// software-pipelined loop (loads at the bottom, their uses at the top) counts its loads too.
+pub fn bytes_before_first_use(f: &Function, l: Loop) -> u32 {
+    let body = &f.instructions[l.first..=l.last];
+    let Some(start) = body
+        .iter()
+        .position(|i| matches!(classify(i), Class::GlobalLoad(_)))
+    else {
+        return 0;
+    };
+    let mut loaded: Vec<u32> = Vec::new(); // registers holding loads still in flight
+    let mut bytes = 0;
+    for ins in body[start..].iter().chain(&body[..start]) {
+        let regs = registers(&ins.operands);
+        if let Class::GlobalLoad(b) = classify(ins) {
+            // The first register is the destination (b / 4 consecutive registers); the rest
+            // form the address.
+            if regs[1..].iter().any(|r| loaded.contains(r)) {
+                break;
+            }
+            if let Some(&dest) = regs.first() {
+                loaded.extend(dest..dest + b.div_ceil(4));
+            }
+            bytes += b;
+            continue;
+        }
+        // Stores read every operand; other instructions write their first.
+        let sources = match classify(ins) {
+            Class::GlobalStore(_) | Class::SharedStore(_) => &regs[..],
+            _ => regs.get(1..).unwrap_or(&[]),
+        };
+        if sources.iter().any(|r| loaded.contains(r)) {
+            break;
+        }
+        // A register overwritten before use no longer holds a load.
+        if let Some(dest) = regs.first().filter(|_| sources.len() < regs.len()) {
+            loaded.retain(|r| r != dest);
+        }
+    }
+    bytes
+}
+
+/// Registers and static shared memory of each kernel for `arch`, from `ptxas -v` output.
+pub fn ptxas_resources(report: &str, arch: &str) -> BTreeMap<String, (u32, u32)> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let mut parts = rest.split('\'');
+            let name = parts.next().unwrap_or_default().to_string();
+            let this_arch = parts.nth(1).unwrap_or_default();
+            current = (this_arch == arch).then_some(name);
+        } else if let Some(rest) = line.split("Used ").nth(1)
+            && let Some(name) = current.take()
+        {
+            let registers = rest
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let smem = rest
+                .split(", ")
+                .find_map(|part| part.strip_suffix(" bytes smem"))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            out.insert(name, (registers, smem));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +482,34 @@ mod tests {
         };
         assert_eq!(loops(&f).len(), 2);
         assert_eq!(innermost_loops(&f), vec![Loop { first: 2, last: 3 }]);
+    }
+
+    #[test]
+    fn loads_in_flight_stop_at_their_first_use() {
+        let text = r#"
+		Function : k
+        /*0000*/                   LDG.E.128 R4, desc[UR8][R34.64] ;
+        /*0010*/                   LDG.E.128 R8, desc[UR8][R34.64+0x2000] ;
+        /*0020*/                   IADD3 R34, P0, R34, 0x4000, RZ ;
+        /*0030*/                   FMNMX R0, R33, R4, !PT ;
+        /*0040*/                   LDG.E.128 R12, desc[UR8][R34.64] ;
+        /*0050*/                   BRA 0x0 ;
+"#;
+        let f = &parse_cuobjdump(text)[0];
+        let l = loops(f)[0];
+        // Two 16-byte loads before FMNMX reads R4.
+        assert_eq!(bytes_before_first_use(f, l), 32);
+        assert_eq!(registers("R4, desc[UR8][R34.64+0x2000]"), vec![4, 34]);
+        assert_eq!(registers("-R16, R9, !PT"), vec![16, 9]);
+    }
+
+    #[test]
+    fn ptxas_report_gives_registers_per_arch() {
+        let report = "ptxas info    : Compiling entry function 'k' for 'sm_80'\n\
+            ptxas info    : Used 40 registers, used 1 barriers, 144 bytes smem\n\
+            ptxas info    : Compiling entry function 'k' for 'sm_90'\n\
+            ptxas info    : Used 48 registers, used 1 barriers, 144 bytes smem\n";
+        assert_eq!(ptxas_resources(report, "sm_90")["k"], (48, 144));
+        assert_eq!(ptxas_resources(report, "sm_80")["k"], (40, 144));
     }
 }

@@ -301,3 +301,142 @@ fn no_kernel_uses_local_memory() {
         }
     }
 }
+
+/// The shapes of the issue-7 sweep: each listed row length with enough rows for 64 MB of input,
+/// plus the named shapes (a vocabulary row, attention rows, very long rows).
+fn sweep_shapes(dtype: cuda_softmax::Dtype) -> Vec<(usize, usize)> {
+    let cols = [
+        16, 32, 64, 128, 256, 512, 1024, 1152, 2048, 2049, 4096, 8192, 16384, 32768, 65536,
+        131_072, 262_144,
+    ];
+    let bytes = 64 << 20;
+    let mut shapes: Vec<(usize, usize)> = cols
+        .iter()
+        .map(|&c| (bytes / (c * dtype.size_bytes()), c))
+        .collect();
+    shapes.extend([
+        (1, 32_000),
+        (8, 32_000),
+        (32, 128_256),
+        (1, 262_144),
+        (4096, 128),
+        (4096, 512),
+        (4096, 2048),
+        (4096, 8192),
+    ]);
+    shapes
+}
+
+/// Per stage of a plan: (kernel, bytes in flight per SM, bytes each thread issues before first
+/// use in its weakest loading loop).
+fn in_flight(
+    plan: &cuda_softmax::planner::LaunchPlan,
+    functions: &[Function],
+    resources: &std::collections::BTreeMap<String, (u32, u32)>,
+    device: &cuda_softmax::planner::DeviceLimits,
+) -> Vec<(String, f64, u32)> {
+    use cuda_softmax::occupancy::{KernelResources, SmLimits, bytes_in_flight_per_sm};
+    plan.stages
+        .iter()
+        .map(|s| {
+            let name = s.kernel.name();
+            let f = functions
+                .iter()
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("{name} missing from the SASS"));
+            let loops: Vec<_> = sass::innermost_loops(f)
+                .into_iter()
+                .filter(|&l| {
+                    let c = sass::census(f, l, element_bytes(&f.name));
+                    c.global_load_bytes() > 0 && (!has_vector_path(&s.kernel) || all_wide(&c))
+                })
+                .collect();
+            let per_thread = loops
+                .iter()
+                .map(|&l| sass::bytes_before_first_use(f, l))
+                .min()
+                .unwrap_or(0);
+            let (registers, static_smem) = resources[&name];
+            let k = KernelResources {
+                threads: s.block,
+                registers,
+                static_smem,
+                dynamic_smem: s.shared_mem_bytes,
+            };
+            let grid = u64::from(s.grid.0) * u64::from(s.grid.1);
+            let bytes = bytes_in_flight_per_sm(&k, grid, per_thread, device, &SmLimits::HOPPER);
+            (name, bytes, per_thread)
+        })
+        .collect()
+}
+
+/// At least 16 KB of loads in flight per SM on H100/H200 limits for every plan of the sweep,
+/// or the whole input when it is smaller: below that, latency bounds the stream (Little's law,
+/// see src/occupancy.rs). Prints the predicted-performance table (docs/performance.md).
+#[test]
+fn plans_keep_enough_loads_in_flight() {
+    use cuda_softmax::planner::{DeviceLimits, SoftmaxProblem, plan_softmax};
+    let Some(functions) = sass_for("sm_90") else {
+        return;
+    };
+    let Some(report) = image::PTXAS_REPORT else {
+        return;
+    };
+    let resources = sass::ptxas_resources(report, "sm_90");
+    let h100 = DeviceLimits::H100;
+    // Bytes per SM a stream needs in flight (bandwidth / SMs x ~0.8 us latency).
+    let needed = [
+        ("H100", 3.0e12, 16.0 * 1024.0),
+        ("H200", 4.3e12, 23.0 * 1024.0),
+    ];
+    let mut failures = Vec::new();
+    println!(
+        "{:<6} {:>8} x {:<7} {:<58} {:>9} {:>6} {:>8} {:>8}",
+        "dtype", "rows", "cols", "kernels", "KB/SM", "B/thr", "H100", "H200"
+    );
+    for dtype in cuda_softmax::Dtype::ALL {
+        for (rows, cols) in sweep_shapes(dtype) {
+            let problem = SoftmaxProblem {
+                rows,
+                cols,
+                dtype,
+                aligned16: true,
+            };
+            let plan = plan_softmax(&problem, &h100);
+            let stages = in_flight(&plan, &functions, &resources, &h100);
+            let input = (rows * cols * dtype.size_bytes()) as f64;
+            let floor = (16.0 * 1024.0f64).min(input / f64::from(h100.sm_count));
+            let weakest = stages.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+            if weakest < floor {
+                failures.push(format!(
+                    "{} {rows}x{cols}: {:.1} KB in flight per SM (need {:.1}): {stages:?}",
+                    dtype.name(),
+                    weakest / 1024.0,
+                    floor / 1024.0
+                ));
+            }
+            // Predicted fraction of a device-to-device copy: traffic (two-pass plans read x
+            // twice) and latency (too little in flight), not launch overhead or tails.
+            let traffic = if plan.stages.len() > 1
+                || matches!(plan.stages[0].kernel.family, Family::Online { .. })
+            {
+                1.5
+            } else {
+                1.0
+            };
+            let predict = |need: f64| (weakest / need).min(1.0) / traffic;
+            let names: Vec<String> = stages.iter().map(|s| s.0.clone()).collect();
+            println!(
+                "{:<6} {rows:>8} x {cols:<7} {:<58} {:>9.1} {:>6} {:>8.2} {:>8.2}",
+                dtype.name(),
+                names.join("+"),
+                weakest / 1024.0,
+                stages.iter().map(|s| s.2).min().unwrap_or(0),
+                predict(needed[0].2),
+                predict(needed[1].2),
+            );
+            let _ = needed[0].1 + needed[1].1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
