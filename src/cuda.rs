@@ -1,8 +1,9 @@
 //! The CUDA backend: a cudarc context and stream, the embedded image loaded once, and kernel
-//! functions cached by name.
+//! functions cached in one slot per entry point (by `KernelConfig::index`): resolved once, then
+//! read without locks, lookups or name formatting.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -11,20 +12,28 @@ use cudarc::driver::{
 
 use crate::error::{Error, Result};
 use crate::image;
-use crate::kernel::Launch;
-use crate::planner::DeviceLimits;
+use crate::kernel::{Launch, SoftmaxParams, entry_point, name_str};
+use crate::planner::{DeviceLimits, KernelConfig, Stage};
 
-struct CachedFunction {
-    function: CudaFunction,
+/// One entry point's cached state.
+#[derive(Default)]
+struct FunctionSlot {
+    /// Resolved in the loaded image on first use (or by `preload`).
+    function: OnceLock<CudaFunction>,
     /// The dynamic shared memory this function has been allowed so far. Raised explicitly for
     /// any size (not only past 48 KiB): the default 48 KiB limit counts static shared memory too.
-    smem_allowed: u32,
+    smem_allowed: AtomicU32,
 }
 
 pub(crate) struct CudaBackend {
     pub stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
-    functions: Mutex<HashMap<String, CachedFunction>>,
+    /// `KernelConfig::COUNT` slots, by `KernelConfig::index`.
+    functions: Box<[FunctionSlot]>,
+    /// Held while a function's dynamic shared memory attribute is raised (rare: the first
+    /// launch that needs more), so that two threads raising it at once cannot leave the
+    /// attribute below what the slot records.
+    smem_raise: Mutex<()>,
     pub limits: DeviceLimits,
     pub name: String,
     pub compute_capability: (i32, i32),
@@ -101,74 +110,95 @@ impl CudaBackend {
         Ok(CudaBackend {
             stream,
             module,
-            functions: Mutex::new(HashMap::new()),
+            functions: (0..KernelConfig::COUNT)
+                .map(|_| FunctionSlot::default())
+                .collect(),
+            smem_raise: Mutex::new(()),
             limits,
             name,
             compute_capability: cc,
         })
     }
 
-    /// Looks `name` up in the loaded image once; later calls hit the cache.
-    fn cached<'a>(
-        functions: &'a mut HashMap<String, CachedFunction>,
-        module: &Arc<CudaModule>,
-        name: &str,
-    ) -> Result<&'a mut CachedFunction> {
-        if !functions.contains_key(name) {
-            let function = module.load_function(name).map_err(|e| Error::Launch {
-                kernel: name.to_string(),
-                detail: format!("entry point missing from the image: {e:?}"),
-            })?;
-            functions.insert(
-                name.to_string(),
-                CachedFunction {
-                    function,
-                    smem_allowed: 0,
-                },
-            );
+    /// The function of entry point `index` (named `name`), resolved in the image on first use.
+    fn function(&self, index: usize, name: &std::ffi::CStr) -> Result<&FunctionSlot> {
+        let slot = self.functions.get(index).ok_or_else(|| Error::Launch {
+            kernel: name_str(name).into(),
+            detail: "no function slot for this entry point".into(),
+        })?;
+        if slot.function.get().is_none() {
+            let function =
+                self.module
+                    .load_function(name_str(name))
+                    .map_err(|e| Error::Launch {
+                        kernel: name_str(name).into(),
+                        detail: format!("entry point missing from the image: {e:?}"),
+                    })?;
+            // Another thread may have resolved it meanwhile: either handle is the same function.
+            slot.function.get_or_init(|| function);
         }
-        Ok(functions.get_mut(name).expect("inserted above"))
+        Ok(slot)
     }
 
-    /// Resolves every named entry point now (instead of at first use).
-    pub fn preload(&self, names: &[String]) -> Result<()> {
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        for name in names {
-            Self::cached(&mut functions, &self.module, name)?;
+    /// Resolves every entry point the planner can choose now (instead of at first use).
+    pub fn preload(&self) -> Result<usize> {
+        for kernel in KernelConfig::all() {
+            let (index, name) = entry_point(&kernel)?;
+            self.function(index, name)?;
         }
-        Ok(())
+        Ok(KernelConfig::COUNT)
     }
 
-    /// Enqueues the launch on the stream; does not wait for it.
-    pub fn launch(&self, launch: &Launch) -> Result<()> {
-        let name = launch.stage.kernel.name();
-        let smem = launch.stage.shared_mem_bytes;
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        let cached = Self::cached(&mut functions, &self.module, &name)?;
-        if let Some(allow) = crate::kernel::dynamic_smem_to_allow(cached.smem_allowed, smem) {
-            cached
-                .function
-                .set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    allow as i32,
-                )
-                .map_err(|e| Error::Launch {
-                    kernel: name.clone(),
-                    detail: format!("cannot allow {allow} bytes of dynamic shared memory: {e:?}"),
-                })?;
-            cached.smem_allowed = allow;
+    /// Enqueues the operation's stages on the stream, in order; does not wait for them.
+    pub fn launch(&self, launch: &Launch<'_>) -> Result<()> {
+        launch
+            .stages
+            .iter()
+            .try_for_each(|stage| self.launch_stage(stage, &launch.params))
+    }
+
+    fn launch_stage(&self, stage: &Stage, params: &SoftmaxParams) -> Result<()> {
+        let (index, name) = entry_point(&stage.kernel)?;
+        let slot = self.function(index, name)?;
+        let Some(function) = slot.function.get() else {
+            // `function` resolved it or returned an error.
+            return Err(Error::Launch {
+                kernel: name_str(name).into(),
+                detail: "entry point not resolved".into(),
+            });
+        };
+        let smem = stage.shared_mem_bytes;
+        let allowed = slot.smem_allowed.load(Ordering::Acquire);
+        if crate::kernel::dynamic_smem_to_allow(allowed, smem).is_some() {
+            let _raising = self.smem_raise.lock().unwrap_or_else(|e| e.into_inner());
+            let allowed = slot.smem_allowed.load(Ordering::Acquire);
+            if let Some(allow) = crate::kernel::dynamic_smem_to_allow(allowed, smem) {
+                function
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        allow as i32,
+                    )
+                    .map_err(|e| Error::Launch {
+                        kernel: name_str(name).into(),
+                        detail: format!(
+                            "cannot allow {allow} bytes of dynamic shared memory: {e:?}"
+                        ),
+                    })?;
+                slot.smem_allowed.store(allow, Ordering::Release);
+            }
         }
         let cfg = LaunchConfig {
-            grid_dim: (launch.stage.grid.0, launch.stage.grid.1, 1),
-            block_dim: (launch.stage.block, 1, 1),
+            grid_dim: (stage.grid.0, stage.grid.1, 1),
+            block_dim: (stage.block, 1, 1),
             shared_mem_bytes: smem,
         };
-        let mut builder = self.stream.launch_builder(&cached.function);
-        builder.arg(&launch.params);
+        let mut builder = self.stream.launch_builder(function);
+        builder.arg(params);
         // SAFETY: the parameter block matches the kernel signature (one SoftmaxParams by value);
-        // the op validated that both tensors hold rows * cols elements at these addresses.
+        // the op validated that both tensors hold rows * cols elements at these addresses, and
+        // the split-row workspace holds the plan's workspace_floats.
         unsafe { builder.launch(cfg) }.map_err(|e| Error::Launch {
-            kernel: name,
+            kernel: name_str(name).into(),
             detail: format!("{e:?}"),
         })?;
         Ok(())

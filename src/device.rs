@@ -1,7 +1,7 @@
 //! `Device`: where tensors live and kernels run. Either a CUDA GPU (through cudarc) or the CPU
 //! SIMT emulator, behind one API; the same planner and kernel names serve both.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
@@ -9,8 +9,8 @@ use crate::cuda::CudaBackend;
 use crate::element::Element;
 use crate::emulator::{EMULATOR_LIMITS, Emulator, EmulatorConfig, HostBuffer, LaunchStats};
 use crate::error::{Error, Result};
-use crate::kernel::Launch;
-use crate::planner::{DeviceLimits, KernelConfig};
+use crate::kernel::{AccessRange, Launch, SoftmaxParams};
+use crate::planner::{DeviceLimits, KernelConfig, Stage};
 
 pub(crate) enum Backend {
     Cuda(CudaBackend),
@@ -21,7 +21,26 @@ pub(crate) enum Backend {
 #[derive(Clone)]
 pub struct Device {
     pub(crate) backend: Arc<Backend>,
+    /// The split-row workspace, shared by clones.
+    workspace: Arc<Mutex<Workspace>>,
 }
+
+/// Scratch memory of the split-row kernels (per-chunk (max, sum) states): kept for the device's
+/// lifetime, grown when a call needs more, reused otherwise. Locked from before a launch takes
+/// its address until the launches that use it are enqueued (on the emulator, under the stream
+/// lock, so they have also completed): two operations never share it at once, and a buffer the
+/// workspace outgrows is freed in stream order, after every launch already enqueued on it.
+#[derive(Default)]
+struct Workspace {
+    buffer: Option<Buffer<f32>>,
+    /// f32 elements `buffer` holds.
+    capacity: usize,
+    /// Buffers allocated so far (a debugging counter for tests).
+    allocations: u64,
+}
+
+/// Access ranges one operation may pass to `Device::launch` (the workspace's is added to them).
+const MAX_RANGES: usize = 7;
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,17 +72,17 @@ impl Device {
     /// was built without nvcc, the driver is missing or too old, there is no GPU, or the ordinal
     /// is out of range; each error says what to do.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Ok(Device {
-            backend: Arc::new(Backend::Cuda(CudaBackend::open(ordinal)?)),
-        })
+        Ok(Device::with_backend(Backend::Cuda(CudaBackend::open(
+            ordinal,
+        )?)))
     }
 
     /// Uses a cudarc stream the caller already owns: operations are enqueued on it, and
     /// `CudaSlice`s from its context can be wrapped with `DeviceTensor::from_cuda_slice`.
     pub fn cuda_on_stream(stream: Arc<CudaStream>) -> Result<Device> {
-        Ok(Device {
-            backend: Arc::new(Backend::Cuda(CudaBackend::on_stream(stream)?)),
-        })
+        Ok(Device::with_backend(Backend::Cuda(CudaBackend::on_stream(
+            stream,
+        )?)))
     }
 
     /// The CPU SIMT emulator with default settings (forward schedule, one worker per core).
@@ -73,8 +92,13 @@ impl Device {
 
     /// The CPU SIMT emulator with a chosen thread schedule and worker count.
     pub fn emulator_with(config: EmulatorConfig) -> Device {
+        Device::with_backend(Backend::Emulator(Emulator::new(config)))
+    }
+
+    fn with_backend(backend: Backend) -> Device {
         Device {
-            backend: Arc::new(Backend::Emulator(Emulator::new(config))),
+            backend: Arc::new(backend),
+            workspace: Arc::default(),
         }
     }
 
@@ -151,10 +175,11 @@ impl Device {
     /// image fails here rather than at a first launch, and first launches pay no lookup.
     /// Returns how many entry points were checked.
     pub fn preload_kernels(&self) -> Result<usize> {
-        let names: Vec<String> = KernelConfig::all().iter().map(KernelConfig::name).collect();
         match &*self.backend {
-            Backend::Cuda(c) => c.preload(&names)?,
+            Backend::Cuda(c) => c.preload(),
             Backend::Emulator(_) => {
+                let names: Vec<String> =
+                    KernelConfig::all().iter().map(KernelConfig::name).collect();
                 let available = crate::emulator::emulator_kernel_names();
                 if let Some(missing) = names.iter().find(|n| !available.contains(n)) {
                     return Err(Error::Launch {
@@ -162,9 +187,9 @@ impl Device {
                         detail: "entry point missing from the emulator image".into(),
                     });
                 }
+                Ok(names.len())
             }
         }
-        Ok(names.len())
     }
 
     /// Allocates `len` elements (at least one, so that every buffer has a real address), zeroed
@@ -195,12 +220,120 @@ impl Device {
         }
     }
 
-    /// Runs the launches of one operation in order on this device's stream.
-    pub(crate) fn launch(&self, launches: &[Launch]) -> Result<()> {
+    /// Runs the stages of one operation in order on this device's stream, with `params` and
+    /// the memory `ranges` they may touch. When `workspace_floats` is not 0 the stages share the
+    /// device's split-row workspace (at least that many f32 elements): its address goes into
+    /// `params.workspace` and its range joins `ranges`. A repeated call formats no name, looks
+    /// nothing up by name and allocates nothing here.
+    pub(crate) fn launch(
+        &self,
+        stages: &[Stage],
+        mut params: SoftmaxParams,
+        ranges: &[AccessRange],
+        workspace_floats: usize,
+    ) -> Result<()> {
         match &*self.backend {
-            Backend::Cuda(c) => launches.iter().try_for_each(|l| c.launch(l)),
-            Backend::Emulator(e) => e.launch(launches),
+            Backend::Cuda(c) => {
+                if workspace_floats == 0 {
+                    return c.launch(&Launch {
+                        stages,
+                        params,
+                        ranges,
+                    });
+                }
+                let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+                params.workspace = self.reserve_workspace(&mut workspace, workspace_floats)?;
+                // Enqueued before the lock is released: a later call that grows the workspace
+                // frees this buffer on the stream, after these launches.
+                c.launch(&Launch {
+                    stages,
+                    params,
+                    ranges,
+                })
+            }
+            Backend::Emulator(e) => {
+                let stream = e.stream();
+                if workspace_floats == 0 {
+                    return e.launch(
+                        &stream,
+                        &Launch {
+                            stages,
+                            params,
+                            ranges,
+                        },
+                    );
+                }
+                let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+                let addr = self.reserve_workspace(&mut workspace, workspace_floats)?;
+                if let Some(Buffer::Host(memory)) = &workspace.buffer {
+                    // What an earlier call left there must not pass for this call's states.
+                    poison_floats(memory, workspace_floats);
+                }
+                let mut all = [AccessRange::default(); MAX_RANGES + 1];
+                let Some(slots) = all.get_mut(..ranges.len()) else {
+                    return Err(Error::Launch {
+                        kernel: "split-row".into(),
+                        detail: format!("more than {MAX_RANGES} access ranges"),
+                    });
+                };
+                slots.copy_from_slice(ranges);
+                all[ranges.len()] = AccessRange {
+                    addr,
+                    bytes: (workspace_floats * size_of::<f32>()) as u64,
+                    writable: true,
+                };
+                params.workspace = addr;
+                e.launch(
+                    &stream,
+                    &Launch {
+                        stages,
+                        params,
+                        ranges: &all[..=ranges.len()],
+                    },
+                )
+            }
         }
+    }
+
+    /// Makes the workspace hold at least `floats` f32 elements (allocating only when it holds
+    /// fewer) and returns its address.
+    fn reserve_workspace(&self, workspace: &mut Workspace, floats: usize) -> Result<u64> {
+        if let Some(buffer) = &workspace.buffer
+            && workspace.capacity >= floats
+        {
+            return Ok(buffer.base_addr());
+        }
+        // Exactly what the call needs: split-row plans need at most a few floats per SM, so the
+        // workspace grows a few times at most over the device's life.
+        let capacity = floats;
+        // The old buffer is dropped first: freed in stream order on a GPU.
+        workspace.buffer = None;
+        workspace.capacity = 0;
+        let buffer = self.alloc::<f32>(capacity, false)?;
+        let addr = buffer.base_addr();
+        workspace.buffer = Some(buffer);
+        workspace.capacity = capacity;
+        workspace.allocations += 1;
+        Ok(addr)
+    }
+
+    /// How many split-row workspace buffers this device has allocated so far. Calls whose
+    /// workspace fits the one it has reuse it, so repeated calls leave this unchanged. For tests.
+    #[doc(hidden)]
+    pub fn split_workspace_allocations(&self) -> u64 {
+        self.workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocations
+    }
+
+    /// f32 elements the split-row workspace holds now (0 before the first split-row call).
+    #[doc(hidden)]
+    pub fn split_workspace_capacity(&self) -> usize {
+        self.workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity
     }
 
     /// Test hook for the emulator: later launches run only the blocks whose linear index
@@ -237,9 +370,59 @@ impl Device {
             ..Default::default()
         };
         let ranges = [y.access_range(true)];
+        let name = std::ffi::CString::new(kernel).map_err(|_| Error::Launch {
+            kernel: kernel.into(),
+            detail: "kernel name contains a NUL byte".into(),
+        })?;
         let _stream = e.stream();
-        let stats = e.run(kernel, [1, 1, threads, dynamic_smem], &params, &ranges)?;
+        let stats = e.run(&name, None, [1, 1, threads, dynamic_smem], &params, &ranges)?;
         e.record(stats);
         Ok(())
+    }
+}
+
+/// Fills the first `floats` f32 elements of `memory` with the poison of uninitialised memory.
+/// The caller holds the emulator's stream and keeps `floats` within the buffer.
+fn poison_floats(memory: &HostBuffer, floats: usize) {
+    let poison = [f32::poison(); 256];
+    let mut done = 0;
+    while done < floats {
+        let n = (floats - done).min(poison.len());
+        // SAFETY: in range per the caller; the stream lock keeps every kernel away meanwhile.
+        unsafe {
+            memory.write(
+                done * size_of::<f32>(),
+                poison.as_ptr() as *const u8,
+                n * size_of::<f32>(),
+            )
+        };
+        done += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workspace is reused while it holds enough (same address), grown when a call needs
+    /// more, and only then allocated again.
+    #[test]
+    fn workspace_grows_only_when_a_call_needs_more() {
+        let device = Device::emulator();
+        let reserve = |floats| {
+            let mut workspace = device.workspace.lock().unwrap();
+            device.reserve_workspace(&mut workspace, floats).unwrap()
+        };
+        let first = reserve(100);
+        assert_eq!(reserve(100), first);
+        assert_eq!(reserve(10), first);
+        assert_eq!(device.split_workspace_allocations(), 1);
+        assert_eq!(device.split_workspace_capacity(), 100);
+        let grown = reserve(5000);
+        assert_eq!(device.split_workspace_allocations(), 2);
+        assert_eq!(device.split_workspace_capacity(), 5000);
+        assert_eq!(reserve(4999), grown);
+        assert_eq!(reserve(1), grown);
+        assert_eq!(device.clone().split_workspace_allocations(), 2);
     }
 }

@@ -3,14 +3,14 @@
 
 use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::kernel::{AccessRange, Launch, SoftmaxParams};
-use crate::planner::DeviceLimits;
+use crate::kernel::{AccessRange, Launch, SoftmaxParams, entry_point};
+use crate::planner::{DeviceLimits, KernelConfig};
 
 #[repr(C)]
 struct CsEmuRegion {
@@ -175,7 +175,10 @@ pub(crate) struct Emulator {
     /// it runs, so they execute one at a time in one order, as on a GPU stream.
     stream: Mutex<()>,
     /// Each kernel's max dynamic shared memory attribute, raised by the rule the CUDA backend
-    /// follows (`kernel::dynamic_smem_to_allow`); absent: never raised.
+    /// follows (`kernel::dynamic_smem_to_allow`), one slot per entry point by
+    /// `KernelConfig::index` (0: never raised).
+    kernel_smem_allowed: Box<[AtomicU32]>,
+    /// The same for kernels outside `KernelConfig::all()` (the self-test kernels), by name.
     smem_allowed: Mutex<HashMap<String, u32>>,
     /// Test hook: launches skip the blocks before this linear block index (0: run all).
     pub first_block: AtomicU64,
@@ -194,18 +197,30 @@ impl Emulator {
             last_stats: Mutex::new(None),
             stream: Mutex::new(()),
             first_block: AtomicU64::new(0),
+            kernel_smem_allowed: (0..KernelConfig::COUNT)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
             smem_allowed: Mutex::new(HashMap::new()),
         }
     }
 
     /// Raises `kernel`'s dynamic shared memory attribute as the CUDA backend would before a launch
     /// asking for `requested` bytes; returns the attribute the launch runs under (0: default).
-    fn allow_dynamic_smem(&self, kernel: &str, requested: u32) -> u32 {
+    /// `slot`: the kernel's `KernelConfig::index` (`None` for a self-test kernel).
+    fn allow_dynamic_smem(&self, slot: Option<usize>, kernel: &CStr, requested: u32) -> u32 {
+        if let Some(allowed) = slot.and_then(|i| self.kernel_smem_allowed.get(i)) {
+            // Launches hold the stream, so no other thread raises it meanwhile.
+            let current = allowed.load(Ordering::Relaxed);
+            let allow = crate::kernel::dynamic_smem_to_allow(current, requested);
+            allow.inspect(|&a| allowed.store(a, Ordering::Relaxed));
+            return allow.unwrap_or(current);
+        }
+        let kernel = kernel.to_string_lossy();
         let mut allowed = self.smem_allowed.lock().unwrap_or_else(|e| e.into_inner());
-        let current = allowed.get(kernel).copied().unwrap_or(0);
+        let current = allowed.get(kernel.as_ref()).copied().unwrap_or(0);
         match crate::kernel::dynamic_smem_to_allow(current, requested) {
             Some(allow) => {
-                allowed.insert(kernel.to_string(), allow);
+                allowed.insert(kernel.into_owned(), allow);
                 allow
             }
             None => current,
@@ -224,18 +239,18 @@ impl Emulator {
             .clone()
     }
 
-    /// Runs the launches in order, as one operation on the stream; the recorded statistics are
-    /// their sum.
-    pub fn launch(&self, launches: &[Launch]) -> Result<()> {
-        let _stream = self.stream();
+    /// Runs the stages in order, as one operation on the stream (held by the caller: `stream`);
+    /// the recorded statistics are their sum.
+    pub fn launch(&self, _stream: &MutexGuard<'_, ()>, launch: &Launch<'_>) -> Result<()> {
         let mut total = LaunchStats::default();
-        for l in launches {
-            let s = &l.stage;
+        for s in launch.stages {
+            let (slot, name) = entry_point(&s.kernel)?;
             let stats = self.run(
-                &s.kernel.name(),
+                name,
+                Some(slot),
                 [s.grid.0, s.grid.1, s.block, s.shared_mem_bytes],
-                &l.params,
-                &l.ranges,
+                &launch.params,
+                launch.ranges,
             )?;
             total.kernel_bytes_read += stats.kernel_bytes_read;
             total.kernel_bytes_written += stats.kernel_bytes_written;
@@ -257,20 +272,18 @@ impl Emulator {
         *self.last_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
     }
 
-    /// Runs entry point `name` with `[grid x, grid y, block, dynamic shared memory bytes]` to
-    /// completion. (The planted-bug self-test kernels are launched this way, without a plan.)
+    /// Runs entry point `name` (`slot`: its `KernelConfig::index`, if any) with `[grid x,
+    /// grid y, block, dynamic shared memory bytes]` to completion. (The planted-bug self-test
+    /// kernels are launched this way, without a plan.)
     pub fn run(
         &self,
-        name: &str,
+        name: &CStr,
+        slot: Option<usize>,
         geometry: [u32; 4],
         params: &SoftmaxParams,
         ranges: &[AccessRange],
     ) -> Result<LaunchStats> {
         let [grid_x, grid_y, block, smem] = geometry;
-        let c_name = CString::new(name).map_err(|_| Error::Launch {
-            kernel: name.to_string(),
-            detail: "kernel name contains a NUL byte".into(),
-        })?;
         // Writable ranges first, so that a range listed as both is writable.
         let mut ranges = ranges.to_vec();
         ranges.sort_by_key(|r| !r.writable);
@@ -289,11 +302,11 @@ impl Emulator {
             Schedule::WarpAhead => (3, 0),
         };
         let launch = CsEmuLaunch {
-            name: c_name.as_ptr(),
+            name: name.as_ptr(),
             grid: [grid_x, grid_y, 1],
             block: [block, 1, 1],
             dynamic_smem: smem as u64,
-            smem_attribute: self.allow_dynamic_smem(name, smem) as u64,
+            smem_attribute: self.allow_dynamic_smem(slot, name, smem) as u64,
             smem_limit: EMULATOR_LIMITS.max_shared_mem_per_block as u64,
             params: params as *const SoftmaxParams as *const c_void,
             params_size: size_of::<SoftmaxParams>() as u64,
@@ -307,7 +320,7 @@ impl Emulator {
         let launch_fn = if self.config.fma_contraction {
             if !host_has_fma() {
                 return Err(Error::Launch {
-                    kernel: name.to_string(),
+                    kernel: name.to_string_lossy().into_owned(),
                     detail: "the FMA-contraction build of the emulator needs a CPU with FMA instructions; \
                              set EmulatorConfig::fma_contraction to false"
                         .into(),
@@ -327,7 +340,7 @@ impl Emulator {
         let message = unsafe { CStr::from_ptr(err.as_ptr()) }
             .to_string_lossy()
             .into_owned();
-        let kernel = name.to_string();
+        let kernel = name.to_string_lossy().into_owned();
         match code {
             0 => Ok(LaunchStats {
                 kernel_bytes_read: stats.bytes_read,

@@ -1,7 +1,11 @@
 //! The parameter block every softmax entry point takes (mirrors `cs::SoftmaxParams` in
 //! kernels/common.cuh), and the description of one launch that both backends execute.
 
-use crate::planner::Stage;
+use std::ffi::{CStr, CString};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::planner::{KernelConfig, Stage};
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,19 +27,50 @@ pub(crate) struct SoftmaxParams {
 unsafe impl cudarc::driver::DeviceRepr for SoftmaxParams {}
 
 /// A memory range a launch may touch; the emulator rejects accesses outside every range.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct AccessRange {
     pub addr: u64,
     pub bytes: u64,
     pub writable: bool,
 }
 
-/// One kernel launch: the stage of a plan, the parameters and the ranges it may touch.
-#[derive(Debug, Clone)]
-pub(crate) struct Launch {
-    pub stage: Stage,
+/// One operation: the stages of a plan, run in order with the same parameters, and the memory
+/// ranges they may touch. Borrowed, so that describing a launch allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Launch<'a> {
+    pub stages: &'a [Stage],
     pub params: SoftmaxParams,
-    pub ranges: Vec<AccessRange>,
+    pub ranges: &'a [AccessRange],
+}
+
+/// Every entry point's symbol name, by `KernelConfig::index`: formatted once per process, so
+/// that launches format nothing. NUL-terminated for the emulator's C interface.
+fn entry_point_names() -> &'static [CString] {
+    static NAMES: OnceLock<Box<[CString]>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        KernelConfig::all()
+            .iter()
+            // Symbol names never hold a NUL; an empty name would only fail to resolve.
+            .map(|k| CString::new(k.name()).unwrap_or_default())
+            .collect()
+    })
+}
+
+/// The entry point of `kernel`: its slot index (`KernelConfig::index`) and its symbol name.
+/// An error (never a panic) for a configuration no entry point exists for.
+pub(crate) fn entry_point(kernel: &KernelConfig) -> Result<(usize, &'static CStr)> {
+    kernel
+        .index()
+        .and_then(|i| Some((i, entry_point_names().get(i)?.as_c_str())))
+        .ok_or_else(|| Error::Launch {
+            kernel: kernel.name(),
+            detail: "no entry point has this configuration (see KernelConfig::all)".into(),
+        })
+}
+
+/// A symbol name from the table, for the CUDA driver and for messages (names are ASCII).
+pub(crate) fn name_str(name: &CStr) -> &str {
+    name.to_str().unwrap_or("<non-UTF-8 kernel name>")
 }
 
 /// The dynamic shared memory a kernel function must be allowed

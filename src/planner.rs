@@ -114,9 +114,68 @@ pub const STATIC_SMEM_RESERVE: usize = 1024;
 /// Grids are capped at this many blocks per SM; kernels loop over the remaining rows.
 const BLOCKS_PER_SM: u32 = 32;
 
+/// Warp-family lane shapes: every width at MIN_LANE_COLS, then full warps at LONG_LANE_COLS.
+const WARP_LANE_SHAPES: usize = WARP_WIDTHS.len() + LONG_LANE_COLS.len();
+/// Entry points per dtype: each lane shape scalar and vector, the block sizes, online, the split
+/// pair (the order of `KernelConfig::all()`).
+const CONFIGS_PER_DTYPE: usize = 2 * WARP_LANE_SHAPES + BLOCK_THREADS.len() + 3;
+
+#[cfg(test)]
+thread_local! {
+    /// Names `KernelConfig::name` formatted on this thread (tests: launches must format none).
+    pub(crate) static NAMES_FORMATTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 impl KernelConfig {
-    /// The entry point's symbol name.
+    /// How many configurations `all()` lists.
+    pub const COUNT: usize = Dtype::ALL.len() * CONFIGS_PER_DTYPE;
+
+    /// This configuration's position in `all()`, computed without building the list or its
+    /// names (the backends keep per-kernel state in slots by this index); `None` for a
+    /// configuration `all()` does not list.
+    pub fn index(&self) -> Option<usize> {
+        let dtype = Dtype::ALL.iter().position(|&d| d == self.dtype)?;
+        let position = |list: &[u32], x: u32| list.iter().position(|&y| y == x);
+        let after_warp = 2 * WARP_LANE_SHAPES;
+        let within = match self.family {
+            Family::Warp {
+                width,
+                cols_per_lane,
+                vec,
+            } => {
+                let shape = if cols_per_lane == MIN_LANE_COLS {
+                    position(&WARP_WIDTHS, width)?
+                } else if width == 32 {
+                    WARP_WIDTHS.len() + position(&LONG_LANE_COLS, cols_per_lane)?
+                } else {
+                    return None;
+                };
+                let vector = match vec {
+                    1 => 0,
+                    v if v as usize == self.dtype.vector_width() => 1,
+                    _ => return None,
+                };
+                2 * shape + vector
+            }
+            Family::Block { threads } => after_warp + position(&BLOCK_THREADS, threads)?,
+            Family::Online { threads } if threads == ONLINE_THREADS => {
+                after_warp + BLOCK_THREADS.len()
+            }
+            Family::SplitStats { threads } if threads == SPLIT_THREADS => {
+                after_warp + BLOCK_THREADS.len() + 1
+            }
+            Family::SplitWrite { threads } if threads == SPLIT_THREADS => {
+                after_warp + BLOCK_THREADS.len() + 2
+            }
+            _ => return None,
+        };
+        Some(dtype * CONFIGS_PER_DTYPE + within)
+    }
+
+    /// The entry point's symbol name (formatted on each call: launches use a table built once).
     pub fn name(&self) -> String {
+        #[cfg(test)]
+        NAMES_FORMATTED.with(|n| n.set(n.get() + 1));
         let dt = self.dtype.name();
         match self.family {
             Family::Warp {
@@ -520,6 +579,35 @@ mod tests {
         // Degenerate inputs still give a valid launch.
         let s = single(0, 0, Dtype::F32, true);
         assert!(s.grid.0 >= 1 && s.block >= 1);
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        let all = KernelConfig::all();
+        assert_eq!(all.len(), KernelConfig::COUNT);
+        for (i, k) in all.iter().enumerate() {
+            assert_eq!(k.index(), Some(i), "{k:?}");
+        }
+        // Configurations no entry point exists for have no index.
+        let config = |dtype, family| KernelConfig { dtype, family };
+        let warp = |width, cols_per_lane, vec| Family::Warp {
+            width,
+            cols_per_lane,
+            vec,
+        };
+        for k in [
+            config(Dtype::F32, warp(3, 8, 1)),
+            config(Dtype::F32, warp(16, 16, 1)),
+            config(Dtype::F32, warp(32, 128, 1)),
+            config(Dtype::F32, warp(32, 8, 8)),
+            config(Dtype::F16, warp(32, 8, 4)),
+            config(Dtype::F32, Family::Block { threads: 64 }),
+            config(Dtype::Bf16, Family::Online { threads: 256 }),
+            config(Dtype::F16, Family::SplitStats { threads: 128 }),
+            config(Dtype::F16, Family::SplitWrite { threads: 0 }),
+        ] {
+            assert_eq!(k.index(), None, "{k:?}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::kernel::{Launch, SoftmaxParams};
+use crate::kernel::{AccessRange, SoftmaxParams};
 use crate::planner::{SoftmaxProblem, plan_softmax};
 use crate::tensor::{DeviceTensor, Overlap};
 
@@ -49,41 +49,24 @@ pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) ->
         aligned16: x_addr % 16 == 0 && y_addr % 16 == 0,
     };
     let plan = plan_softmax(&problem, &x.device().limits());
-    let mut ranges = vec![y.access_range(true)];
-    if x_addr != y_addr {
-        ranges.push(x.access_range(false));
-    }
-    // Split-row plans share a small scratch buffer of per-chunk (max, sum) states.
-    let workspace = match plan.workspace_floats {
-        0 => None,
-        n => Some(DeviceTensor::<f32>::uninit(x.device(), &[n])?),
-    };
-    if let Some(w) = &workspace {
-        ranges.push(w.access_range(true));
-    }
+    let both = [y.access_range(true), x.access_range(false)];
+    let ranges: &[AccessRange] = if x_addr != y_addr { &both } else { &both[..1] };
     let params = SoftmaxParams {
         x: x_addr,
         y: y_addr,
         rows: rows as i64,
         cols: cols as i64,
-        workspace: workspace.as_ref().map_or(0, |w| w.addr()),
+        // Split-row plans share the device's workspace of per-chunk (max, sum) states:
+        // `Device::launch` fills in its address.
+        workspace: 0,
         chunk_cols: plan.chunk_cols as i64,
     };
-    let launches: Vec<Launch> = plan
-        .stages
-        .iter()
-        .map(|&stage| Launch {
-            stage,
-            params,
-            ranges: ranges.clone(),
-        })
-        .collect();
-    // The workspace is freed (stream-ordered on a GPU) after the launches are enqueued.
-    x.device().launch(&launches)
+    x.device()
+        .launch(&plan.stages, params, ranges, plan.workspace_floats)
 }
 
 /// `softmax(x)` over the last dimension, in place: `x` is overwritten with its probabilities. No
-/// memory is allocated (beyond the small workspace of few long rows). Other views of the same
+/// memory is allocated (few long rows use the device's workspace, allocated once). Other views of the same
 /// memory see the result once the device's stream reaches it.
 pub fn softmax_inplace<T: Element>(x: &mut DeviceTensor<T>) -> Result<()> {
     if x.shape().is_empty() {
@@ -92,4 +75,76 @@ pub fn softmax_inplace<T: Element>(x: &mut DeviceTensor<T>) -> Result<()> {
     // A second view of exactly the same elements: identical views are the in-place case.
     let input = x.view(0, x.shape())?;
     softmax_into(&input, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+    use crate::planner::NAMES_FORMATTED;
+
+    /// A repeated call formats no kernel name (the backends find kernels by index, with names
+    /// from a table built once) and allocates no split-row workspace, in every family.
+    #[test]
+    fn repeated_calls_format_no_names_and_allocate_no_workspace() {
+        let device = Device::emulator();
+        let limits = device.limits();
+        // Warp, block, online and split-row plans on the emulator's limits.
+        let shapes = [(4, 100), (9, 3000), (9, 30_000), (2, 20_000)];
+        let families: Vec<_> = shapes
+            .iter()
+            .map(|&(rows, cols)| {
+                let problem = SoftmaxProblem {
+                    rows,
+                    cols,
+                    dtype: crate::Dtype::F32,
+                    aligned16: true,
+                };
+                std::mem::discriminant(&plan_softmax(&problem, &limits).stages[0].kernel.family)
+            })
+            .collect();
+        assert!(families.windows(2).all(|w| w[0] != w[1]), "four families");
+        let tensors: Vec<_> = shapes
+            .iter()
+            .map(|&(rows, cols)| {
+                let x: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32 * 0.25).collect();
+                let x = DeviceTensor::from_host(&device, &x, &[rows, cols]).unwrap();
+                let y = DeviceTensor::<f32>::uninit(&device, &[rows, cols]).unwrap();
+                (x, y)
+            })
+            .collect();
+        let run_all = |tensors: Vec<(DeviceTensor<f32>, DeviceTensor<f32>)>| {
+            tensors
+                .into_iter()
+                .map(|(x, mut y)| {
+                    softmax_into(&x, &mut y).unwrap();
+                    (x, y)
+                })
+                .collect::<Vec<_>>()
+        };
+        let formatted = || NAMES_FORMATTED.with(|n| n.get());
+        let tensors = run_all(tensors);
+        assert_eq!(device.split_workspace_allocations(), 1);
+        let (names, stats) = (formatted(), device.last_launch_stats());
+        let tensors = run_all(tensors);
+        assert_eq!(
+            formatted(),
+            names,
+            "a repeated launch formatted kernel names"
+        );
+        assert_eq!(
+            device.split_workspace_allocations(),
+            1,
+            "a repeated split-row call allocated a workspace"
+        );
+        // Names are still reported, from the table.
+        assert_eq!(device.last_launch_stats(), stats);
+        let kernel = stats.map(|s| s.kernel).unwrap_or_default();
+        assert_eq!(
+            kernel,
+            "softmax_split_stats_f32_b256+softmax_split_write_f32_b256"
+        );
+        let y = tensors[3].1.to_host().unwrap();
+        assert!(y.iter().all(|v| v.is_finite() && *v > 0.0));
+    }
 }

@@ -81,3 +81,48 @@ fn family_sweep_every_dtype() {
     common::family_sweep::<f16>(&device, &mut rng);
     common::family_sweep::<bf16>(&device, &mut rng);
 }
+
+/// The split-row workspace: none until a split-row call, allocated once, reused by repeated
+/// calls, grown (once) only by a call that needs more than it holds; clones share it.
+#[test]
+fn split_workspace_is_allocated_once_and_grows_only_when_needed() {
+    use cuda_softmax::planner::{SPLIT_MIN_COLS, SoftmaxProblem, plan_softmax};
+    let device = emulator(Schedule::Forward);
+    let mut rng = common::seeded_rng("split_workspace_is_allocated_once");
+    let floats = |rows, cols| {
+        let problem = SoftmaxProblem {
+            rows,
+            cols,
+            dtype: cuda_softmax::Dtype::F32,
+            aligned16: true,
+        };
+        plan_softmax(&problem, &device.limits()).workspace_floats
+    };
+    let check = |rng: &mut cuda_softmax::check::Rng, rows, cols, what| {
+        let x: Vec<f32> = rng.logits(rows * cols, 8.0);
+        common::check_case(&device, &x, rows, cols, common::ALIGNED, what);
+    };
+    // Warp, block and online calls need no workspace.
+    for (rows, cols) in [(4, 100), (9, 3000), (9, 30_000)] {
+        assert_eq!(floats(rows, cols), 0);
+        check(&mut rng, rows, cols, "no workspace");
+    }
+    assert_eq!(device.split_workspace_allocations(), 0);
+    assert_eq!(device.split_workspace_capacity(), 0);
+    // One long row: a small workspace, allocated by the first call and reused by the second.
+    let cols = SPLIT_MIN_COLS + 5;
+    for _ in 0..2 {
+        check(&mut rng, 1, cols, "one long row");
+        assert_eq!(device.split_workspace_allocations(), 1);
+        assert_eq!(device.split_workspace_capacity(), floats(1, cols));
+    }
+    // More rows need more (max, sum) states: the workspace grows once, then is reused, by
+    // clones of the device too.
+    let most = device.limits().sm_count as usize - 1;
+    assert!(floats(most, cols) > floats(1, cols));
+    common::split_workspace_reused::<f32>(&device, &mut rng);
+    assert_eq!(device.split_workspace_allocations(), 2);
+    common::split_workspace_reused::<f16>(&device.clone(), &mut rng);
+    check(&mut rng, 2, 4 * cols, "four times longer rows");
+    assert_eq!(device.split_workspace_allocations(), 2);
+}

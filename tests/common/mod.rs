@@ -556,6 +556,62 @@ pub fn grid_loops<T: Element>(device: &Device, rng: &mut Rng) {
     }
 }
 
+/// Few long rows share the device's split-row workspace, allocated once: repeated split-row
+/// calls (fresh inputs each, checked against the reference; the workspace keeps what the last
+/// call left in it), smaller ones and other families in between allocate no workspace again.
+pub fn split_workspace_reused<T: Element>(device: &Device, rng: &mut Rng) {
+    let limits = device.limits();
+    let cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
+    let floats = |rows| {
+        let problem = SoftmaxProblem {
+            rows,
+            cols,
+            dtype: T::DTYPE,
+            aligned16: true,
+        };
+        plan_softmax(&problem, &limits).workspace_floats
+    };
+    let most = (limits.sm_count as usize).saturating_sub(1).max(1);
+    assert!(
+        floats(most) > 0 && floats(1) > 0,
+        "{most} x {cols} is not split-row"
+    );
+    let before = device.split_workspace_allocations();
+    let x: Vec<T> = rng.logits(most * cols, 10.0);
+    check_case(
+        device,
+        &x,
+        most,
+        cols,
+        ALIGNED,
+        "split-row workspace, first call",
+    );
+    let allocated = device.split_workspace_allocations();
+    assert!(
+        allocated - before <= 1,
+        "one call allocated {} workspaces",
+        allocated - before
+    );
+    assert!(allocated >= 1, "a split-row call ran without a workspace");
+    let capacity = device.split_workspace_capacity();
+    assert!(capacity >= floats(most), "workspace of {capacity} floats");
+    for (rows, cols, what) in [
+        (most, cols, "split-row workspace, same shape again"),
+        (1, cols, "split-row workspace, fewer rows"),
+        (3, 100, "split-row workspace, a warp-family call between"),
+        (most, cols, "split-row workspace, third call"),
+    ] {
+        let x: Vec<T> = rng.logits(rows * cols, 10.0);
+        check_case(device, &x, rows, cols, ALIGNED, what);
+        assert_eq!(
+            device.split_workspace_allocations(),
+            allocated,
+            "{what}: a repeated call allocated a workspace again"
+        );
+        assert_eq!(device.split_workspace_capacity(), capacity, "{what}");
+    }
+}
+
 /// The whole suite for one dtype on one device.
 pub fn full_suite<T: Element>(device: &Device, test: &str) {
     let mut rng = seeded_rng(test);
@@ -567,4 +623,5 @@ pub fn full_suite<T: Element>(device: &Device, test: &str) {
     misaligned_views::<T>(device, &mut rng);
     special_values::<T>(device, &mut rng);
     shapes_and_in_place::<T>(device, &mut rng);
+    split_workspace_reused::<T>(device, &mut rng);
 }
