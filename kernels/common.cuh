@@ -176,6 +176,54 @@ __device__ __forceinline__ void load16(const void* src, uint32_t (&w)[4]) {
 #endif
 }
 
+// L2 eviction priority for the reads of two-pass kernels, which read x twice: the first read
+// asks L2 to keep the lines (evict_last) so that the second can hit; the second asks to drop them
+// first (evict_first), as nothing reads them again. A policy is made once (createpolicy) and
+// passed to every load. sm_80 and later; older GPUs (and the emulator) read plainly.
+struct L2Policy {
+  uint64_t bits;
+};
+__device__ __forceinline__ L2Policy l2_evict_last() {
+  L2Policy p{0};
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p.bits));
+#endif
+  return p;
+}
+__device__ __forceinline__ L2Policy l2_evict_first() {
+  L2Policy p{0};
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p.bits));
+#endif
+  return p;
+}
+
+// load16 with an L2 eviction policy.
+__device__ __forceinline__ void load16(const void* src, uint32_t (&w)[4], L2Policy policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  CS_CHECK_GLOBAL(src, 16, false);
+  asm volatile("ld.global.L2::cache_hint.v4.b32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+               : "l"(src), "l"(policy.bits));
+#else
+  (void)policy;
+  load16(src, w);
+#endif
+}
+
+// A 16-byte store that will not be read again soon (st.global.cs: evict first): the output of a
+// two-pass kernel, so that it does not push x's lines out of L2 before their second read.
+__device__ __forceinline__ void store16_streaming(void* dst, const uint32_t (&w)[4]) {
+#ifdef CS_EMULATOR
+  store16(dst, w[0], w[1], w[2], w[3]);
+#else
+  CS_CHECK_GLOBAL(dst, 16, true);
+  asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]),
+               "r"(w[3])
+               : "memory");
+#endif
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* dst, const float (&in)[N]) {
   if constexpr (sizeof(T) * N == 16) {

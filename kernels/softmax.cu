@@ -87,7 +87,7 @@ constexpr int kBatch = 4;
 // a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar tail. Thread t of the
 // block takes elements/packs t, t + Block, ...
 template <typename T, int Block, typename F>
-__device__ __forceinline__ void for_each_loaded(const T* row, long long cols, F&& f) {
+__device__ __forceinline__ void for_each_loaded(const T* row, long long cols, L2Policy policy, F&& f) {
   constexpr int V = Vec16<T>::n;
   const long long head = head_elements(row, cols);
   const long long packs = (cols - head) / V;
@@ -105,7 +105,7 @@ __device__ __forceinline__ void for_each_loaded(const T* row, long long cols, F&
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) load16(row + head + k * V, w[u]);
+      if (k < packs) load16(row + head + k * V, w[u], policy);
     }
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
@@ -253,13 +253,14 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
     const long long packs = (n - head) / V;
     const long long tail = head + packs * V;
     for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
-    // As in for_each_loaded: kBatch packs loaded before the first is used.
+    // As in for_each_loaded: kBatch packs loaded before the first is used. x's last read.
+    const L2Policy last_read = l2_evict_first();
     for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
       uint32_t w[kBatch][4];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const long long k = k0 + static_cast<long long>(u) * Block;
-        if (k < packs) load16(xr + head + k * V, w[u]);
+        if (k < packs) load16(xr + head + k * V, w[u], last_read);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -270,7 +271,7 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
 #pragma unroll
           for (int j = 0; j < V; ++j) v[j] = exp_shifted(v[j], shift) * inv;
           pack16<T>(v, w[u]);
-          store16(yr + head + k * V, w[u][0], w[u][1], w[u][2], w[u][3]);
+          store16_streaming(yr + head + k * V, w[u]);
         }
       }
     }
@@ -284,7 +285,8 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
 template <typename T, int Block>
 __device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n) {
   MaxSum s = maxsum_identity();
-  for_each_loaded<T, Block>(xr, n, [&](long long, auto& v) { s = maxsum_add(s, v); });
+  // The first of x's two reads: keep its lines in L2 for the second.
+  for_each_loaded<T, Block>(xr, n, l2_evict_last(), [&](long long, auto& v) { s = maxsum_add(s, v); });
   return block_maxsum<Block>(s);
 }
 

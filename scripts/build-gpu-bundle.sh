@@ -41,6 +41,11 @@ cp "$bench" "$out/bench-softmax"
 cargo build --release --bin cuda-softmax --bin driver-probe
 cp "$CARGO_TARGET_DIR/release/cuda-softmax" "$CARGO_TARGET_DIR/release/driver-probe" "$out/"
 
+# The static model's predicted fraction of a copy per sweep shape (tests/sass_gate.rs), for
+# gpu-check.sh to print beside the measured table.
+cargo test --release --test sass_gate plans_keep_enough_loads_in_flight -- --nocapture 2>/dev/null |
+  grep -E '^(dtype|f32|f16|bf16) ' > "$out/predicted.txt" || true
+
 strip "$out"/* 2>/dev/null || true
 # The GPU machine's glibc may be older than this one's: report the newest symbol version needed.
 need=$(for f in "$out"/*; do objdump -T "$f" 2>/dev/null; done | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -n1)

@@ -39,6 +39,10 @@ if command -v compute-sanitizer >/dev/null; then
 else
   summary+=("compute-sanitizer                  SKIPPED (not installed)")
 fi
+if [ -s "$b/predicted.txt" ]; then
+  echo; echo "=== predicted (static model, tests/sass_gate.rs): fraction of a device-to-device copy"
+  cat "$b/predicted.txt"
+fi
 step "main job (self-check + bandwidth)" 120 "$b/cuda-softmax"
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
   step "torch.softmax on the same shapes" 90 python3 scripts/torch_softmax_bandwidth.py
