@@ -351,8 +351,9 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   CS_ENTRY(softmax_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B>(p)))
 
 // The warp family (keep in step with KernelConfig::all in src/planner.rs): Width lanes per row
-// (32 / Width rows a warp), 8 elements a lane, and full warps with 16, 32 or 64 a lane; each
-// scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for f16/bf16).
+// (32 / Width rows a warp), 8 elements a lane, and full warps with 16 to 64 a lane in steps of 8;
+// each scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for
+// f16/bf16).
 #define CS_WARP_LANE(dt, T, V, W, C) \
   CS_WARP(dt, T, W, C, 1)            \
   CS_WARP(dt, T, W, C, V)
@@ -364,7 +365,11 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   CS_WARP_LANE(dt, T, V, 16, 8)   \
   CS_WARP_LANE(dt, T, V, 32, 8)   \
   CS_WARP_LANE(dt, T, V, 32, 16)  \
+  CS_WARP_LANE(dt, T, V, 32, 24)  \
   CS_WARP_LANE(dt, T, V, 32, 32)  \
+  CS_WARP_LANE(dt, T, V, 32, 40)  \
+  CS_WARP_LANE(dt, T, V, 32, 48)  \
+  CS_WARP_LANE(dt, T, V, 32, 56)  \
   CS_WARP_LANE(dt, T, V, 32, 64)
 // Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
 #define CS_BLOCKS(dt, T) \

@@ -97,8 +97,10 @@ const WARP_WIDTHS: [u32; 6] = [1, 2, 4, 8, 16, 32];
 /// elements: the SASS census measured 0.67 warp instructions per element for f32 at 4 per lane
 /// against 0.48 at 8 (tests/sass_gate.rs budgets 0.6).
 const MIN_LANE_COLS: u32 = 8;
-/// Elements per lane of full-warp rows (32 lanes), longer rows.
-const LONG_LANE_COLS: [u32; 3] = [16, 32, 64];
+/// Elements per lane of full-warp rows (32 lanes), longer rows: steps of 8 past 16 (multiples of
+/// every pack width), so that a row uses at least 7/8 of its lanes' slots past 256 columns
+/// (powers of two left up to 47% idle at 1025 columns).
+const LONG_LANE_COLS: [u32; 7] = [16, 24, 32, 40, 48, 56, 64];
 const BLOCK_THREADS: [u32; 3] = [128, 256, 512];
 const ONLINE_THREADS: u32 = 512;
 const SPLIT_THREADS: u32 = 256;
@@ -292,12 +294,16 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
     };
 
     if cols <= WARP_FAMILY_MAX_COLS {
-        // Elements per lane: at least MIN_LANE_COLS, a power of two; lanes per row: as few as
-        // cover the row, so short rows pack several rows into a warp.
-        let per_lane = cols
-            .div_ceil(32)
-            .next_power_of_two()
-            .max(MIN_LANE_COLS as usize);
+        // Elements per lane: MIN_LANE_COLS while a warp covers the row, then the first step of
+        // LONG_LANE_COLS that does; lanes per row: as few as cover the row, so short rows pack
+        // several rows into a warp.
+        let needed = cols.div_ceil(32);
+        let per_lane = LONG_LANE_COLS
+            .into_iter()
+            .map(|c| c as usize)
+            .find(|&c| c >= needed)
+            .filter(|_| needed > MIN_LANE_COLS as usize)
+            .unwrap_or(MIN_LANE_COLS as usize);
         let width = cols.div_ceil(per_lane).next_power_of_two() as u32;
         // Vector packs need every row to start 16-byte aligned: aligned base, cols % v == 0.
         let vec = if p.aligned16 && cols.is_multiple_of(v) {
@@ -623,8 +629,8 @@ mod tests {
                     .filter(|k| k.dtype == dtype && f(&k.family))
                     .count()
             };
-            // (6 widths at 8 a lane + 3 longer full-warp shapes) x (scalar, vector).
-            assert_eq!(of(|f| matches!(f, Family::Warp { .. })), 18);
+            // (6 widths at 8 a lane + 7 longer full-warp shapes) x (scalar, vector).
+            assert_eq!(of(|f| matches!(f, Family::Warp { .. })), 26);
             assert_eq!(of(|f| matches!(f, Family::Block { .. })), 3);
             assert_eq!(of(|f| matches!(f, Family::Online { .. })), 1);
             assert_eq!(of(|f| matches!(f, Family::SplitStats { .. })), 1);

@@ -421,7 +421,7 @@ fn block_family_max_cols<T: Element>(device: &Device) -> usize {
 /// entry point the planner can reach, cheaply (for sanitizer runs).
 pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
     let short = [
-        1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 2049, 5000, 16384,
+        1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 700, 1024, 1100, 1400, 1700, 2048, 2049, 5000, 16384,
     ];
     let sm = device.limits().sm_count as usize;
     let block_max = block_family_max_cols::<T>(device);
