@@ -22,7 +22,27 @@ __device__ __forceinline__ float (&sub_array(float* p))[N] {
   return *reinterpret_cast<float(*)[N]>(p);
 }
 
-template <typename T, int Width, int Cols, int Vec>
+// ---- The op a family computes. Every family finds each row's statistics the same way: the
+// shift (row max, -inf -> 0) and the sum of exp(x - shift); the op turns them into per-row
+// constants (`row`) and each element's output. Log-softmax, the backward pass and the
+// cross-entropy epilogue of later issues are further ops on the same five families.
+struct SoftmaxOp {
+  // The output is exp(x - shift) scaled: register-resident rows keep the exps from the sum.
+  static constexpr bool kFromExp = true;
+  struct Row {
+    float shift;
+    float inv;  // 1 / sum, 0 for an all -inf row
+  };
+  __device__ __forceinline__ static Row row(float shift, float sum) { return Row{shift, safe_reciprocal(sum)}; }
+  // From e = exp(x - shift), already computed.
+  __device__ __forceinline__ static float from_exp(float e, const Row& r) { return e * r.inv; }
+  // From x.
+  __device__ __forceinline__ static float from_x(float x, const Row& r) {
+    return from_exp(exp_shifted(x, r.shift), r);
+  }
+};
+
+template <typename T, int Width, int Cols, int Vec, typename Op>
 __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
   static_assert(Cols % Vec == 0, "a lane's columns are whole packs");
   static_assert(Width >= 1 && Width <= 32 && (Width & (Width - 1)) == 0, "Width is a power of two");
@@ -64,16 +84,24 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
     float d = 0.0f;
 #pragma unroll
     for (int j = 0; j < Cols; ++j) {
-      v[j] = exp_shifted(v[j], shift);
-      d += v[j];
+      const float e = exp_shifted(v[j], shift);
+      d += e;
+      if constexpr (Op::kFromExp) v[j] = e;
     }
-    const float inv = safe_reciprocal(warp_sum<Width>(d));
+    const typename Op::Row r = Op::row(shift, warp_sum<Width>(d));
 #pragma unroll
     for (int i = 0; i < kPacks; ++i) {
       const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
       if (i < packs) {
 #pragma unroll
-        for (int j = 0; j < Vec; ++j) v[i * Vec + j] *= inv;
+        for (int j = 0; j < Vec; ++j) {
+          float& o = v[i * Vec + j];
+          if constexpr (Op::kFromExp) {
+            o = Op::from_exp(o, r);
+          } else {
+            o = Op::from_x(o, r);
+          }
+        }
         store_pack<T, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
       }
     }
@@ -156,7 +184,7 @@ __device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
 // STS.128, LDS.128, and a warp's consecutive packs hit every bank once (no conflicts). Three
 // passes over the row: load and max; sum of exp from shared memory; exp again, scale, store
 // (recomputing exp costs less than writing exps back and reading them again).
-template <typename T, int Block>
+template <typename T, int Block, typename Op>
 __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
   constexpr int V = Vec16<T>::n;
   const T* x = static_cast<const T*>(p.x);
@@ -208,13 +236,13 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
     for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
       d += exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift);
     }
-    const float inv = safe_reciprocal(block_sum<Block>(d));
+    const typename Op::Row r = Op::row(shift, block_sum<Block>(d));
     // Pass 3: y. When y shares x's alignment (the usual case) packs go shared -> global as
     // LDS.128 / STG.128; otherwise y is still stored in packs (by its own alignment), read from
     // shared memory element by element.
     if (head_elements(yr, p.cols) == head) {
       for (long long c = threadIdx.x; c < head; c += Block) {
-        store_one(yr + c, exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift) * inv);
+        store_one(yr + c, Op::from_x(to_f32(static_cast<T>(buf[c + lead])), r));
       }
       for (long long k = threadIdx.x; k < packs; k += Block) {
         uint32_t w[4];
@@ -222,37 +250,37 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
         smem_load16(buf, head + lead + k * V, w);
         unpack16<T>(w, v);
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = exp_shifted(v[j], shift) * inv;
+        for (int j = 0; j < V; ++j) v[j] = Op::from_x(v[j], r);
         pack16<T>(v, w);
         store16(yr + head + k * V, w[0], w[1], w[2], w[3]);
       }
       for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
-        store_one(yr + c, exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift) * inv);
+        store_one(yr + c, Op::from_x(to_f32(static_cast<T>(buf[c + lead])), r));
       }
     } else {
       for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
         constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
-        for (int j = 0; j < n; ++j) v[j] = exp_shifted(to_f32(static_cast<T>(buf[c + j + lead])), shift) * inv;
+        for (int j = 0; j < n; ++j) v[j] = Op::from_x(to_f32(static_cast<T>(buf[c + j + lead])), r);
       });
     }
     __syncthreads();  // the next row overwrites buf
   }
 }
 
-// y = exp(x - m) * inv over one row (or chunk) of n elements: the second pass of the online and
+// The op's output over one row (or chunk) of n elements: the second pass of the online and
 // split-row kernels. When x and y share their alignment (the usual case: same offsets), both
 // move in 16-byte packs, chunked by y's alignment; otherwise element by element. The test is
 // made once, outside the loops, so the pack loop holds only 16-byte accesses.
-template <typename T, int Block>
-__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, float shift, float inv) {
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, const typename Op::Row& r) {
   constexpr int V = Vec16<T>::n;
   const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
   if (same_alignment) {
     const long long head = head_elements(yr, n);
     const long long packs = (n - head) / V;
     const long long tail = head + packs * V;
-    for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
+    for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
     // As in for_each_loaded: kBatch packs loaded before the first is used. x's last read.
     const L2Policy last_read = l2_evict_first();
     for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
@@ -269,15 +297,15 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
           float v[V];
           unpack16<T>(w[u], v);
 #pragma unroll
-          for (int j = 0; j < V; ++j) v[j] = exp_shifted(v[j], shift) * inv;
+          for (int j = 0; j < V; ++j) v[j] = Op::from_x(v[j], r);
           pack16<T>(v, w[u]);
           store16_streaming(yr + head + k * V, w[u]);
         }
       }
     }
-    for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
+    for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
   } else {
-    for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, exp_shifted(load_one(xr + c), shift) * inv);
+    for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
   }
 }
 
@@ -290,14 +318,13 @@ __device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n) {
   return block_maxsum<Block>(s);
 }
 
-template <typename T, int Block>
+template <typename T, int Block, typename Op>
 __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols);
-    write_normalized<T, Block>(x + row * p.cols, y + row * p.cols, p.cols, row_shift(s.m),
-                               safe_reciprocal(s.d));
+    write_normalized<T, Block, Op>(x + row * p.cols, y + row * p.cols, p.cols, Op::row(row_shift(s.m), s.d));
   }
 }
 
@@ -316,7 +343,7 @@ __device__ __forceinline__ void softmax_split_stats(const SoftmaxParams& p) {
 
 // Split-row pass 2: block (chunk, row) merges every chunk state of its row (associative, so the
 // order does not matter) and writes its own chunk.
-template <typename T, int Block>
+template <typename T, int Block, typename Op>
 __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
   const long long first = chunk * p.chunk_cols;
@@ -328,8 +355,8 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   }
   s = block_maxsum<Block>(s);
   const long long offset = row * p.cols + first;
-  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n,
-                             row_shift(s.m), safe_reciprocal(s.d));
+  write_normalized<T, Block, Op>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n,
+                                 Op::row(row_shift(s.m), s.d));
 }
 
 }  // namespace cs
@@ -341,14 +368,14 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
 #define CS_WARP_MIN_BLOCKS(C) ((C) <= 8 ? 8 : (C) <= 32 ? 4 : 2)
 #define CS_WARP(dt, T, W, C, V)                                                            \
   CS_ENTRY(softmax_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),             \
-           (cs::softmax_warp<T, W, C, V>(p)))
+           (cs::softmax_warp<T, W, C, V, cs::SoftmaxOp>(p)))
 #define CS_BLOCK(dt, T, B) \
-  CS_ENTRY(softmax_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B>(p)))
+  CS_ENTRY(softmax_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B, cs::SoftmaxOp>(p)))
 #define CS_ONLINE(dt, T, B) \
-  CS_ENTRY(softmax_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B>(p)))
+  CS_ENTRY(softmax_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B, cs::SoftmaxOp>(p)))
 #define CS_SPLIT(dt, T, B)                                                                      \
   CS_ENTRY(softmax_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))   \
-  CS_ENTRY(softmax_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B>(p)))
+  CS_ENTRY(softmax_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::SoftmaxOp>(p)))
 
 // The warp family (keep in step with KernelConfig::all in src/planner.rs): Width lanes per row
 // (32 / Width rows a warp), 8 elements a lane, and full warps with 16 to 64 a lane in steps of 8;
