@@ -183,20 +183,20 @@ __device__ __forceinline__ void load16(const void* src, uint32_t (&w)[4]) {
 struct L2Policy {
   uint64_t bits;
 };
-__device__ __forceinline__ L2Policy l2_evict_last() {
+template <bool KeepInL2>
+__device__ __forceinline__ L2Policy l2_policy() {
   L2Policy p{0};
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p.bits));
+  if constexpr (KeepInL2) {
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p.bits));
+  } else {
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p.bits));
+  }
 #endif
   return p;
 }
-__device__ __forceinline__ L2Policy l2_evict_first() {
-  L2Policy p{0};
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p.bits));
-#endif
-  return p;
-}
+__device__ __forceinline__ L2Policy l2_evict_last() { return l2_policy<true>(); }
+__device__ __forceinline__ L2Policy l2_evict_first() { return l2_policy<false>(); }
 
 // load16 with an L2 eviction policy.
 __device__ __forceinline__ void load16(const void* src, uint32_t (&w)[4], L2Policy policy) {
@@ -204,7 +204,8 @@ __device__ __forceinline__ void load16(const void* src, uint32_t (&w)[4], L2Poli
   CS_CHECK_GLOBAL(src, 16, false);
   asm volatile("ld.global.L2::cache_hint.v4.b32 {%0, %1, %2, %3}, [%4], %5;"
                : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-               : "l"(src), "l"(policy.bits));
+               : "l"(src), "l"(policy.bits)
+               : "memory");  // it reads memory: never move it across a store
 #else
   (void)policy;
   load16(src, w);

@@ -111,6 +111,29 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
 // Packs a thread of a two-pass kernel loads before it uses the first (see for_each_loaded).
 constexpr int kBatch = 4;
 
+// Calls f(k, words) for packs k = 0 .. packs - 1 of 16-byte aligned `src`, thread t taking
+// t, t + Block, ... kBatch packs a thread loads before it uses any: 64 bytes in flight a thread,
+// enough to cover DRAM latency at one or two blocks an SM (src/occupancy.rs). One loop with
+// predicated loads: no remainder loop with a single load in flight. The batch is held as raw
+// words (16 registers whatever the dtype), widened by f.
+template <typename T, int Block, typename F>
+__device__ __forceinline__ void for_each_pack_batch(const T* src, long long packs, L2Policy policy, F&& f) {
+  constexpr int V = Vec16<T>::n;
+  for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
+    uint32_t w[kBatch][4];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const long long k = k0 + static_cast<long long>(u) * Block;
+      if (k < packs) load16(src + k * V, w[u], policy);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const long long k = k0 + static_cast<long long>(u) * Block;
+      if (k < packs) f(k, w[u]);
+    }
+  }
+}
+
 // Calls f(first_col, values) for every element of `row`, in chunks of one or Vec elements:
 // a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar tail. Thread t of the
 // block takes elements/packs t, t + Block, ...
@@ -124,27 +147,11 @@ __device__ __forceinline__ void for_each_loaded(const T* row, long long cols, L2
     float v[1] = {load_one(row + c)};
     f(c, v);
   }
-  // kBatch packs a thread loads before it uses any: 64 bytes in flight a thread, enough to
-  // cover DRAM latency at one or two blocks an SM (src/occupancy.rs). One loop, predicated
-  // loads: no remainder loop with a single load in flight.
-  // The batch is held as raw words (16 registers whatever the dtype), widened at use.
-  for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
-    uint32_t w[kBatch][4];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) load16(row + head + k * V, w[u], policy);
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) {
-        float v[V];
-        unpack16<T>(w[u], v);
-        f(head + k * V, v);
-      }
-    }
-  }
+  for_each_pack_batch<T, Block>(row + head, packs, policy, [&](long long k, uint32_t(&w)[4]) {
+    float v[V];
+    unpack16<T>(w, v);
+    f(head + k * V, v);
+  });
   for (long long c = tail_start + threadIdx.x; c < cols; c += Block) {
     float v[1] = {load_one(row + c)};
     f(c, v);
@@ -240,7 +247,7 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
     // Pass 3: y. When y shares x's alignment (the usual case) packs go shared -> global as
     // LDS.128 / STG.128; otherwise y is still stored in packs (by its own alignment), read from
     // shared memory element by element.
-    if (head_elements(yr, p.cols) == head) {
+    if (((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0) {
       for (long long c = threadIdx.x; c < head; c += Block) {
         store_one(yr + c, Op::from_x(to_f32(static_cast<T>(buf[c + lead])), r));
       }
@@ -281,28 +288,15 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
     const long long packs = (n - head) / V;
     const long long tail = head + packs * V;
     for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
-    // As in for_each_loaded: kBatch packs loaded before the first is used. x's last read.
-    const L2Policy last_read = l2_evict_first();
-    for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
-      uint32_t w[kBatch][4];
+    // x's last read: its lines may leave L2 first; y is streamed out.
+    for_each_pack_batch<T, Block>(xr + head, packs, l2_evict_first(), [&](long long k, uint32_t(&w)[4]) {
+      float v[V];
+      unpack16<T>(w, v);
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const long long k = k0 + static_cast<long long>(u) * Block;
-        if (k < packs) load16(xr + head + k * V, w[u], last_read);
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const long long k = k0 + static_cast<long long>(u) * Block;
-        if (k < packs) {
-          float v[V];
-          unpack16<T>(w[u], v);
-#pragma unroll
-          for (int j = 0; j < V; ++j) v[j] = Op::from_x(v[j], r);
-          pack16<T>(v, w[u]);
-          store16_streaming(yr + head + k * V, w[u]);
-        }
-      }
-    }
+      for (int j = 0; j < V; ++j) v[j] = Op::from_x(v[j], r);
+      pack16<T>(v, w);
+      store16_streaming(yr + head + k * V, w);
+    });
     for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
   } else {
     for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));

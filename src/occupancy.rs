@@ -57,7 +57,8 @@ pub fn resident_blocks(k: &KernelResources, sm: &SmLimits) -> u32 {
     // Registers are allocated per warp in units of 256 (8 a thread).
     let per_warp = (k.registers.max(1).next_multiple_of(8) * 32).next_multiple_of(256);
     let by_registers = sm.registers / (per_warp * threads.div_ceil(32));
-    let smem = k.static_smem + k.dynamic_smem + sm.reserved_per_block;
+    // Shared memory is allocated in 128-byte units.
+    let smem = (k.static_smem + k.dynamic_smem).next_multiple_of(128) + sm.reserved_per_block;
     let by_smem = sm.shared_memory / smem.max(1);
     by_threads.min(by_registers).min(by_smem).min(sm.max_blocks)
 }

@@ -200,8 +200,9 @@ pub struct Loop {
 }
 
 /// Every loop of `f`. Not loops: a self-branch (the trap after the last EXIT), and a backward
-/// branch whose span holds an unconditional EXIT: that is out-of-line code (the divergent-warp
-/// fallback that `BRA.DIV` jumps to, laid out after the kernel's end) rejoining the main path.
+/// branch placed after the function's last unconditional EXIT: that is out-of-line code (the
+/// divergent-warp fallback that `BRA.DIV` jumps to) rejoining the main path. (A loop that
+/// holds an exit block inside its span is still a loop.)
 pub fn loops(f: &Function) -> Vec<Loop> {
     let index_of: BTreeMap<u32, usize> = f
         .instructions
@@ -209,14 +210,16 @@ pub fn loops(f: &Function) -> Vec<Loop> {
         .enumerate()
         .map(|(i, ins)| (ins.address, i))
         .collect();
+    let last_exit = f
+        .instructions
+        .iter()
+        .rposition(|x| x.opcode == "EXIT" && x.predicate.is_none());
     let mut found = Vec::new();
     for (i, ins) in f.instructions.iter().enumerate() {
         if let Some(target) = branch_target(ins)
             && target < ins.address
             && let Some(&first) = index_of.get(&target)
-            && !f.instructions[first..i]
-                .iter()
-                .any(|x| x.opcode == "EXIT" && x.predicate.is_none())
+            && last_exit.is_none_or(|e| i < e)
         {
             found.push(Loop { first, last: i });
         }
@@ -370,10 +373,14 @@ pub fn bytes_before_first_use(f: &Function, l: Loop) -> u32 {
             bytes += b;
             continue;
         }
-        // Stores read every operand; other instructions write their first.
-        let sources = match classify(ins) {
-            Class::GlobalStore(_) | Class::SharedStore(_) => &regs[..],
-            _ => regs.get(1..).unwrap_or(&[]),
+        // Stores read every operand; other instructions write their first, when it is a
+        // register (a compare writes a predicate: all its registers are sources).
+        let writes_register = ins.operands.trim_start().starts_with('R')
+            && !matches!(classify(ins), Class::GlobalStore(_) | Class::SharedStore(_));
+        let sources = if writes_register {
+            regs.get(1..).unwrap_or(&[])
+        } else {
+            &regs[..]
         };
         if sources.iter().any(|r| loaded.contains(r)) {
             break;
@@ -499,6 +506,13 @@ mod tests {
         let l = loops(f)[0];
         // Two 16-byte loads before FMNMX reads R4.
         assert_eq!(bytes_before_first_use(f, l), 32);
+        // A compare reads its registers (it writes a predicate): a use.
+        let text = text.replace(
+            "FMNMX R0, R33, R4, !PT",
+            "FSETP.NEU.AND P1, PT, R4, -INF , PT",
+        );
+        let f = &parse_cuobjdump(&text)[0];
+        assert_eq!(bytes_before_first_use(f, loops(f)[0]), 32);
         assert_eq!(registers("R4, desc[UR8][R34.64+0x2000]"), vec![4, 34]);
         assert_eq!(registers("-R16, R9, !PT"), vec![16, 9]);
     }

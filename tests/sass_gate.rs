@@ -222,6 +222,20 @@ fn vector_paths_move_16_bytes_in_their_steady_loops() {
                     f.name
                 ));
             }
+            // Each phase over the row is one loop of 16-byte packs: a phase whose loop turned
+            // narrow (say LDS.128 split into LDS.32) would leave the steady set, so pin them.
+            let phases = match config_of(&f.name).family {
+                Family::Block { .. } => 3,  // load + max, sum of exp, write
+                Family::Online { .. } => 2, // (max, sum), write
+                _ => 1,
+            };
+            let wide = steady_loops(f).len();
+            if wide != phases {
+                failures.push(format!(
+                    "{arch} {}: {wide} loops move only 16-byte packs, expected {phases} (one a phase)",
+                    f.name
+                ));
+            }
             // A loop that moves 16-byte packs of global memory moves nothing narrower there
             // (NVVM's split stores showed up as 4 STG.E beside an LDG.128).
             for c in all_loops(f).iter().filter(|c| c.has_wide_global()) {
@@ -278,6 +292,24 @@ fn instructions_per_element_are_within_budget() {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
+
+/// Every kernel has a steady state to measure: a kernel whose loops all fell out of the census
+/// would pass the budgets with nothing counted.
+#[test]
+fn every_kernel_has_a_steady_loop() {
+    for arch in ARCHS {
+        let Some(functions) = sass_for(arch) else {
+            return;
+        };
+        for f in &functions {
+            assert!(
+                !steady_loops(f).is_empty(),
+                "{arch} {}: no steady-state loop",
+                f.name
+            );
+        }
     }
 }
 

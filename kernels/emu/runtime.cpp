@@ -128,9 +128,12 @@ struct Fiber {
   uint3 tidx;
   unsigned linear;
   FiberState state;
-  // How many times this thread has run each shared-memory access site in the running block: the
-  // k-th run of a site by every lane of a warp is one warp access (see SharedAccessGroup).
+  // How many times this thread has run each shared-memory access site in the current barrier
+  // interval (runs_epoch): the k-th run of a site by every lane of a warp in one interval is one
+  // warp access (see SharedAccessGroup). Counting per interval keeps lanes in step when some of
+  // them ran a loop one time fewer before the barrier.
   std::unordered_map<const void*, uint32_t> site_runs;
+  uint64_t runs_epoch = 0;
 };
 
 // The lanes of one warp access to shared memory: one static access site, its k-th run by each
@@ -142,12 +145,14 @@ struct SharedAccessGroup {
 };
 struct SiteRun {
   const void* site;
+  uint64_t epoch;
   uint32_t run;
-  bool operator==(const SiteRun& o) const { return site == o.site && run == o.run; }
+  bool operator==(const SiteRun& o) const { return site == o.site && epoch == o.epoch && run == o.run; }
 };
 struct SiteRunHash {
   size_t operator()(const SiteRun& k) const {
-    return std::hash<const void*>()(k.site) ^ (size_t(k.run) * 0x9e3779b97f4a7c15ULL);
+    return std::hash<const void*>()(k.site) ^ (size_t(k.run) * 0x9e3779b97f4a7c15ULL) ^
+           (size_t(k.epoch) * 0xc2b2ae3d27d4eb4fULL);
   }
 };
 
@@ -579,6 +584,7 @@ static bool run_block(Worker* w, uint64_t linear_block) {
     Fiber& f = w->fibers[i];
     f.state = FiberState::Ready;
     f.site_runs.clear();
+    f.runs_epoch = 0;
     start_fiber(&f);
   }
   // The sweep order: fixed for forward, reverse and warp-ahead, a fresh permutation per block
@@ -908,14 +914,18 @@ static void count_wavefronts(Worker* w, const SharedAccessGroup& g) {
 static void record_warp_access(Worker* w, const void* site, const unsigned char* address, size_t bytes) {
   Fiber* f = w->current;
   Warp& warp = w->warps[f->linear / 32];
-  const uint32_t run = f->site_runs[site]++;
-  SharedAccessGroup& g = warp.open_accesses[SiteRun{site, run}];
+  if (f->runs_epoch != w->epoch) {
+    f->site_runs.clear();
+    f->runs_epoch = w->epoch;
+  }
+  const SiteRun key{site, w->epoch, f->site_runs[site]++};
+  SharedAccessGroup& g = warp.open_accesses[key];
   g.mask |= 1u << (f->linear % 32);
   g.bytes = static_cast<uint32_t>(bytes);
   g.address[f->linear % 32] = reinterpret_cast<uintptr_t>(address);
   if (g.mask == warp.lanes) {
     count_wavefronts(w, g);
-    warp.open_accesses.erase(SiteRun{site, run});
+    warp.open_accesses.erase(key);
   }
 }
 
