@@ -145,7 +145,9 @@ pub struct LaunchStats {
     pub kernel_bytes_written: u64,
     /// Global accesses of any width.
     pub accesses: u64,
-    /// Global accesses that were 16 bytes wide.
+    /// Global accesses that were 16 bytes wide, as the source asks for them (the accessors the
+    /// kernels call). The machine code can differ (NVVM splits some 16-byte stores): the SASS
+    /// census in tests/sass_gate.rs is the truth for widths.
     pub accesses_16b: u64,
     /// Emulated threads the launch ran (grid x block).
     pub threads: u64,

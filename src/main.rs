@@ -159,7 +159,7 @@ fn emulator_report() -> Result<(), String> {
             .expect("emulator launches record statistics");
         let min = (2 * rows * cols * 4) as f64;
         println!(
-            "  {rows:>5} x {cols:<6} {:<58} {:>9.0} threads/s  traffic {:.2}x of minimum, {:>3.0}% of accesses 16 B",
+            "  {rows:>5} x {cols:<6} {:<58} {:>9.0} threads/s  traffic {:.2}x of minimum, {:>3.0}% of accesses 16 B in the source",
             s.kernel,
             s.threads as f64 / secs,
             (s.kernel_bytes_read + s.kernel_bytes_written) as f64 / min,
