@@ -185,6 +185,29 @@ __device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
   }
 }
 
+// Calls f(first_col, values) over a row held in shared memory (column c at buf[c + lead]): the
+// scalar head and tail element by element, the packs between as one LDS.128 each.
+template <typename T, int Block, typename F>
+__device__ __forceinline__ void for_each_on_chip(SmemPtr<T> buf, long long lead, long long head, long long packs,
+                                                 long long cols, F&& f) {
+  constexpr int V = Vec16<T>::n;
+  for (long long c = threadIdx.x; c < head; c += Block) {
+    float v[1] = {to_f32(static_cast<T>(buf[c + lead]))};
+    f(c, v);
+  }
+  for (long long k = threadIdx.x; k < packs; k += Block) {
+    uint32_t w[4];
+    float v[V];
+    smem_load16(buf, head + lead + k * V, w);
+    unpack16<T>(w, v);
+    f(head + k * V, v);
+  }
+  for (long long c = head + packs * V + threadIdx.x; c < cols; c += Block) {
+    float v[1] = {to_f32(static_cast<T>(buf[c + lead]))};
+    f(c, v);
+  }
+}
+
 // A block per row, the row held on chip in its storage type (half the footprint of f32 for
 // f16/bf16). Column c sits at shared element c + lead, where lead puts x's 16-byte packs on
 // 16-byte boundaries of shared memory: a pack moves global -> shared -> registers as LDG.128,
@@ -231,39 +254,22 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
     const float shift = row_shift(block_max<Block>(m));
     // Pass 2: the sum of exponentials, from shared memory.
     float d = 0.0f;
-    for (long long c = threadIdx.x; c < head; c += Block) d += exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift);
-    for (long long k = threadIdx.x; k < packs; k += Block) {
-      uint32_t w[4];
-      float v[V];
-      smem_load16(buf, head + lead + k * V, w);
-      unpack16<T>(w, v);
+    for_each_on_chip<T, Block>(buf, lead, head, packs, p.cols, [&](long long, auto& v) {
+      constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
-      for (int j = 0; j < V; ++j) d += exp_shifted(v[j], shift);
-    }
-    for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
-      d += exp_shifted(to_f32(static_cast<T>(buf[c + lead])), shift);
-    }
+      for (int j = 0; j < n; ++j) d += exp_shifted(v[j], shift);
+    });
     const typename Op::Row r = Op::row(shift, block_sum<Block>(d));
     // Pass 3: y. When y shares x's alignment (the usual case) packs go shared -> global as
     // LDS.128 / STG.128; otherwise y is still stored in packs (by its own alignment), read from
     // shared memory element by element.
     if (((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0) {
-      for (long long c = threadIdx.x; c < head; c += Block) {
-        store_one(yr + c, Op::from_x(to_f32(static_cast<T>(buf[c + lead])), r));
-      }
-      for (long long k = threadIdx.x; k < packs; k += Block) {
-        uint32_t w[4];
-        float v[V];
-        smem_load16(buf, head + lead + k * V, w);
-        unpack16<T>(w, v);
+      for_each_on_chip<T, Block>(buf, lead, head, packs, p.cols, [&](long long c, auto& v) {
+        constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = Op::from_x(v[j], r);
-        pack16<T>(v, w);
-        store16(yr + head + k * V, w[0], w[1], w[2], w[3]);
-      }
-      for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
-        store_one(yr + c, Op::from_x(to_f32(static_cast<T>(buf[c + lead])), r));
-      }
+        for (int j = 0; j < n; ++j) v[j] = Op::from_x(v[j], r);
+        store_pack<T, n>(yr + c, v);
+      });
     } else {
       for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
         constexpr int n = sizeof(v) / sizeof(float);

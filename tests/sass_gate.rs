@@ -416,11 +416,9 @@ fn plans_keep_enough_loads_in_flight() {
     };
     let resources = sass::ptxas_resources(report, "sm_90");
     let h100 = DeviceLimits::H100;
-    // Bytes per SM a stream needs in flight (bandwidth / SMs x ~0.8 us latency).
-    let needed = [
-        ("H100", 3.0e12, 16.0 * 1024.0),
-        ("H200", 4.3e12, 23.0 * 1024.0),
-    ];
+    // Bytes per SM a stream needs in flight: bandwidth / SMs x ~0.8 us latency (H100 about
+    // 3.0 TB/s, H200 about 4.3 TB/s, 132 SMs each).
+    let needed = [16.0 * 1024.0, 23.0 * 1024.0];
     let mut failures = Vec::new();
     println!(
         "{:<6} {:>8} x {:<7} {:<58} {:>9} {:>6} {:>8} {:>8}",
@@ -464,10 +462,9 @@ fn plans_keep_enough_loads_in_flight() {
                 names.join("+"),
                 weakest / 1024.0,
                 stages.iter().map(|s| s.2).min().unwrap_or(0),
-                predict(needed[0].2),
-                predict(needed[1].2),
+                predict(needed[0]),
+                predict(needed[1]),
             );
-            let _ = needed[0].1 + needed[1].1;
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
