@@ -203,6 +203,40 @@ impl KernelConfig {
         }
     }
 
+    /// The row lengths `plan_softmax` gives a warp-family kernel, `None` for other families.
+    /// The kernels rely on the lower end: the packs every lane holds in its shortest row are
+    /// loaded without a bounds compare (`warp_min_cols` in kernels/softmax.cu computes the same
+    /// bound; a test of every row length keeps the two in step).
+    pub fn warp_row_lengths(&self) -> Option<std::ops::RangeInclusive<usize>> {
+        let Family::Warp {
+            width,
+            cols_per_lane,
+            ..
+        } = self.family
+        else {
+            return None;
+        };
+        let (width, per_lane) = (width as usize, cols_per_lane as usize);
+        // One column more than the next smaller lane shape holds: half the lanes at
+        // MIN_LANE_COLS (one lane takes rows from one column), the previous step of full warps.
+        let shortest = if per_lane == MIN_LANE_COLS as usize {
+            if width == 1 {
+                1
+            } else {
+                width / 2 * per_lane + 1
+            }
+        } else {
+            let previous = LONG_LANE_COLS
+                .iter()
+                .rev()
+                .map(|&c| c as usize)
+                .find(|&c| c < per_lane)
+                .unwrap_or(MIN_LANE_COLS as usize);
+            32 * previous + 1
+        };
+        Some(shortest..=width * per_lane)
+    }
+
     /// Every configuration the GPU image and the emulator must provide.
     pub fn all() -> Vec<KernelConfig> {
         let mut all = Vec::new();
@@ -470,6 +504,8 @@ mod tests {
                                 cols_per_lane,
                                 vec,
                             } => {
+                                let lengths = p.stages[0].kernel.warp_row_lengths().unwrap();
+                                assert!(lengths.contains(&cols), "{cols} columns: {lengths:?}");
                                 assert!((width * cols_per_lane) as usize >= cols);
                                 assert!(cols_per_lane % vec == 0);
                                 if vec > 1 {

@@ -10,13 +10,17 @@
 //!   alignment have no 16-byte global access, or also narrow shared ones, and are not steady
 //!   state);
 //! - at most 0.6 warp instructions per element in the steady state of every kernel that serves
-//!   rows of 32 columns or more, 1.0 below. Kernels still over budget are listed in
-//!   OVER_BUDGET with their measured value: a ratchet (worse fails, and so does better, until
-//!   the entry is removed);
-//! - no local memory (spills or stack arrays) in any kernel.
+//!   rows of 32 columns or more, 1.0 below. A kernel over budget may be listed in OVER_BUDGET
+//!   with its measured value while work on it is in progress: a ratchet (worse fails, and so
+//!   does better, until the entry is removed). The list is empty;
+//! - every kernel has a steady-state loop the census can measure;
+//! - no local memory (spills or stack arrays) in any kernel;
+//! - bytes in flight per SM (src/occupancy.rs: ptxas registers and shared memory, and the loads
+//!   each thread issues before the first use) of at least 16 KB for every plan of the issue's
+//!   sweep on H100 and H200 limits, or the whole input where it is smaller.
 //!
-//! Not yet gated here: shared-memory wavefronts and bytes in flight per SM (see
-//! docs/performance.md).
+//! Shared-memory wavefronts are gated on the emulator (tests/emulator_checks.rs), which sees the
+//! lanes of each access.
 //!
 //! `cargo test --release --test sass_gate -- --nocapture` prints the census table.
 
@@ -189,17 +193,11 @@ fn budget(config: &KernelConfig) -> f64 {
     }
 }
 
-/// Kernels measured over budget, (arch, kernel, warp instructions per element). Each is work
-/// left for issue 7: the 16-bit scalar kernels at 16 lanes a row spill predicates (P2R/R2P) for
-/// their per-element bounds tests.
-const OVER_BUDGET: &[(&str, &str, f64)] = &[
-    ("sm_90", "softmax_warp_f16_w16_c8_v1", 0.613),
-    ("sm_90", "softmax_warp_bf16_w16_c8_v1", 0.613),
-    ("sm_80", "softmax_warp_f16_w16_c8_v1", 0.617),
-    ("sm_80", "softmax_warp_bf16_w16_c8_v1", 0.617),
-    ("sm_80", "softmax_warp_f16_w8_c8_v1", 0.602),
-    ("sm_80", "softmax_warp_bf16_w8_c8_v1", 0.602),
-];
+/// Kernels measured over budget, (arch, kernel, warp instructions per element): a ratchet for
+/// work in progress. Empty since the warp kernels stopped bounds-testing the packs every lane
+/// holds in its shortest row (the 16-bit scalar kernels at 8 and 16 lanes a row were at
+/// 0.60-0.62 from predicate spills; now at most 0.60 on sm_80 and 0.58 on sm_90).
+const OVER_BUDGET: &[(&str, &str, f64)] = &[];
 
 fn per_element(f: &Function) -> f64 {
     steady_loops(f).iter().map(|c| c.per_element()).sum()

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
-use cuda_softmax::planner::{Family, SoftmaxProblem, Stage, plan_softmax};
+use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
 use cuda_softmax::{Device, DeviceTensor, Dtype, Element, reference, softmax_into};
 
 /// Row lengths from DESIGN.md's edge list plus each family boundary.
@@ -433,6 +433,27 @@ pub fn family_sweep<T: Element>(device: &Device, rng: &mut Rng) {
         (2, block_max + 1),
     ]);
     check_shapes::<T>(device, rng, shapes, (1, 1), 3.0, "family sweep");
+    warp_shape_bounds::<T>(device, rng);
+}
+
+/// Every warp kernel at the shortest and the longest row the planner gives it, with a row count
+/// that leaves groups past the last row: the kernels load the packs every lane holds in the
+/// shortest row without a bounds compare, so a planner that gave them shorter rows, or a kernel
+/// that assumed longer ones, reads and writes past the row here.
+pub fn warp_shape_bounds<T: Element>(device: &Device, rng: &mut Rng) {
+    let lengths = KernelConfig::all()
+        .into_iter()
+        .filter(|k| k.dtype == T::DTYPE)
+        .filter_map(|k| k.warp_row_lengths());
+    // The shortest row a vector kernel gets is the shortest whole number of packs.
+    let v = T::DTYPE.vector_width();
+    let mut cols: Vec<usize> = lengths
+        .flat_map(|r| [*r.start(), r.start().next_multiple_of(v), *r.end()])
+        .collect();
+    cols.sort_unstable();
+    cols.dedup();
+    let shapes = cols.into_iter().map(|c| (3, c));
+    check_shapes::<T>(device, rng, shapes, (1, 1), 3.0, "warp shape bounds");
 }
 
 /// Long rows through both long-row paths: split-row (few rows) and online (a row per SM).
