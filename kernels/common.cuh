@@ -21,12 +21,17 @@ namespace cs {
 
 // ---- Kernel parameters: one struct for every softmax entry point (mirrored in src/kernel.rs).
 struct SoftmaxParams {
-  const void* x;  // rows x cols, contiguous rows; any element alignment
-  void* y;        // same shape; may equal x (in place), must not partly overlap it
+  const void* x;  // rows x cols, contiguous rows; any element alignment. Backward: the forward
+                  // output y
+  void* y;        // same shape; may equal x (in place), must not partly overlap it. Backward: dx;
+                  // logsumexp: one f32 a row
+  const void* dy;  // backward only: the upstream gradient (x's shape); else null
   long long rows;
   long long cols;
   float* workspace;      // split-row kernels only: (max, sum) per (row, chunk); else null
   long long chunk_cols;  // split-row kernels only: columns per chunk (the last may be shorter)
+  float scale;           // the op is taken of scale * x; > 0 and finite (checked on the host)
+  unsigned pad;          // keeps the struct free of implicit padding (mirrored in Rust)
 };
 
 // ---- Entry points: one extern "C" symbol per (family, dtype, tile configuration). The emulator
@@ -282,6 +287,22 @@ __device__ __forceinline__ float fast_exp2(float x) {
 #endif
 }
 
+// log2(x) on the special-function unit: lg2.approx.ftz.f32, one MUFU.LG2 (logf is a ~20
+// instruction sequence, which a warp kernel with 8 elements a lane would pay per row). Absolute
+// error about 2^-22 for x in [0.5, 2], relative 2^-22 elsewhere; used on row sums (>= 1 except
+// for empty rows, which callers test first). The emulator twin flushes like the GPU.
+__device__ __forceinline__ float fast_log2(float x) {
+#ifdef CS_EMULATOR
+  return std::log2(::emu::flush_subnormal(x));
+#else
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+constexpr float kLn2 = 0.6931471805599453f;
+
 // 1/d on the special-function unit: rcp.approx.ftz.f32 (one MUFU.RCP, within 1 ulp; the exact
 // division is a subroutine call). Only used on row sums, which are >= 1, 0 or NaN.
 __device__ __forceinline__ float fast_reciprocal(float d) {
@@ -299,15 +320,19 @@ __device__ __forceinline__ float fast_reciprocal(float d) {
 // exp gives exactly 0 with no per-element test. A NaN or +inf m passes through (the row is NaN).
 __device__ __forceinline__ float row_shift(float m) { return m == kNegInf ? 0.0f : m; }
 
-// exp(x - m) for x <= m, given shift = row_shift(m): three instructions (FADD, FMUL, MUFU).
-__device__ __forceinline__ float exp_shifted(float x, float shift) {
-  return fast_exp2((x - shift) * kLog2e);
-}
+// exp(scale * (x - m)) for x <= m, given shift = row_shift(m) and k = scale * log2(e): three
+// instructions (FADD, FMUL, MUFU), the scale folded into the exp2 factor (no extra pass or
+// instruction). scale > 0, so the max of scale * x is scale * max(x).
+__device__ __forceinline__ float exp_shifted(float x, float shift, float k) { return fast_exp2((x - shift) * k); }
+
+// The exp2 factor of a launch: log2(e) * scale, rounded once.
+__device__ __forceinline__ float exp2_factor(float scale) { return kLog2e * scale; }
 
 // 1/d, except that an all -inf row (d == 0) gives probabilities of 0 rather than NaN.
 __device__ __forceinline__ float safe_reciprocal(float d) { return d == 0.0f ? 0.0f : fast_reciprocal(d); }
 
-// Online normalizer state (Milakov & Gimelshein 2018): running max m and d = sum exp(x - m).
+// Online normalizer state (Milakov & Gimelshein 2018): running max m and
+// d = sum exp(scale * (x - m)). Every function on it takes the launch's exp2 factor k.
 struct MaxSum {
   float m;
   float d;
@@ -316,22 +341,22 @@ struct MaxSum {
 __device__ __forceinline__ MaxSum maxsum_identity() { return MaxSum{kNegInf, 0.0f}; }
 
 // Merging two partial states is associative and commutative; -inf maxima scale by 0, not NaN.
-__device__ __forceinline__ MaxSum maxsum_merge(MaxSum a, MaxSum b) {
+__device__ __forceinline__ MaxSum maxsum_merge(MaxSum a, MaxSum b, float k) {
   const float m = fmaxf(a.m, b.m);
   const float shift = row_shift(m);
-  return MaxSum{m, a.d * exp_shifted(a.m, shift) + b.d * exp_shifted(b.m, shift)};
+  return MaxSum{m, a.d * exp_shifted(a.m, shift, k) + b.d * exp_shifted(b.m, shift, k)};
 }
 
 // Folds N more values into a state with one rescale (not one per element).
 template <int N>
-__device__ __forceinline__ MaxSum maxsum_add(MaxSum s, const float (&x)[N]) {
+__device__ __forceinline__ MaxSum maxsum_add(MaxSum s, const float (&x)[N], float k) {
   float m = s.m;
 #pragma unroll
   for (int i = 0; i < N; ++i) m = fmaxf(m, x[i]);
   const float shift = row_shift(m);
-  float d = s.d * exp_shifted(s.m, shift);
+  float d = s.d * exp_shifted(s.m, shift, k);
 #pragma unroll
-  for (int i = 0; i < N; ++i) d += exp_shifted(x[i], shift);
+  for (int i = 0; i < N; ++i) d += exp_shifted(x[i], shift, k);
   return MaxSum{m, d};
 }
 
@@ -351,11 +376,11 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ MaxSum warp_maxsum(MaxSum s) {
+__device__ __forceinline__ MaxSum warp_maxsum(MaxSum s, float k) {
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) {
     MaxSum other{__shfl_xor_sync(0xffffffffu, s.m, o), __shfl_xor_sync(0xffffffffu, s.d, o)};
-    s = maxsum_merge(s, other);
+    s = maxsum_merge(s, other, k);
   }
   return s;
 }
@@ -413,30 +438,31 @@ __device__ __forceinline__ void smem_load16(SmemPtr<T> base, long long i, uint32
 // ---- Block reductions (1-D blocks of Block threads, a multiple of 32). The result is returned
 // to every thread. The leading barrier protects the scratch from a previous call's readers.
 struct MaxOp {
-  __device__ __forceinline__ static float identity() { return kNegInf; }
-  __device__ __forceinline__ static float warp(float v) { return warp_max<32>(v); }
+  __device__ __forceinline__ float identity() const { return kNegInf; }
+  __device__ __forceinline__ float warp(float v) const { return warp_max<32>(v); }
 };
 struct SumOp {
-  __device__ __forceinline__ static float identity() { return 0.0f; }
-  __device__ __forceinline__ static float warp(float v) { return warp_sum<32>(v); }
+  __device__ __forceinline__ float identity() const { return 0.0f; }
+  __device__ __forceinline__ float warp(float v) const { return warp_sum<32>(v); }
 };
 struct MaxSumOp {
-  __device__ __forceinline__ static MaxSum identity() { return maxsum_identity(); }
-  __device__ __forceinline__ static MaxSum warp(MaxSum s) { return warp_maxsum(s); }
+  float k;  // the launch's exp2 factor
+  __device__ __forceinline__ MaxSum identity() const { return maxsum_identity(); }
+  __device__ __forceinline__ MaxSum warp(MaxSum s) const { return warp_maxsum(s, k); }
 };
 
 template <int Block, typename Op, typename V>
-__device__ __forceinline__ V block_reduce(V v) {
+__device__ __forceinline__ V block_reduce(V v, const Op& op) {
   static_assert(Block % 32 == 0 && Block <= 1024, "whole warps, at most 32 of them");
   CS_SHARED_ARRAY(V, scratch, Block / 32);
   CS_SHARED_ARRAY(V, result, 1);
-  v = Op::warp(v);
+  v = op.warp(v);
   __syncthreads();
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
   __syncthreads();
   if (threadIdx.x < 32) {
-    V w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : Op::identity();
-    w = Op::warp(w);
+    V w = threadIdx.x < Block / 32 ? scratch[threadIdx.x] : op.identity();
+    w = op.warp(w);
     if (threadIdx.x == 0) result[0] = w;
   }
   __syncthreads();
@@ -445,15 +471,15 @@ __device__ __forceinline__ V block_reduce(V v) {
 
 template <int Block>
 __device__ __forceinline__ float block_max(float v) {
-  return block_reduce<Block, MaxOp>(v);
+  return block_reduce<Block>(v, MaxOp{});
 }
 template <int Block>
 __device__ __forceinline__ float block_sum(float v) {
-  return block_reduce<Block, SumOp>(v);
+  return block_reduce<Block>(v, SumOp{});
 }
 template <int Block>
-__device__ __forceinline__ MaxSum block_maxsum(MaxSum s) {
-  return block_reduce<Block, MaxSumOp>(s);
+__device__ __forceinline__ MaxSum block_maxsum(MaxSum s, float k) {
+  return block_reduce<Block>(s, MaxSumOp{k});
 }
 
 }  // namespace cs

@@ -23,23 +23,53 @@ __device__ __forceinline__ float (&sub_array(float* p))[N] {
 }
 
 // ---- The op a family computes. Every family finds each row's statistics the same way: the
-// shift (row max, -inf -> 0) and the sum of exp(x - shift); the op turns them into per-row
-// constants (`row`) and each element's output. Log-softmax, the backward pass and the
-// cross-entropy epilogue of later issues are further ops on the same five families.
+// shift (row max, -inf -> 0) and the sum of exp(scale * (x - shift)); the op turns them into
+// per-row constants (`row`) and each element's output. An op is built once a thread from the
+// launch parameters (the scale); the backward pass and the cross-entropy epilogue of later
+// issues are further ops on the same families.
 struct SoftmaxOp {
-  // The output is exp(x - shift) scaled: register-resident rows keep the exps from the sum.
+  // The output is exp(scale * (x - shift)) / sum: register-resident rows keep the exps (else
+  // they keep x - shift, for from_shifted).
   static constexpr bool kFromExp = true;
+  float k;  // exp2 factor: log2(e) * scale
+  __device__ __forceinline__ explicit SoftmaxOp(const SoftmaxParams& p) : k(exp2_factor(p.scale)) {}
   struct Row {
     float shift;
     float inv;  // 1 / sum, 0 for an all -inf row
   };
-  __device__ __forceinline__ static Row row(float shift, float sum) { return Row{shift, safe_reciprocal(sum)}; }
-  // From e = exp(x - shift), already computed.
-  __device__ __forceinline__ static float from_exp(float e, const Row& r) { return e * r.inv; }
-  // From x.
-  __device__ __forceinline__ static float from_x(float x, const Row& r) {
-    return from_exp(exp_shifted(x, r.shift), r);
+  __device__ __forceinline__ Row row(float shift, float sum) const { return Row{shift, safe_reciprocal(sum)}; }
+  // From e = exp(scale * (x - shift)), already computed.
+  __device__ __forceinline__ float from_exp(float e, const Row& r) const { return e * r.inv; }
+  __device__ __forceinline__ float from_shifted(float t, const Row& r) const {
+    return from_exp(fast_exp2(t * k), r);
   }
+  // From x.
+  __device__ __forceinline__ float from_x(float x, const Row& r) const {
+    return from_exp(exp_shifted(x, r.shift, k), r);
+  }
+};
+
+// log_softmax(scale * x) = scale * (x - m) - log(sum), from the row's (m, sum): never
+// log(softmax), which underflows to -inf where softmax rounds to 0. Two instructions an element
+// (FADD, FFMA) and one MUFU.LG2 a row. An all -inf row (sum 0) takes log_sum = 0 and gives -inf
+// everywhere; a NaN sum (a NaN or +inf in the row) gives a NaN row.
+struct LogSoftmaxOp {
+  static constexpr bool kFromExp = false;
+  float k;  // exp2 factor: log2(e) * scale
+  float scale;
+  __device__ __forceinline__ explicit LogSoftmaxOp(const SoftmaxParams& p)
+      : k(exp2_factor(p.scale)), scale(p.scale) {}
+  struct Row {
+    float shift;
+    float log_sum;
+  };
+  __device__ __forceinline__ Row row(float shift, float sum) const {
+    return Row{shift, sum == 0.0f ? 0.0f : fast_log2(sum) * kLn2};
+  }
+  __device__ __forceinline__ float from_exp(float, const Row&) const { return 0.0f; }  // not used
+  // From t = x - shift, already formed for the sum (one FFMA).
+  __device__ __forceinline__ float from_shifted(float t, const Row& r) const { return fmaf(t, scale, -r.log_sum); }
+  __device__ __forceinline__ float from_x(float x, const Row& r) const { return from_shifted(x - r.shift, r); }
 };
 
 // The shortest row the planner gives the warp kernel of a lane shape: one column more than the
@@ -78,6 +108,7 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
   // and a whole number of packs when Vec > 1.)
   const int row_packs = static_cast<int>(p.cols / Vec);
   const int lane_packs = row_packs > lane ? (row_packs - lane + Width - 1) / Width : 0;
+  const Op op(p);
 
   for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step) {
     const long long row = base + group;
@@ -102,26 +133,21 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
     float d = 0.0f;
 #pragma unroll
     for (int j = 0; j < Cols; ++j) {
-      const float e = exp_shifted(v[j], shift);
+      const float t = v[j] - shift;
+      const float e = fast_exp2(t * op.k);  // exp_shifted(v[j], shift, op.k)
       d += e;
-      if constexpr (Op::kFromExp) v[j] = e;
+      v[j] = Op::kFromExp ? e : t;
     }
-    const typename Op::Row r = Op::row(shift, warp_sum<Width>(d));
+    const typename Op::Row r = op.row(shift, warp_sum<Width>(d));
+    // Every slot's output, unpredicated (slots past the row end compute garbage that is never
+    // stored): predicated arithmetic made ptxas reload the scale from the constant bank once
+    // per slot in the log-softmax kernels.
+#pragma unroll
+    for (int j = 0; j < Cols; ++j) v[j] = Op::kFromExp ? op.from_exp(v[j], r) : op.from_shifted(v[j], r);
 #pragma unroll
     for (int i = 0; i < kPacks; ++i) {
       const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
-      if (i < kSurePacks ? active : i < packs) {
-#pragma unroll
-        for (int j = 0; j < Vec; ++j) {
-          float& o = v[i * Vec + j];
-          if constexpr (Op::kFromExp) {
-            o = Op::from_exp(o, r);
-          } else {
-            o = Op::from_x(o, r);
-          }
-        }
-        store_pack<T, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
-      }
+      if (i < kSurePacks ? active : i < packs) store_pack<T, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
     }
   }
 }
@@ -238,6 +264,7 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   const SmemPtr<T> buf = dynamic_smem<T>();  // p.cols + V elements
+  const Op op(p);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* xr = x + row * p.cols;
     T* yr = y + row * p.cols;
@@ -275,9 +302,9 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
     for_each_on_chip<T, Block>(buf, lead, head, packs, p.cols, [&](long long, auto& v) {
       constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
-      for (int j = 0; j < n; ++j) d += exp_shifted(v[j], shift);
+      for (int j = 0; j < n; ++j) d += exp_shifted(v[j], shift, op.k);
     });
-    const typename Op::Row r = Op::row(shift, block_sum<Block>(d));
+    const typename Op::Row r = op.row(shift, block_sum<Block>(d));
     // Pass 3: y. When y shares x's alignment (the usual case) packs go shared -> global as
     // LDS.128 / STG.128; otherwise y is still stored in packs (by its own alignment), read from
     // shared memory element by element.
@@ -285,14 +312,14 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
       for_each_on_chip<T, Block>(buf, lead, head, packs, p.cols, [&](long long c, auto& v) {
         constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
-        for (int j = 0; j < n; ++j) v[j] = Op::from_x(v[j], r);
+        for (int j = 0; j < n; ++j) v[j] = op.from_x(v[j], r);
         store_pack<T, n>(yr + c, v);
       });
     } else {
       for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
         constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
-        for (int j = 0; j < n; ++j) v[j] = Op::from_x(to_f32(static_cast<T>(buf[c + j + lead])), r);
+        for (int j = 0; j < n; ++j) v[j] = op.from_x(to_f32(static_cast<T>(buf[c + j + lead])), r);
       });
     }
     __syncthreads();  // the next row overwrites buf
@@ -304,45 +331,47 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
 // move in 16-byte packs, chunked by y's alignment; otherwise element by element. The test is
 // made once, outside the loops, so the pack loop holds only 16-byte accesses.
 template <typename T, int Block, typename Op>
-__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, const typename Op::Row& r) {
+__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, const Op& op,
+                                                 const typename Op::Row& r) {
   constexpr int V = Vec16<T>::n;
   const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
   if (same_alignment) {
     const long long head = head_elements(yr, n);
     const long long packs = (n - head) / V;
     const long long tail = head + packs * V;
-    for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
+    for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, op.from_x(load_one(xr + c), r));
     // x's last read: its lines may leave L2 first; y is streamed out.
     for_each_pack_batch<T, Block>(xr + head, packs, l2_evict_first(), [&](long long k, uint32_t(&w)[4]) {
       float v[V];
       unpack16<T>(w, v);
 #pragma unroll
-      for (int j = 0; j < V; ++j) v[j] = Op::from_x(v[j], r);
+      for (int j = 0; j < V; ++j) v[j] = op.from_x(v[j], r);
       pack16<T>(v, w);
       store16_streaming(yr + head + k * V, w);
     });
-    for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
+    for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, op.from_x(load_one(xr + c), r));
   } else {
-    for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, Op::from_x(load_one(xr + c), r));
+    for (long long c = threadIdx.x; c < n; c += Block) store_one(yr + c, op.from_x(load_one(xr + c), r));
   }
 }
 
 // The online (max, sum) state of n elements, reduced over the block.
 template <typename T, int Block>
-__device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n) {
+__device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n, float k) {
   MaxSum s = maxsum_identity();
   // The first of x's two reads: keep its lines in L2 for the second.
-  for_each_loaded<T, Block>(xr, n, l2_evict_last(), [&](long long, auto& v) { s = maxsum_add(s, v); });
-  return block_maxsum<Block>(s);
+  for_each_loaded<T, Block>(xr, n, l2_evict_last(), [&](long long, auto& v) { s = maxsum_add(s, v, k); });
+  return block_maxsum<Block>(s, k);
 }
 
 template <typename T, int Block, typename Op>
 __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
+  const Op op(p);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
-    const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols);
-    write_normalized<T, Block, Op>(x + row * p.cols, y + row * p.cols, p.cols, Op::row(row_shift(s.m), s.d));
+    const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols, op.k);
+    write_normalized<T, Block>(x + row * p.cols, y + row * p.cols, p.cols, op, op.row(row_shift(s.m), s.d));
   }
 }
 
@@ -352,7 +381,8 @@ __device__ __forceinline__ void softmax_split_stats(const SoftmaxParams& p) {
   const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
   const long long first = chunk * p.chunk_cols;
   const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
-  const MaxSum s = block_row_state<T, Block>(static_cast<const T*>(p.x) + row * p.cols + first, n);
+  const MaxSum s = block_row_state<T, Block>(static_cast<const T*>(p.x) + row * p.cols + first, n,
+                                             exp2_factor(p.scale));
   if (threadIdx.x == 0) {
     const float state[2] = {s.m, s.d};
     store_pack<float, 2>(p.workspace + 2 * (row * chunks + chunk), state);
@@ -366,15 +396,16 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
   const long long first = chunk * p.chunk_cols;
   const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
+  const Op op(p);
   MaxSum s = maxsum_identity();
   for (long long k = threadIdx.x; k < chunks; k += Block) {
     const float* state = p.workspace + 2 * (row * chunks + k);
-    s = maxsum_merge(s, MaxSum{load_one(state), load_one(state + 1)});
+    s = maxsum_merge(s, MaxSum{load_one(state), load_one(state + 1)}, op.k);
   }
-  s = block_maxsum<Block>(s);
+  s = block_maxsum<Block>(s, op.k);
   const long long offset = row * p.cols + first;
-  write_normalized<T, Block, Op>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n,
-                                 Op::row(row_shift(s.m), s.d));
+  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n, op,
+                             op.row(row_shift(s.m), s.d));
 }
 
 }  // namespace cs
@@ -384,49 +415,55 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
 // Register budgets (see CS_ENTRY): warp kernels 64 registers up to 8 columns a lane, 128 up to 32,
 // 255 at 64 (a lane holds its columns in registers); block kernels 64 (1024 threads an SM).
 #define CS_WARP_MIN_BLOCKS(C) ((C) <= 8 ? 8 : (C) <= 32 ? 4 : 2)
-#define CS_WARP(dt, T, W, C, V)                                                            \
-  CS_ENTRY(softmax_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),             \
-           (cs::softmax_warp<T, W, C, V, cs::SoftmaxOp>(p)))
-#define CS_BLOCK(dt, T, B) \
-  CS_ENTRY(softmax_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B, cs::SoftmaxOp>(p)))
-#define CS_ONLINE(dt, T, B) \
-  CS_ENTRY(softmax_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B, cs::SoftmaxOp>(p)))
-#define CS_SPLIT(dt, T, B)                                                                      \
-  CS_ENTRY(softmax_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))   \
-  CS_ENTRY(softmax_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::SoftmaxOp>(p)))
+#define CS_WARP(op, Op, dt, T, W, C, V)                                                     \
+  CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
+           (cs::softmax_warp<T, W, C, V, cs::Op>(p)))
+#define CS_BLOCK(op, Op, dt, T, B) \
+  CS_ENTRY(op##_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B, cs::Op>(p)))
+#define CS_ONLINE(op, Op, dt, T, B) \
+  CS_ENTRY(op##_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B, cs::Op>(p)))
+// Every op has its own stats entry (the same code) so that each op's entry points form one run
+// of KernelConfig::all.
+#define CS_SPLIT(op, Op, dt, T, B)                                                             \
+  CS_ENTRY(op##_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))      \
+  CS_ENTRY(op##_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::Op>(p)))
 
 // The warp family (keep in step with KernelConfig::all in src/planner.rs): Width lanes per row
 // (32 / Width rows a warp), 8 elements a lane, and full warps with 16 to 64 a lane in steps of 8;
 // each scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for
 // f16/bf16).
-#define CS_WARP_LANE(dt, T, V, W, C) \
-  CS_WARP(dt, T, W, C, 1)            \
-  CS_WARP(dt, T, W, C, V)
-#define CS_WARP_ALL(dt, T, V)     \
-  CS_WARP_LANE(dt, T, V, 1, 8)    \
-  CS_WARP_LANE(dt, T, V, 2, 8)    \
-  CS_WARP_LANE(dt, T, V, 4, 8)    \
-  CS_WARP_LANE(dt, T, V, 8, 8)    \
-  CS_WARP_LANE(dt, T, V, 16, 8)   \
-  CS_WARP_LANE(dt, T, V, 32, 8)   \
-  CS_WARP_LANE(dt, T, V, 32, 16)  \
-  CS_WARP_LANE(dt, T, V, 32, 24)  \
-  CS_WARP_LANE(dt, T, V, 32, 32)  \
-  CS_WARP_LANE(dt, T, V, 32, 40)  \
-  CS_WARP_LANE(dt, T, V, 32, 48)  \
-  CS_WARP_LANE(dt, T, V, 32, 56)  \
-  CS_WARP_LANE(dt, T, V, 32, 64)
+#define CS_WARP_LANE(op, Op, dt, T, V, W, C) \
+  CS_WARP(op, Op, dt, T, W, C, 1)            \
+  CS_WARP(op, Op, dt, T, W, C, V)
+#define CS_WARP_ALL(op, Op, dt, T, V)     \
+  CS_WARP_LANE(op, Op, dt, T, V, 1, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, V, 2, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, V, 4, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, V, 8, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, V, 16, 8)   \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 8)   \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 16)  \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 24)  \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 32)  \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 40)  \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 48)  \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 56)  \
+  CS_WARP_LANE(op, Op, dt, T, V, 32, 64)
 // Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
-#define CS_BLOCKS(dt, T) \
-  CS_BLOCK(dt, T, 128)   \
-  CS_BLOCK(dt, T, 256)   \
-  CS_BLOCK(dt, T, 512)   \
-  CS_ONLINE(dt, T, 512)  \
-  CS_SPLIT(dt, T, 256)
-#define CS_ALL_FAMILIES(dt, T, V) \
-  CS_WARP_ALL(dt, T, V)           \
-  CS_BLOCKS(dt, T)
+#define CS_BLOCKS(op, Op, dt, T) \
+  CS_BLOCK(op, Op, dt, T, 128)   \
+  CS_BLOCK(op, Op, dt, T, 256)   \
+  CS_BLOCK(op, Op, dt, T, 512)   \
+  CS_ONLINE(op, Op, dt, T, 512)  \
+  CS_SPLIT(op, Op, dt, T, 256)
+#define CS_ALL_FAMILIES(op, Op, dt, T, V) \
+  CS_WARP_ALL(op, Op, dt, T, V)           \
+  CS_BLOCKS(op, Op, dt, T)
+// An op's entry points for every dtype, in the order of KernelConfig::all.
+#define CS_OP(op, Op)                                \
+  CS_ALL_FAMILIES(op, Op, f32, float, 4)             \
+  CS_ALL_FAMILIES(op, Op, f16, __half, 8)            \
+  CS_ALL_FAMILIES(op, Op, bf16, __nv_bfloat16, 8)
 
-CS_ALL_FAMILIES(f32, float, 4)
-CS_ALL_FAMILIES(f16, __half, 8)
-CS_ALL_FAMILIES(bf16, __nv_bfloat16, 8)
+CS_OP(softmax, SoftmaxOp)
+CS_OP(log_softmax, LogSoftmaxOp)

@@ -83,6 +83,18 @@ impl Tolerance {
     }
 }
 
+impl Tolerance {
+    /// Log-softmax values are log-probabilities (0 and below): their error is absolute, from
+    /// log(sum) (the sum's relative error, about 1e-6, and the MUFU.LG2 approximation, 2^-22),
+    /// plus the storage type's rounding relative to the value.
+    pub fn log_softmax(dtype: Dtype) -> Tolerance {
+        Tolerance {
+            atol: 4e-6,
+            rtol: Tolerance::softmax(dtype).rtol,
+        }
+    }
+}
+
 /// The outcome of a comparison: the worst element (by error relative to its allowance).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {

@@ -124,6 +124,23 @@ pub enum Error {
     },
     /// A CUDA buffer handed in does not belong to the device's context.
     ForeignBuffer,
+    /// A softmax scale that is not a positive finite number.
+    BadScale {
+        /// The scale given.
+        scale: f32,
+    },
+    /// A dimension index outside the tensor's rank.
+    BadDim {
+        /// The dimension asked for (negative counts from the end).
+        dim: isize,
+        /// The tensor's rank.
+        rank: usize,
+    },
+    /// A valid request this version does not implement yet.
+    Unsupported {
+        /// What was asked for and what works instead.
+        what: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -245,6 +262,16 @@ impl fmt::Display for Error {
                 "the CUDA buffer belongs to another context than this device's; wrap it with a Device made from the same \
                  stream (Device::cuda_on_stream)"
             ),
+            Error::BadScale { scale } => write!(
+                f,
+                "softmax scale {scale} is not a positive finite number; pass a scale > 0 (for a negative temperature, \
+                 negate the input instead)"
+            ),
+            Error::BadDim { dim, rank } => write!(
+                f,
+                "dimension {dim} is out of range for a tensor of rank {rank}; use 0..{rank} or -{rank}..-1"
+            ),
+            Error::Unsupported { what } => write!(f, "{what}"),
         }
     }
 }

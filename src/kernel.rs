@@ -14,16 +14,22 @@ pub(crate) struct SoftmaxParams {
     pub x: u64,
     /// Device address of the first output element.
     pub y: u64,
+    /// Device address of the upstream gradient (backward ops; 0 for others).
+    pub dy: u64,
     pub rows: i64,
     pub cols: i64,
     /// Device address of the split-row workspace (0 for other kernels).
     pub workspace: u64,
     /// Columns per chunk for split-row kernels (0 for others).
     pub chunk_cols: i64,
+    /// The op is taken of `scale * x` (> 0 and finite: checked before a launch).
+    pub scale: f32,
+    /// Spells out the tail padding, so that the layout has none implicit.
+    pub pad: u32,
 }
 
-// SAFETY: plain #[repr(C)] data with the same layout as the CUDA struct (pointers and 64-bit
-// integers, no padding), passed by value as the kernel's only parameter.
+// SAFETY: plain #[repr(C)] data with the same layout as the CUDA struct (pointers, 64-bit
+// integers, then two 32-bit fields; no padding), passed by value as the kernel's only parameter.
 unsafe impl cudarc::driver::DeviceRepr for SoftmaxParams {}
 
 /// A memory range a launch may touch; the emulator rejects accesses outside every range.

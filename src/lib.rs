@@ -22,6 +22,7 @@ mod error;
 pub mod image;
 mod kernel;
 pub mod occupancy;
+mod op;
 pub mod planner;
 pub mod reference;
 pub mod sass;
@@ -37,7 +38,8 @@ pub use emulator::{
 };
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use softmax::{softmax, softmax_inplace, softmax_into};
+pub use op::Softmax;
+pub use softmax::{log_softmax, log_softmax_into, softmax, softmax_inplace, softmax_into};
 pub use tensor::DeviceTensor;
 
 /// The README's example, compiled and run as a doctest so that it stays true.

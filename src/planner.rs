@@ -29,9 +29,34 @@ impl DeviceLimits {
     };
 }
 
-/// One softmax over the last dimension: `rows` rows of `cols` elements.
+/// What a kernel computes from each row. Every op has entry points in every family, named
+/// `{op}_{family}_{dtype}...` (see `KernelConfig::name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// softmax(scale * x).
+    Softmax,
+    /// log_softmax(scale * x) = scale * (x - max) - log(sum), from the row's (max, sum).
+    LogSoftmax,
+}
+
+impl Op {
+    /// Every op, in the order of `KernelConfig::all()`.
+    pub const ALL: [Op; 2] = [Op::Softmax, Op::LogSoftmax];
+
+    /// The prefix of its entry points' names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Softmax => "softmax",
+            Op::LogSoftmax => "log_softmax",
+        }
+    }
+}
+
+/// One op over the last dimension: `rows` rows of `cols` elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SoftmaxProblem {
+    /// What is computed.
+    pub op: Op,
     /// Rows (the product of all dimensions but the last).
     pub rows: usize,
     /// Elements per row (the last dimension).
@@ -78,8 +103,10 @@ pub enum Family {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-/// One entry point: a family, its tile configuration and a storage type.
+/// One entry point: an op, a family, its tile configuration and a storage type.
 pub struct KernelConfig {
+    /// What the kernel computes.
+    pub op: Op,
     /// Storage type.
     pub dtype: Dtype,
     /// Family and tile configuration.
@@ -130,13 +157,14 @@ thread_local! {
 
 impl KernelConfig {
     /// How many configurations `all()` lists.
-    pub const COUNT: usize = Dtype::ALL.len() * CONFIGS_PER_DTYPE;
+    pub const COUNT: usize = Op::ALL.len() * Dtype::ALL.len() * CONFIGS_PER_DTYPE;
 
     /// This configuration's position in `all()`, computed without building the list or its
     /// names (the backends keep per-kernel state in slots by this index); `None` for a
     /// configuration `all()` does not list.
     pub fn index(&self) -> Option<usize> {
         let dtype = Dtype::ALL.iter().position(|&d| d == self.dtype)?;
+        let op = Op::ALL.iter().position(|&o| o == self.op)?;
         let position = |list: &[u32], x: u32| list.iter().position(|&y| y == x);
         let after_warp = 2 * WARP_LANE_SHAPES;
         let within = match self.family {
@@ -171,24 +199,24 @@ impl KernelConfig {
             }
             _ => return None,
         };
-        Some(dtype * CONFIGS_PER_DTYPE + within)
+        Some((op * Dtype::ALL.len() + dtype) * CONFIGS_PER_DTYPE + within)
     }
 
     /// The entry point's symbol name (formatted on each call: launches use a table built once).
     pub fn name(&self) -> String {
         #[cfg(test)]
         NAMES_FORMATTED.with(|n| n.set(n.get() + 1));
-        let dt = self.dtype.name();
+        let (op, dt) = (self.op.name(), self.dtype.name());
         match self.family {
             Family::Warp {
                 width,
                 cols_per_lane,
                 vec,
-            } => format!("softmax_warp_{dt}_w{width}_c{cols_per_lane}_v{vec}"),
-            Family::Block { threads } => format!("softmax_block_{dt}_b{threads}"),
-            Family::Online { threads } => format!("softmax_online_{dt}_b{threads}"),
-            Family::SplitStats { threads } => format!("softmax_split_stats_{dt}_b{threads}"),
-            Family::SplitWrite { threads } => format!("softmax_split_write_{dt}_b{threads}"),
+            } => format!("{op}_warp_{dt}_w{width}_c{cols_per_lane}_v{vec}"),
+            Family::Block { threads } => format!("{op}_block_{dt}_b{threads}"),
+            Family::Online { threads } => format!("{op}_online_{dt}_b{threads}"),
+            Family::SplitStats { threads } => format!("{op}_split_stats_{dt}_b{threads}"),
+            Family::SplitWrite { threads } => format!("{op}_split_write_{dt}_b{threads}"),
         }
     }
 
@@ -240,9 +268,12 @@ impl KernelConfig {
     /// Every configuration the GPU image and the emulator must provide.
     pub fn all() -> Vec<KernelConfig> {
         let mut all = Vec::new();
-        for dtype in Dtype::ALL {
+        for (op, dtype) in Op::ALL
+            .into_iter()
+            .flat_map(|op| Dtype::ALL.map(|d| (op, d)))
+        {
             let v = dtype.vector_width() as u32;
-            let mut push = |family| all.push(KernelConfig { dtype, family });
+            let mut push = |family| all.push(KernelConfig { op, dtype, family });
             // Scalar (any alignment) and 16-byte packs (aligned rows), for every width at
             // MIN_LANE_COLS and for full warps with more elements per lane.
             let lane_shapes = WARP_WIDTHS
@@ -323,6 +354,7 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
     let sm_count = limits.sm_count.max(1) as usize;
     let grid_for = |blocks: usize| blocks.clamp(1, sm_count * BLOCKS_PER_SM as usize) as u32;
     let config = |family| KernelConfig {
+        op: p.op,
         dtype: p.dtype,
         family,
     };
@@ -420,6 +452,7 @@ mod tests {
     fn plan(rows: usize, cols: usize, dtype: Dtype, aligned16: bool) -> LaunchPlan {
         plan_softmax(
             &SoftmaxProblem {
+                op: Op::Softmax,
                 rows,
                 cols,
                 dtype,
@@ -575,6 +608,7 @@ mod tests {
             max_shared_mem_per_block: 48 * 1024,
         };
         let problem = SoftmaxProblem {
+            op: Op::Softmax,
             rows: 200,
             cols: 12 * 1024 + 1,
             dtype: Dtype::F32,
@@ -631,7 +665,11 @@ mod tests {
             assert_eq!(k.index(), Some(i), "{k:?}");
         }
         // Configurations no entry point exists for have no index.
-        let config = |dtype, family| KernelConfig { dtype, family };
+        let config = |dtype, family| KernelConfig {
+            op: Op::Softmax,
+            dtype,
+            family,
+        };
         let warp = |width, cols_per_lane, vec| Family::Warp {
             width,
             cols_per_lane,
@@ -662,7 +700,7 @@ mod tests {
         for dtype in Dtype::ALL {
             let of = |f: fn(&Family) -> bool| {
                 all.iter()
-                    .filter(|k| k.dtype == dtype && f(&k.family))
+                    .filter(|k| k.op == Op::Softmax && k.dtype == dtype && f(&k.family))
                     .count()
             };
             // (6 widths at 8 a lane + 7 longer full-warp shapes) x (scalar, vector).

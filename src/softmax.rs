@@ -1,29 +1,118 @@
-//! Forward softmax over the last dimension: validate, plan, launch.
+//! The softmax family over the last dimension: validate, plan, launch. The free functions are
+//! the common cases of the [`Softmax`](crate::Softmax) op value.
 
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{AccessRange, SoftmaxParams};
-use crate::planner::{SoftmaxProblem, plan_softmax};
+use crate::planner::{Op, SoftmaxProblem, plan_softmax};
 use crate::tensor::{DeviceTensor, Overlap};
 
 /// `softmax(x)` over the last dimension, into a new tensor of the same shape. Asynchronous on a
 /// GPU: the result is ready when read back or after `Device::synchronize`.
 pub fn softmax<T: Element>(x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
-    if x.shape().is_empty() {
-        return Err(Error::ScalarInput { op: "softmax" });
-    }
-    let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
-    softmax_into(x, &mut y)?;
-    Ok(y)
+    forward_new(Op::Softmax, 1.0, x)
 }
 
 /// `softmax(x)` over the last dimension, written to `y` (same shape and device). `y` may be the
 /// very same view as `x` (in place: see [`softmax_inplace`], or pass a second view made with
 /// `x.view(0, x.shape())`) but must not partly overlap it. On error nothing is written.
 pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) -> Result<()> {
-    let Some(&cols) = x.shape().last() else {
-        return Err(Error::ScalarInput { op: "softmax" });
-    };
+    forward_rows_into(Op::Softmax, 1.0, x, y)
+}
+
+/// `softmax(x)` over the last dimension, in place: `x` is overwritten with its probabilities. No
+/// memory is allocated (few long rows use the device's workspace, allocated once). Other views of the same
+/// memory see the result once the device's stream reaches it.
+pub fn softmax_inplace<T: Element>(x: &mut DeviceTensor<T>) -> Result<()> {
+    forward_rows_inplace(Op::Softmax, 1.0, x)
+}
+
+/// `log_softmax(x)` over the last dimension, into a new tensor: `x - max - log(sum(exp(x - max)))`
+/// per row, computed from the row's (max, sum), never as `log(softmax(x))` (which underflows to
+/// -inf where a probability rounds to 0).
+pub fn log_softmax<T: Element>(x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
+    forward_new(Op::LogSoftmax, 1.0, x)
+}
+
+/// `log_softmax(x)` over the last dimension, written to `y`; in place when `y` is the very same
+/// view as `x`. On error nothing is written.
+pub fn log_softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) -> Result<()> {
+    forward_rows_into(Op::LogSoftmax, 1.0, x, y)
+}
+
+/// Checks a scale: the ops take `scale * x` with `scale > 0` and finite.
+pub(crate) fn check_scale(scale: f32) -> Result<()> {
+    if scale > 0.0 && scale.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::BadScale { scale })
+    }
+}
+
+/// The row length of an op over the last dimension of `x`.
+fn last_dim<T: Element>(op: Op, x: &DeviceTensor<T>) -> Result<usize> {
+    x.shape()
+        .last()
+        .copied()
+        .ok_or(Error::ScalarInput { op: op.name() })
+}
+
+fn forward_new<T: Element>(op: Op, scale: f32, x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
+    forward_rows_new(op, scale, last_dim(op, x)?, x)
+}
+
+fn forward_rows_into<T: Element>(
+    op: Op,
+    scale: f32,
+    x: &DeviceTensor<T>,
+    y: &mut DeviceTensor<T>,
+) -> Result<()> {
+    forward_rows(op, scale, last_dim(op, x)?, x, y)
+}
+
+fn forward_rows_inplace<T: Element>(op: Op, scale: f32, x: &mut DeviceTensor<T>) -> Result<()> {
+    forward_inplace_rows(op, scale, last_dim(op, x)?, x)
+}
+
+/// A forward op over rows of `cols` contiguous elements, into a new tensor.
+pub(crate) fn forward_rows_new<T: Element>(
+    op: Op,
+    scale: f32,
+    cols: usize,
+    x: &DeviceTensor<T>,
+) -> Result<DeviceTensor<T>> {
+    check_scale(scale)?;
+    let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
+    forward_rows(op, scale, cols, x, &mut y)?;
+    Ok(y)
+}
+
+/// A forward op over rows of `cols` contiguous elements, in place.
+pub(crate) fn forward_inplace_rows<T: Element>(
+    op: Op,
+    scale: f32,
+    cols: usize,
+    x: &mut DeviceTensor<T>,
+) -> Result<()> {
+    // A second view of exactly the same elements: identical views are the in-place case.
+    let input = x.view(0, x.shape())?;
+    forward_rows(op, scale, cols, &input, x)
+}
+
+/// A forward op over rows of `cols` contiguous elements of `x` (the last dimension, or one
+/// with only size-1 dimensions after it) into `y`: every check before anything is launched, so
+/// that bad input writes nothing.
+pub(crate) fn forward_rows<T: Element>(
+    op: Op,
+    scale: f32,
+    cols: usize,
+    x: &DeviceTensor<T>,
+    y: &mut DeviceTensor<T>,
+) -> Result<()> {
+    if x.shape().is_empty() {
+        return Err(Error::ScalarInput { op: op.name() });
+    }
+    check_scale(scale)?;
     if !x.device().same_as(y.device()) {
         return Err(Error::DeviceMismatch);
     }
@@ -43,6 +132,7 @@ pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) ->
     }
     let (x_addr, y_addr) = (x.addr(), y.addr());
     let problem = SoftmaxProblem {
+        op,
         rows,
         cols,
         dtype: T::DTYPE,
@@ -60,21 +150,11 @@ pub fn softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>) ->
         // `Device::launch` fills in its address.
         workspace: 0,
         chunk_cols: plan.chunk_cols as i64,
+        scale,
+        ..SoftmaxParams::default()
     };
     x.device()
         .launch(&plan.stages, params, ranges, plan.workspace_floats)
-}
-
-/// `softmax(x)` over the last dimension, in place: `x` is overwritten with its probabilities. No
-/// memory is allocated (few long rows use the device's workspace, allocated once). Other views of the same
-/// memory see the result once the device's stream reaches it.
-pub fn softmax_inplace<T: Element>(x: &mut DeviceTensor<T>) -> Result<()> {
-    if x.shape().is_empty() {
-        return Err(Error::ScalarInput { op: "softmax" });
-    }
-    // A second view of exactly the same elements: identical views are the in-place case.
-    let input = x.view(0, x.shape())?;
-    softmax_into(&input, x)
 }
 
 #[cfg(test)]
@@ -95,6 +175,7 @@ mod tests {
             .iter()
             .map(|&(rows, cols)| {
                 let problem = SoftmaxProblem {
+                    op: Op::Softmax,
                     rows,
                     cols,
                     dtype: crate::Dtype::F32,

@@ -425,6 +425,7 @@ fn plans_keep_enough_loads_in_flight() {
     for dtype in cuda_softmax::Dtype::ALL {
         for (rows, cols) in sweep_shapes(dtype) {
             let problem = SoftmaxProblem {
+                op: cuda_softmax::planner::Op::Softmax,
                 rows,
                 cols,
                 dtype,

@@ -91,6 +91,7 @@ fn split_workspace_is_allocated_once_and_grows_only_when_needed() {
     let mut rng = common::seeded_rng("split_workspace_is_allocated_once");
     let floats = |rows, cols| {
         let problem = SoftmaxProblem {
+            op: cuda_softmax::planner::Op::Softmax,
             rows,
             cols,
             dtype: cuda_softmax::Dtype::F32,
@@ -126,3 +127,31 @@ fn split_workspace_is_allocated_once_and_grows_only_when_needed() {
     check(&mut rng, 2, 4 * cols, "four times longer rows");
     assert_eq!(device.split_workspace_allocations(), 2);
 }
+
+/// Log-softmax and scaled softmax through the same checks as softmax: every family (the family
+/// sweep reaches warp, block, online and split-row kernels), edge shapes, special values
+/// (masked, NaN and +inf rows, magnitudes near the dtype's maximum), misaligned views, higher
+/// rank and in place, each in a shuffled thread order.
+macro_rules! op_suite {
+    ($name:ident, $dtype:ty) => {
+        #[test]
+        fn $name() {
+            let device = shuffled(stringify!($name));
+            let mut rng = common::seeded_rng(stringify!($name));
+            let ops = [(true, 1.0), (false, 0.125), (true, 3.7), (false, 3.7)];
+            for (log, scale) in ops {
+                common::with_forward(common::Forward { log, scale }, || {
+                    common::edge_shapes::<$dtype>(&device, &mut rng);
+                    common::family_sweep::<$dtype>(&device, &mut rng);
+                    common::special_values::<$dtype>(&device, &mut rng);
+                    common::misaligned_views::<$dtype>(&device, &mut rng);
+                    common::shapes_and_in_place::<$dtype>(&device, &mut rng);
+                });
+            }
+        }
+    };
+}
+
+op_suite!(f32_log_softmax_and_scale, f32);
+op_suite!(f16_log_softmax_and_scale, f16);
+op_suite!(bf16_log_softmax_and_scale, bf16);

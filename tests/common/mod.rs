@@ -7,7 +7,7 @@
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
-use cuda_softmax::{Device, DeviceTensor, Dtype, Element, reference, softmax_into};
+use cuda_softmax::{Device, DeviceTensor, Dtype, Element, Softmax, reference};
 
 /// Row lengths from DESIGN.md's edge list plus each family boundary.
 pub const EDGE_COLS: [usize; 19] = [
@@ -32,6 +32,81 @@ pub const ALIGNED: Layout = Layout {
     y_offset: 0,
 };
 
+/// The forward op the shared checks run: softmax or log-softmax of `scale * x`. The suites are
+/// written once and run under each op with `with_forward`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forward {
+    pub log: bool,
+    pub scale: f32,
+}
+
+/// Plain softmax, scale 1: what `check_case` runs unless told otherwise.
+pub const SOFTMAX: Forward = Forward {
+    log: false,
+    scale: 1.0,
+};
+
+impl Forward {
+    pub fn op(&self) -> Softmax {
+        Softmax::new().log(self.log).scale(self.scale)
+    }
+
+    /// What `got` (this op of `x`, rows of `cols`) is checked against: the f64 reference, each
+    /// value as the storage type holds it where it is out of the type's range (log-softmax of
+    /// extreme logits lies below -MAX: the correctly rounded result there is -inf). A value
+    /// within the tolerance of the overflow threshold may come out either way: the side `got`
+    /// took is accepted.
+    pub fn expected<T: Element>(&self, x: &[f64], cols: usize, got: &[T]) -> Vec<f64> {
+        let s = f64::from(self.scale);
+        if !self.log {
+            return reference::softmax_rows_scaled(x, cols, s);
+        }
+        let tol = self.tolerance(T::DTYPE);
+        let threshold = T::MAX_FINITE * (1.0 + relative_ulp(T::DTYPE) / 2.0);
+        let mut want = reference::log_softmax_rows(x, cols, s);
+        for (w, g) in want.iter_mut().zip(got) {
+            let g = g.to_f64();
+            let band = tol.atol + tol.rtol * w.abs();
+            let near = (w.abs() - threshold).abs() <= band;
+            if w.is_finite() && w.abs() > threshold {
+                *w = if near && g.is_finite() {
+                    w.signum() * T::MAX_FINITE
+                } else {
+                    w.signum() * f64::INFINITY
+                };
+            } else if w.is_finite() && near && g.is_infinite() && g.signum() == w.signum() {
+                *w = g;
+            }
+        }
+        want
+    }
+
+    pub fn tolerance(&self, dtype: Dtype) -> Tolerance {
+        if self.log {
+            Tolerance::log_softmax(dtype)
+        } else {
+            Tolerance::softmax(dtype)
+        }
+    }
+}
+
+thread_local! {
+    static FORWARD: std::cell::Cell<Forward> = const { std::cell::Cell::new(SOFTMAX) };
+}
+
+/// Runs `f` with `check_case` (and every suite built on it) checking `op`.
+pub fn with_forward<R>(op: Forward, f: impl FnOnce() -> R) -> R {
+    let before = FORWARD.with(|c| c.replace(op));
+    let r = f();
+    FORWARD.with(|c| c.set(before));
+    r
+}
+
+/// The forward op `check_case` checks now.
+pub fn forward() -> Forward {
+    FORWARD.with(|c| c.get())
+}
+
 /// Runs softmax on `x` (rows x cols) with the given layout; returns the output as host values.
 pub fn run_softmax<T: Element>(
     device: &Device,
@@ -48,7 +123,10 @@ pub fn run_softmax<T: Element>(
     let y_buf = vec![T::poison(); n + layout.y_offset + 3];
     let y_all = DeviceTensor::from_host(device, &y_buf, &[y_buf.len()]).expect("upload poisoned y");
     let mut y_view = y_all.view(layout.y_offset, &[rows, cols]).expect("y view");
-    softmax_into(&x_view, &mut y_view).expect("softmax_into");
+    forward()
+        .op()
+        .forward_into(&x_view, &mut y_view)
+        .expect("forward_into");
     let y_host = y_all.to_host().expect("download y");
     // Nothing outside the output view may change.
     let outside = y_host[..layout.y_offset]
@@ -74,11 +152,12 @@ pub fn check_case<T: Element>(
 ) {
     let got = run_softmax(device, x, rows, cols, layout);
     let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
-    let want = reference::softmax_rows(&x64, cols);
-    let c = compare(&got, &want, Tolerance::softmax(T::DTYPE));
+    let op = forward();
+    let want = op.expected::<T>(&x64, cols, &got);
+    let c = compare(&got, &want, op.tolerance(T::DTYPE));
     assert!(
         c.passed(),
-        "{what}: {} [{}x{}] {:?} on {}: {c}",
+        "{what}: {op:?} {} [{}x{}] {:?} on {}: {c}",
         T::DTYPE.name(),
         rows,
         cols,
@@ -91,6 +170,12 @@ pub fn check_case<T: Element>(
             T::DTYPE.name(),
             rounding_stats(&got, &want, cols)
         );
+    }
+    // Probabilities are computed to a relative error far below the storage type's, so they
+    // must come out rounded once. Log-probabilities carry an absolute error (from log(sum)),
+    // which is a large relative error for values near 0: `compare` holds them to it instead.
+    if op.log {
+        return;
     }
     if let Err(e) = check_storage_rounding(&got, &want, cols) {
         panic!(
@@ -366,11 +451,13 @@ pub fn special_values<T: Element>(device: &Device, rng: &mut Rng) {
 pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
     // Rank 3: softmax over the last dimension of [4, 5, 77].
     let x: Vec<T> = rng.logits(4 * 5 * 77, 5.0);
+    let op = forward();
     let xt = DeviceTensor::from_host(device, &x, &[4, 5, 77]).unwrap();
-    let y = cuda_softmax::softmax(&xt).unwrap();
+    let y = op.op().forward(&xt).unwrap();
     assert_eq!(y.shape(), &[4, 5, 77]);
-    let want = reference::softmax_rows(&x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), 77);
-    let c = compare(&y.to_host().unwrap(), &want, Tolerance::softmax(T::DTYPE));
+    let got = y.to_host().unwrap();
+    let want = op.expected::<T>(&x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), 77, &got);
+    let c = compare(&got, &want, op.tolerance(T::DTYPE));
     assert!(c.passed(), "rank 3: {c}");
 
     // In place, for each family.
@@ -378,16 +465,21 @@ pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
         let x: Vec<T> = rng.logits(3 * cols, 5.0);
         let t = DeviceTensor::from_host(device, &x, &[3, cols]).unwrap();
         let mut same = t.view(0, &[3, cols]).unwrap();
-        softmax_into(&t, &mut same).unwrap();
-        let want = reference::softmax_rows(&x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), cols);
-        let c = compare(&t.to_host().unwrap(), &want, Tolerance::softmax(T::DTYPE));
+        op.op().forward_into(&t, &mut same).unwrap();
+        let got = t.to_host().unwrap();
+        let want = op.expected::<T>(
+            &x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(),
+            cols,
+            &got,
+        );
+        let c = compare(&got, &want, op.tolerance(T::DTYPE));
         assert!(c.passed(), "in place, {cols} columns: {c}");
     }
 
     // Zero rows: Ok, nothing launched, nothing written.
     let empty = DeviceTensor::<T>::from_host(device, &[], &[0, 5]).unwrap();
     let mut out = DeviceTensor::<T>::from_host(device, &[], &[0, 5]).unwrap();
-    softmax_into(&empty, &mut out).unwrap();
+    op.op().forward_into(&empty, &mut out).unwrap();
     assert_eq!(cuda_softmax::softmax(&empty).unwrap().shape(), &[0, 5]);
 }
 
@@ -479,6 +571,7 @@ fn planned_stage<T: Element>(
 ) -> (Stage, usize) {
     let aligned = |offset: usize| (offset * T::DTYPE.size_bytes()).is_multiple_of(16);
     let problem = SoftmaxProblem {
+        op: cuda_softmax::planner::Op::Softmax,
         rows,
         cols,
         dtype: T::DTYPE,
@@ -585,6 +678,7 @@ pub fn split_workspace_reused<T: Element>(device: &Device, rng: &mut Rng) {
     let cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
     let floats = |rows| {
         let problem = SoftmaxProblem {
+            op: cuda_softmax::planner::Op::Softmax,
             rows,
             cols,
             dtype: T::DTYPE,

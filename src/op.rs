@@ -1,0 +1,171 @@
+//! The `Softmax` op value: softmax or log-softmax of `scale * x` over one dimension, forward
+//! and backward. Built with chained setters (nothing is checked until a call); every call
+//! checks its inputs before anything is launched, so bad input writes nothing.
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::planner::Op;
+use crate::softmax::{check_scale, forward_inplace_rows, forward_rows, forward_rows_new};
+use crate::tensor::DeviceTensor;
+
+/// Softmax (or log-softmax) of `scale * x` over dimension `dim`.
+///
+/// ```no_run
+/// # fn main() -> cuda_softmax::Result<()> {
+/// use cuda_softmax::{Device, DeviceTensor, Softmax};
+/// let device = Device::emulator();
+/// let x = DeviceTensor::<f32>::from_host(&device, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+/// let y = Softmax::default().scale(0.5).log(true).forward(&x)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Softmax {
+    dim: isize,
+    scale: f32,
+    log: bool,
+}
+
+impl Default for Softmax {
+    /// Softmax over the last dimension, scale 1.
+    fn default() -> Softmax {
+        Softmax {
+            dim: -1,
+            scale: 1.0,
+            log: false,
+        }
+    }
+}
+
+impl Softmax {
+    /// Softmax over the last dimension, scale 1 (the same as `Softmax::default()`).
+    pub fn new() -> Softmax {
+        Softmax::default()
+    }
+
+    /// The dimension reduced over; negative counts from the end (-1, the default, is the last).
+    pub fn dim(self, dim: isize) -> Softmax {
+        Softmax { dim, ..self }
+    }
+
+    /// The op is taken of `scale * x` (default 1). Must be positive and finite
+    /// ([`Error::BadScale`] otherwise, at the call): for a negative temperature negate the input.
+    /// The scale is folded into the exponent's factor, so it costs no pass and no instruction.
+    pub fn scale(self, scale: f32) -> Softmax {
+        Softmax { scale, ..self }
+    }
+
+    /// Log-softmax instead of softmax: `scale * x - max - log(sum(exp(scale * x - max)))`, from
+    /// the row's (max, sum), never `log(softmax)` (which underflows).
+    pub fn log(self, log: bool) -> Softmax {
+        Softmax { log, ..self }
+    }
+
+    fn op(&self) -> Op {
+        if self.log {
+            Op::LogSoftmax
+        } else {
+            Op::Softmax
+        }
+    }
+
+    /// Checks the scale and `dim` for a tensor of `shape`, and returns the row length: the
+    /// size of `dim`, which must be the last dimension or have only size-1 dimensions after it
+    /// (rows of contiguous elements).
+    fn row_length(&self, shape: &[usize]) -> Result<usize> {
+        check_scale(self.scale)?;
+        let rank = shape.len();
+        if rank == 0 {
+            return Err(Error::ScalarInput {
+                op: self.op().name(),
+            });
+        }
+        let resolved = if self.dim < 0 {
+            self.dim.checked_add(rank as isize)
+        } else {
+            Some(self.dim)
+        };
+        let dim = match resolved {
+            Some(d) if d >= 0 && (d as usize) < rank => d as usize,
+            _ => {
+                return Err(Error::BadDim {
+                    dim: self.dim,
+                    rank,
+                });
+            }
+        };
+        if shape[dim + 1..].iter().any(|&n| n != 1) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "softmax over dimension {dim} of shape {shape:?} (strided rows) is not implemented yet; \
+                     move that dimension last (or make the ones after it size 1)"
+                ),
+            });
+        }
+        Ok(shape[dim])
+    }
+
+    /// The op of `x`, into a new tensor of the same shape.
+    pub fn forward<T: Element>(&self, x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
+        let cols = self.row_length(x.shape())?;
+        forward_rows_new(self.op(), self.scale, cols, x)
+    }
+
+    /// The op of `x`, written to `y` (same shape and device; the very same view as `x` for in
+    /// place, never a partly overlapping one).
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &DeviceTensor<T>,
+        y: &mut DeviceTensor<T>,
+    ) -> Result<()> {
+        let cols = self.row_length(x.shape())?;
+        forward_rows(self.op(), self.scale, cols, x, y)
+    }
+
+    /// The op of `x`, in place.
+    pub fn forward_inplace<T: Element>(&self, x: &mut DeviceTensor<T>) -> Result<()> {
+        let cols = self.row_length(x.shape())?;
+        forward_inplace_rows(self.op(), self.scale, cols, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    #[test]
+    fn bad_scales_and_dims_are_errors_that_write_nothing() {
+        let device = Device::emulator();
+        let x = DeviceTensor::<f32>::from_host(&device, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+        let mut y = DeviceTensor::<f32>::from_host(&device, &[7.0; 4], &[2, 2]).unwrap();
+        for scale in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let e = Softmax::new()
+                .scale(scale)
+                .forward_into(&x, &mut y)
+                .unwrap_err();
+            assert!(matches!(e, Error::BadScale { .. }), "{e}");
+        }
+        for dim in [2, -3, isize::MIN, isize::MAX] {
+            let e = Softmax::new()
+                .dim(dim)
+                .forward_into(&x, &mut y)
+                .unwrap_err();
+            assert!(matches!(e, Error::BadDim { .. }), "{dim}: {e}");
+        }
+        assert_eq!(y.to_host().unwrap(), vec![7.0; 4]);
+        // dim 0 of [2, 1] is one row of 2; the last dimension is two rows of 1.
+        let col = DeviceTensor::<f32>::from_host(&device, &[0.0, (3.0f32).ln()], &[2, 1]).unwrap();
+        let y = Softmax::new()
+            .dim(0)
+            .forward(&col)
+            .unwrap()
+            .to_host()
+            .unwrap();
+        assert!(
+            (y[0] - 0.25).abs() < 1e-6 && (y[1] - 0.75).abs() < 1e-6,
+            "{y:?}"
+        );
+        let y = Softmax::new().forward(&col).unwrap().to_host().unwrap();
+        assert_eq!(y, vec![1.0, 1.0]);
+    }
+}
