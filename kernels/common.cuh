@@ -54,6 +54,10 @@ struct SoftmaxParams {
   }
 #endif
 
+// Warp-family register budgets: 64 registers a thread up to 8 columns a lane, 128 up to 32,
+// 255 at 64 (a lane holds its columns in registers).
+#define CS_WARP_MIN_BLOCKS(C) ((C) <= 8 ? 8 : (C) <= 32 ? 4 : 2)
+
 #ifdef CS_EMULATOR
 #define CS_CHECK_GLOBAL(ptr, bytes, is_write) ::emu::global_access((ptr), (bytes), (is_write))
 #else
@@ -480,6 +484,23 @@ __device__ __forceinline__ float block_sum(float v) {
 template <int Block>
 __device__ __forceinline__ MaxSum block_maxsum(MaxSum s, float k) {
   return block_reduce<Block>(s, MaxSumOp{k});
+}
+
+// ---- Warp-family helpers (every op's warp kernels).
+// Views a run of N floats inside a register array as an array reference for load/store_pack.
+template <int N>
+__device__ __forceinline__ float (&sub_array(float* p))[N] {
+  return *reinterpret_cast<float(*)[N]>(p);
+}
+
+// The shortest row the planner gives the warp kernel of a lane shape: one column more than the
+// next smaller shape holds (Width lanes of 8 elements; full warps of 16, 24, ... 64). Keep in
+// step with KernelConfig::warp_row_lengths in src/planner.rs: a planner test checks every row
+// length against it, and the test suites run every warp kernel at its shortest row.
+__host__ __device__ constexpr int warp_min_cols(int width, int cols_per_lane) {
+  return cols_per_lane == 8 ? (width == 1 ? 1 : 4 * width + 1)
+         : cols_per_lane == 16 ? 32 * 8 + 1
+                               : 32 * (cols_per_lane - 8) + 1;
 }
 
 }  // namespace cs

@@ -16,12 +16,6 @@
 
 namespace cs {
 
-// Views a run of N floats inside a register array as an array reference for load/store_pack.
-template <int N>
-__device__ __forceinline__ float (&sub_array(float* p))[N] {
-  return *reinterpret_cast<float(*)[N]>(p);
-}
-
 // ---- The op a family computes. Every family finds each row's statistics the same way: the
 // shift (row max, -inf -> 0) and the sum of exp(scale * (x - shift)); the op turns them into
 // per-row constants (`row`) and each element's output. An op is built once a thread from the
@@ -71,16 +65,6 @@ struct LogSoftmaxOp {
   __device__ __forceinline__ float from_shifted(float t, const Row& r) const { return fmaf(t, scale, -r.log_sum); }
   __device__ __forceinline__ float from_x(float x, const Row& r) const { return from_shifted(x - r.shift, r); }
 };
-
-// The shortest row the planner gives the warp kernel of a lane shape: one column more than the
-// next smaller shape holds (Width lanes of 8 elements; full warps of 16, 24, ... 64). Keep in
-// step with KernelConfig::warp_row_lengths in src/planner.rs: a planner test checks every row
-// length against it, and the test suites run every warp kernel at its shortest row.
-__host__ __device__ constexpr int warp_min_cols(int width, int cols_per_lane) {
-  return cols_per_lane == 8 ? (width == 1 ? 1 : 4 * width + 1)
-         : cols_per_lane == 16 ? 32 * 8 + 1
-                               : 32 * (cols_per_lane - 8) + 1;
-}
 
 template <typename T, int Width, int Cols, int Vec, typename Op>
 __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
@@ -414,7 +398,6 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
 // the emulator's table and the PTX against the planner's list.
 // Register budgets (see CS_ENTRY): warp kernels 64 registers up to 8 columns a lane, 128 up to 32,
 // 255 at 64 (a lane holds its columns in registers); block kernels 64 (1024 threads an SM).
-#define CS_WARP_MIN_BLOCKS(C) ((C) <= 8 ? 8 : (C) <= 32 ? 4 : 2)
 #define CS_WARP(op, Op, dt, T, W, C, V)                                                     \
   CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
            (cs::softmax_warp<T, W, C, V, cs::Op>(p)))

@@ -39,7 +39,10 @@ pub use emulator::{
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use op::Softmax;
-pub use softmax::{log_softmax, log_softmax_into, softmax, softmax_inplace, softmax_into};
+pub use softmax::{
+    log_softmax, log_softmax_backward, log_softmax_into, softmax, softmax_backward,
+    softmax_inplace, softmax_into,
+};
 pub use tensor::DeviceTensor;
 
 /// The README's example, compiled and run as a doctest so that it stays true.

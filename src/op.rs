@@ -5,7 +5,9 @@
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::planner::Op;
-use crate::softmax::{check_scale, forward_inplace_rows, forward_rows, forward_rows_new};
+use crate::softmax::{
+    backward_new, backward_rows, check_scale, forward_inplace_rows, forward_rows, forward_rows_new,
+};
 use crate::tensor::DeviceTensor;
 
 /// Softmax (or log-softmax) of `scale * x` over dimension `dim`.
@@ -119,6 +121,39 @@ impl Softmax {
     ) -> Result<()> {
         let cols = self.row_length(x.shape())?;
         forward_rows(self.op(), self.scale, cols, x, y)
+    }
+
+    /// The gradient with respect to the input: from the forward output `y` and the upstream
+    /// gradient `dy`, `dx = scale * y * (dy - sum(dy * y))` (softmax) or
+    /// `dx = scale * (dy - exp(y) * sum(dy))` (log-softmax), row sums in f32. Masked elements
+    /// (softmax `y == 0`, log-softmax `y == -inf`) took no part in the forward pass: they get 0
+    /// and add nothing to the sum, whatever their `dy`; a fully masked row gives 0.
+    pub fn backward<T: Element>(
+        &self,
+        y: &DeviceTensor<T>,
+        dy: &DeviceTensor<T>,
+    ) -> Result<DeviceTensor<T>> {
+        let cols = self.row_length(y.shape())?;
+        backward_new(self.backward_op(), self.scale, cols, y, dy)
+    }
+
+    /// The gradient into `dx`, which may be the very same view as `dy` (or `y`).
+    pub fn backward_into<T: Element>(
+        &self,
+        y: &DeviceTensor<T>,
+        dy: &DeviceTensor<T>,
+        dx: &mut DeviceTensor<T>,
+    ) -> Result<()> {
+        let cols = self.row_length(y.shape())?;
+        backward_rows(self.backward_op(), self.scale, cols, y, dy, dx)
+    }
+
+    fn backward_op(&self) -> Op {
+        if self.log {
+            Op::LogSoftmaxBackward
+        } else {
+            Op::SoftmaxBackward
+        }
     }
 
     /// The op of `x`, in place.

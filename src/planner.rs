@@ -37,18 +37,62 @@ pub enum Op {
     Softmax,
     /// log_softmax(scale * x) = scale * (x - max) - log(sum), from the row's (max, sum).
     LogSoftmax,
+    /// dx = scale * y * (dy - sum(dy * y)) from the forward output y and the gradient dy.
+    SoftmaxBackward,
+    /// dx = scale * (dy - exp(y) * sum(dy)) from the log-softmax output y and dy.
+    LogSoftmaxBackward,
 }
 
 impl Op {
     /// Every op, in the order of `KernelConfig::all()`.
-    pub const ALL: [Op; 2] = [Op::Softmax, Op::LogSoftmax];
+    pub const ALL: [Op; 4] = [
+        Op::Softmax,
+        Op::LogSoftmax,
+        Op::SoftmaxBackward,
+        Op::LogSoftmaxBackward,
+    ];
 
     /// The prefix of its entry points' names.
     pub fn name(self) -> &'static str {
         match self {
             Op::Softmax => "softmax",
             Op::LogSoftmax => "log_softmax",
+            Op::SoftmaxBackward => "softmax_backward",
+            Op::LogSoftmaxBackward => "log_softmax_backward",
         }
+    }
+
+    /// Whether the op reads a second input (dy).
+    pub fn is_backward(self) -> bool {
+        matches!(self, Op::SoftmaxBackward | Op::LogSoftmaxBackward)
+    }
+
+    /// Whether the op has a shared-memory block family. The backward ops do not yet: rows past
+    /// the warp family take the two-pass block kernel (y and dy read twice).
+    pub fn has_block_family(self) -> bool {
+        !self.is_backward()
+    }
+
+    /// Entry points per dtype.
+    const fn configs_per_dtype(self) -> usize {
+        match self {
+            Op::Softmax | Op::LogSoftmax => CONFIGS_PER_DTYPE,
+            Op::SoftmaxBackward | Op::LogSoftmaxBackward => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
+        }
+    }
+
+    /// Position of this op's first entry point in `KernelConfig::all()`.
+    const fn first_index(self) -> usize {
+        let mut i = 0;
+        let mut first = 0;
+        while i < Op::ALL.len() {
+            if Op::ALL[i] as usize == self as usize {
+                return first;
+            }
+            first += Dtype::ALL.len() * Op::ALL[i].configs_per_dtype();
+            i += 1;
+        }
+        first
     }
 }
 
@@ -157,14 +201,27 @@ thread_local! {
 
 impl KernelConfig {
     /// How many configurations `all()` lists.
-    pub const COUNT: usize = Op::ALL.len() * Dtype::ALL.len() * CONFIGS_PER_DTYPE;
+    pub const COUNT: usize = {
+        let mut count = 0;
+        let mut i = 0;
+        while i < Op::ALL.len() {
+            count += Dtype::ALL.len() * Op::ALL[i].configs_per_dtype();
+            i += 1;
+        }
+        count
+    };
 
     /// This configuration's position in `all()`, computed without building the list or its
     /// names (the backends keep per-kernel state in slots by this index); `None` for a
     /// configuration `all()` does not list.
     pub fn index(&self) -> Option<usize> {
         let dtype = Dtype::ALL.iter().position(|&d| d == self.dtype)?;
-        let op = Op::ALL.iter().position(|&o| o == self.op)?;
+        let op = self.op;
+        let blocks = if op.has_block_family() {
+            BLOCK_THREADS.len()
+        } else {
+            0
+        };
         let position = |list: &[u32], x: u32| list.iter().position(|&y| y == x);
         let after_warp = 2 * WARP_LANE_SHAPES;
         let within = match self.family {
@@ -187,19 +244,15 @@ impl KernelConfig {
                 };
                 2 * shape + vector
             }
-            Family::Block { threads } => after_warp + position(&BLOCK_THREADS, threads)?,
-            Family::Online { threads } if threads == ONLINE_THREADS => {
-                after_warp + BLOCK_THREADS.len()
+            Family::Block { threads } if op.has_block_family() => {
+                after_warp + position(&BLOCK_THREADS, threads)?
             }
-            Family::SplitStats { threads } if threads == SPLIT_THREADS => {
-                after_warp + BLOCK_THREADS.len() + 1
-            }
-            Family::SplitWrite { threads } if threads == SPLIT_THREADS => {
-                after_warp + BLOCK_THREADS.len() + 2
-            }
+            Family::Online { threads } if threads == ONLINE_THREADS => after_warp + blocks,
+            Family::SplitStats { threads } if threads == SPLIT_THREADS => after_warp + blocks + 1,
+            Family::SplitWrite { threads } if threads == SPLIT_THREADS => after_warp + blocks + 2,
             _ => return None,
         };
-        Some((op * Dtype::ALL.len() + dtype) * CONFIGS_PER_DTYPE + within)
+        Some(op.first_index() + dtype * op.configs_per_dtype() + within)
     }
 
     /// The entry point's symbol name (formatted on each call: launches use a table built once).
@@ -289,8 +342,10 @@ impl KernelConfig {
                     });
                 }
             }
-            for threads in BLOCK_THREADS {
-                push(Family::Block { threads });
+            if op.has_block_family() {
+                for threads in BLOCK_THREADS {
+                    push(Family::Block { threads });
+                }
             }
             push(Family::Online {
                 threads: ONLINE_THREADS,
@@ -413,7 +468,7 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
         };
     }
 
-    if cols <= block_family_max_cols(p.dtype, limits) {
+    if p.op.has_block_family() && cols <= block_family_max_cols(p.dtype, limits) {
         let row_bytes = block_smem_bytes(p.dtype, cols);
         let threads = match cols.div_ceil(v) {
             0..=1024 => 128,

@@ -157,6 +157,129 @@ pub(crate) fn forward_rows<T: Element>(
         .launch(&plan.stages, params, ranges, plan.workspace_floats)
 }
 
+/// The gradient of [`softmax`] with respect to its input: `dx = y * (dy - sum(dy * y))` per row
+/// over the last dimension, from the forward output `y` and the upstream gradient `dy`. Masked
+/// elements (`y == 0`) get 0 whatever their `dy`; a fully masked row gives 0.
+pub fn softmax_backward<T: Element>(
+    y: &DeviceTensor<T>,
+    dy: &DeviceTensor<T>,
+) -> Result<DeviceTensor<T>> {
+    backward_new(
+        Op::SoftmaxBackward,
+        1.0,
+        last_dim(Op::SoftmaxBackward, y)?,
+        y,
+        dy,
+    )
+}
+
+/// The gradient of [`log_softmax`]: `dx = dy - exp(y) * sum(dy)` per row, from the forward
+/// output `y` and `dy`. Masked elements (`y == -inf`) get 0 and add nothing to the sum; a fully
+/// masked row gives 0.
+pub fn log_softmax_backward<T: Element>(
+    y: &DeviceTensor<T>,
+    dy: &DeviceTensor<T>,
+) -> Result<DeviceTensor<T>> {
+    backward_new(
+        Op::LogSoftmaxBackward,
+        1.0,
+        last_dim(Op::LogSoftmaxBackward, y)?,
+        y,
+        dy,
+    )
+}
+
+/// A backward op over rows of `cols` contiguous elements, into a new tensor.
+pub(crate) fn backward_new<T: Element>(
+    op: Op,
+    scale: f32,
+    cols: usize,
+    y: &DeviceTensor<T>,
+    dy: &DeviceTensor<T>,
+) -> Result<DeviceTensor<T>> {
+    check_scale(scale)?;
+    if !y.device().same_as(dy.device()) {
+        return Err(Error::DeviceMismatch);
+    }
+    let mut dx = DeviceTensor::uninit(y.device(), y.shape())?;
+    backward_rows(op, scale, cols, y, dy, &mut dx)?;
+    Ok(dx)
+}
+
+/// A backward op over rows of `cols` contiguous elements: `y` (the forward output) and `dy` in,
+/// `dx` out. `dx` may be the very same view as `dy` or `y` but must not partly overlap either.
+/// Every check comes before the launch, so that bad input writes nothing.
+pub(crate) fn backward_rows<T: Element>(
+    op: Op,
+    scale: f32,
+    cols: usize,
+    y: &DeviceTensor<T>,
+    dy: &DeviceTensor<T>,
+    dx: &mut DeviceTensor<T>,
+) -> Result<()> {
+    if y.shape().is_empty() {
+        return Err(Error::ScalarInput { op: op.name() });
+    }
+    check_scale(scale)?;
+    if !y.device().same_as(dy.device()) || !y.device().same_as(dx.device()) {
+        return Err(Error::DeviceMismatch);
+    }
+    if y.shape() != dy.shape() {
+        return Err(Error::ShapeMismatch {
+            what: "backward: y and dy",
+            left: y.shape().to_vec(),
+            right: dy.shape().to_vec(),
+        });
+    }
+    if y.shape() != dx.shape() {
+        return Err(Error::ShapeMismatch {
+            what: "backward: y and dx",
+            left: y.shape().to_vec(),
+            right: dx.shape().to_vec(),
+        });
+    }
+    if y.overlap(dx) == Overlap::Partial || dy.overlap(dx) == Overlap::Partial {
+        return Err(Error::PartialOverlap);
+    }
+    let rows = y.len().checked_div(cols).unwrap_or(0);
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let (y_addr, dy_addr, dx_addr) = (y.addr(), dy.addr(), dx.addr());
+    let problem = SoftmaxProblem {
+        op,
+        rows,
+        cols,
+        dtype: T::DTYPE,
+        aligned16: y_addr % 16 == 0 && dy_addr % 16 == 0 && dx_addr % 16 == 0,
+    };
+    let plan = plan_softmax(&problem, &y.device().limits());
+    // dx (writable), then the inputs it is not the same view as.
+    let mut ranges = [dx.access_range(true); 3];
+    let mut n = 1;
+    for (addr, range) in [
+        (y_addr, y.access_range(false)),
+        (dy_addr, dy.access_range(false)),
+    ] {
+        if addr != dx_addr {
+            ranges[n] = range;
+            n += 1;
+        }
+    }
+    let params = SoftmaxParams {
+        x: y_addr,
+        y: dx_addr,
+        dy: dy_addr,
+        rows: rows as i64,
+        cols: cols as i64,
+        chunk_cols: plan.chunk_cols as i64,
+        scale,
+        ..SoftmaxParams::default()
+    };
+    y.device()
+        .launch(&plan.stages, params, &ranges[..n], plan.workspace_floats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

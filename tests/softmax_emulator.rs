@@ -155,3 +155,19 @@ macro_rules! op_suite {
 op_suite!(f32_log_softmax_and_scale, f32);
 op_suite!(f16_log_softmax_and_scale, f16);
 op_suite!(bf16_log_softmax_and_scale, bf16);
+
+/// Softmax and log-softmax backward: every family, masked elements and rows, views, in place.
+macro_rules! backward_suite {
+    ($name:ident, $dtype:ty) => {
+        #[test]
+        fn $name() {
+            let device = shuffled(stringify!($name));
+            let mut rng = common::seeded_rng(stringify!($name));
+            common::backward::backward_suite::<$dtype>(&device, &mut rng);
+        }
+    };
+}
+
+backward_suite!(f32_backward, f32);
+backward_suite!(f16_backward, f16);
+backward_suite!(bf16_backward, bf16);

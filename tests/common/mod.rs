@@ -5,6 +5,8 @@
 //! CS_ROUNDING_STATS=1 and run with --nocapture to print each case's statistics).
 #![allow(dead_code)]
 
+pub mod backward;
+
 use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
 use cuda_softmax::{Device, DeviceTensor, Dtype, Element, Softmax, reference};

@@ -1,0 +1,264 @@
+// Backward passes of softmax and log-softmax over the last dimension. Three tensors per row: the
+// forward output y (params x), the upstream gradient dy (params dy) and dx (params y), which may
+// be the very same view as dy or y (every element is read before the thread that owns it writes
+// it, and the row statistic is complete before any write).
+//
+//   softmax:      dx = s * y * (dy - g),        g = sum(dy * y)
+//   log-softmax:  dx = s * (dy - exp(y) * g),   g = sum(dy)
+//
+// Masked elements took no part in the forward pass, so they get 0 and add nothing to g, whatever
+// their dy (even inf or NaN): softmax y == 0, log-softmax y == -inf. A fully masked row gives 0.
+//
+// Families, chosen by src/planner.rs as for the forward ops (no shared-memory block family yet):
+// - backward_warp:   a row in registers (y and dy), Width lanes a row. Traffic 1.0 (3 tensors).
+// - backward_online: a block per row, g in one pass, dx in a second (y and dy read twice: 5/3).
+// - backward_split_*: few long rows: per-chunk partial g into the workspace, then a merge and
+//                    the chunk's dx.
+#include "common.cuh"
+
+namespace cs {
+
+struct SoftmaxBackwardOp {
+  float scale;
+  __device__ __forceinline__ explicit SoftmaxBackwardOp(const SoftmaxParams& p) : scale(p.scale) {}
+  __device__ __forceinline__ float term(float y, float dy) const { return y == 0.0f ? 0.0f : y * dy; }
+  __device__ __forceinline__ float out(float y, float dy, float g) const {
+    // y * (dy - g) * scale as y * fma(dy, scale, -g * scale): one instruction fewer; g * scale is
+    // a per-row constant, its rounding far below the cancellation error the tests allow.
+    return y == 0.0f ? 0.0f : y * fmaf(dy, scale, -(g * scale));
+  }
+};
+
+struct LogSoftmaxBackwardOp {
+  float scale;
+  __device__ __forceinline__ explicit LogSoftmaxBackwardOp(const SoftmaxParams& p) : scale(p.scale) {}
+  __device__ __forceinline__ float term(float y, float dy) const { return y == kNegInf ? 0.0f : dy; }
+  __device__ __forceinline__ float out(float y, float dy, float g) const {
+    return y == kNegInf ? 0.0f : (dy - fast_exp2(y * kLog2e) * g) * scale;
+  }
+};
+
+template <typename T, int Width, int Cols, int Vec, typename Op>
+__device__ __forceinline__ void backward_warp(const SoftmaxParams& p) {
+  static_assert(Cols % Vec == 0, "a lane's columns are whole packs");
+  constexpr int kPacks = Cols / Vec;
+  // As in softmax_warp: packs every lane holds in the shortest row need no bounds compare.
+  constexpr int kMinRowPacks = (warp_min_cols(Width, Cols) + Vec - 1) / Vec;
+  constexpr int kSurePacks = Width == 1 ? 0 : kMinRowPacks / Width < kPacks ? kMinRowPacks / Width : kPacks;
+  constexpr int kRowsPerWarp = 32 / Width;
+  const T* yv = static_cast<const T*>(p.x);
+  const T* dyv = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.y);
+  const long long warps_per_block = blockDim.x / 32;
+  const long long warp = static_cast<long long>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const long long row_step = static_cast<long long>(gridDim.x) * warps_per_block * kRowsPerWarp;
+  const int lane = threadIdx.x % Width;
+  const int group = (threadIdx.x % 32) / Width;
+  const int row_packs = static_cast<int>(p.cols / Vec);
+  const int lane_packs = row_packs > lane ? (row_packs - lane + Width - 1) / Width : 0;
+  const Op op(p);
+  // Slots past the row end keep finite stale values: their outputs are computed (unpredicated)
+  // and never stored, and they add nothing to g.
+  float a[Cols], b[Cols];
+#pragma unroll
+  for (int j = 0; j < Cols; ++j) a[j] = b[j] = 0.0f;
+
+  for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step) {
+    const long long row = base + group;
+    const bool active = row < p.rows;
+    const long long row_offset = active ? row * p.cols : 0;
+    const int packs = active ? lane_packs : 0;
+    float g = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
+      if (i < kSurePacks ? active : i < packs) {
+        load_pack<T, Vec>(yv + row_offset + col, sub_array<Vec>(a + i * Vec));
+        load_pack<T, Vec>(dyv + row_offset + col, sub_array<Vec>(b + i * Vec));
+#pragma unroll
+        for (int j = 0; j < Vec; ++j) g += op.term(a[i * Vec + j], b[i * Vec + j]);
+      }
+    }
+    g = warp_sum<Width>(g);
+#pragma unroll
+    for (int j = 0; j < Cols; ++j) a[j] = op.out(a[j], b[j], g);
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
+      if (i < kSurePacks ? active : i < packs) store_pack<T, Vec>(dx + row_offset + col, sub_array<Vec>(a + i * Vec));
+    }
+  }
+}
+
+// Packs of each input a thread loads before it uses the first: 2 x 2 x 16 bytes in flight a
+// thread (the forward two-pass kernels hold 4 x 16 of one input).
+constexpr int kPairBatch = 2;
+
+// Calls f(k, y_words, dy_words) for packs k = 0 .. packs - 1 of 16-byte aligned y and dy, thread
+// t taking t, t + Block, ..., kPairBatch packs of each loaded before any is used.
+template <typename T, int Block, typename F>
+__device__ __forceinline__ void for_each_pack_pair(const T* y, const T* dy, long long packs, L2Policy policy, F&& f) {
+  constexpr int V = Vec16<T>::n;
+  for (long long k0 = threadIdx.x; k0 < packs; k0 += kPairBatch * Block) {
+    uint32_t wy[kPairBatch][4], wd[kPairBatch][4];
+#pragma unroll
+    for (int u = 0; u < kPairBatch; ++u) {
+      const long long k = k0 + static_cast<long long>(u) * Block;
+      if (k < packs) {
+        load16(y + k * V, wy[u], policy);
+        load16(dy + k * V, wd[u], policy);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kPairBatch; ++u) {
+      const long long k = k0 + static_cast<long long>(u) * Block;
+      if (k < packs) f(k, wy[u], wd[u]);
+    }
+  }
+}
+
+// True when the three rows start at the same offset from a 16-byte boundary (the usual case):
+// then they move in 16-byte packs together.
+template <typename T>
+__device__ __forceinline__ bool same_alignment(const T* a, const T* b, const T* c) {
+  const uintptr_t x = reinterpret_cast<uintptr_t>(a);
+  return (((x ^ reinterpret_cast<uintptr_t>(b)) | (x ^ reinterpret_cast<uintptr_t>(c))) & 15u) == 0;
+}
+
+// The block's share of g over n elements of a row (or chunk), reduced over the block. dx's
+// alignment decides the pack path as in write_backward, so both passes take the same one.
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ float block_row_g(const T* yr, const T* dyr, const T* dxr, long long n, const Op& op) {
+  constexpr int V = Vec16<T>::n;
+  float g = 0.0f;
+  if (same_alignment(yr, dyr, dxr)) {
+    const long long head = head_elements(yr, n);
+    const long long packs = (n - head) / V;
+    for (long long c = threadIdx.x; c < head; c += Block) g += op.term(load_one(yr + c), load_one(dyr + c));
+    // The first of two reads: keep the lines in L2 for the second.
+    for_each_pack_pair<T, Block>(yr + head, dyr + head, packs, l2_evict_last(),
+                                 [&](long long, uint32_t(&wy)[4], uint32_t(&wd)[4]) {
+                                   float a[V], b[V];
+                                   unpack16<T>(wy, a);
+                                   unpack16<T>(wd, b);
+#pragma unroll
+                                   for (int j = 0; j < V; ++j) g += op.term(a[j], b[j]);
+                                 });
+    for (long long c = head + packs * V + threadIdx.x; c < n; c += Block) {
+      g += op.term(load_one(yr + c), load_one(dyr + c));
+    }
+  } else {
+    for (long long c = threadIdx.x; c < n; c += Block) g += op.term(load_one(yr + c), load_one(dyr + c));
+  }
+  return block_sum<Block>(g);
+}
+
+// dx over n elements of a row (or chunk) given g: the second read of y and dy.
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ void write_backward(const T* yr, const T* dyr, T* dxr, long long n, const Op& op, float g) {
+  constexpr int V = Vec16<T>::n;
+  if (same_alignment(yr, dyr, static_cast<const T*>(dxr))) {
+    const long long head = head_elements(yr, n);
+    const long long packs = (n - head) / V;
+    for (long long c = threadIdx.x; c < head; c += Block) {
+      store_one(dxr + c, op.out(load_one(yr + c), load_one(dyr + c), g));
+    }
+    for_each_pack_pair<T, Block>(yr + head, dyr + head, packs, l2_evict_first(),
+                                 [&](long long k, uint32_t(&wy)[4], uint32_t(&wd)[4]) {
+                                   float a[V], b[V];
+                                   unpack16<T>(wy, a);
+                                   unpack16<T>(wd, b);
+#pragma unroll
+                                   for (int j = 0; j < V; ++j) a[j] = op.out(a[j], b[j], g);
+                                   pack16<T>(a, wy);
+                                   store16_streaming(dxr + head + k * V, wy);
+                                 });
+    for (long long c = head + packs * V + threadIdx.x; c < n; c += Block) {
+      store_one(dxr + c, op.out(load_one(yr + c), load_one(dyr + c), g));
+    }
+  } else {
+    for (long long c = threadIdx.x; c < n; c += Block) {
+      store_one(dxr + c, op.out(load_one(yr + c), load_one(dyr + c), g));
+    }
+  }
+}
+
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ void backward_online(const SoftmaxParams& p) {
+  const T* y = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.y);
+  const Op op(p);
+  for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const long long o = row * p.cols;
+    const float g = block_row_g<T, Block>(y + o, dy + o, dx + o, p.cols, op);
+    write_backward<T, Block>(y + o, dy + o, dx + o, p.cols, op, g);
+  }
+}
+
+// Split-row pass 1: block (chunk, row) stores its chunk's partial g at workspace[row][chunk]
+// (as (g, 0): the workspace holds two floats a chunk).
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ void backward_split_stats(const SoftmaxParams& p) {
+  const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
+  const long long first = chunk * p.chunk_cols;
+  const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
+  const long long o = row * p.cols + first;
+  const Op op(p);
+  const float g = block_row_g<T, Block>(static_cast<const T*>(p.x) + o, static_cast<const T*>(p.dy) + o,
+                                        static_cast<const T*>(p.y) + o, n, op);
+  if (threadIdx.x == 0) {
+    const float state[2] = {g, 0.0f};
+    store_pack<float, 2>(p.workspace + 2 * (row * chunks + chunk), state);
+  }
+}
+
+// Split-row pass 2: block (chunk, row) adds the row's partial sums and writes its chunk.
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ void backward_split_write(const SoftmaxParams& p) {
+  const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
+  const long long first = chunk * p.chunk_cols;
+  const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
+  const Op op(p);
+  float g = 0.0f;
+  for (long long k = threadIdx.x; k < chunks; k += Block) g += load_one(p.workspace + 2 * (row * chunks + k));
+  g = block_sum<Block>(g);
+  const long long o = row * p.cols + first;
+  write_backward<T, Block>(static_cast<const T*>(p.x) + o, static_cast<const T*>(p.dy) + o,
+                           static_cast<T*>(p.y) + o, n, op, g);
+}
+
+}  // namespace cs
+
+// ---- Entry points, in the order of KernelConfig::all (src/planner.rs): the warp lane shapes,
+// then online and the split pair (no block family).
+#define CS_BWD_WARP(op, Op, dt, T, W, C, V)                                                  \
+  CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
+           (cs::backward_warp<T, W, C, V, cs::Op>(p)))
+#define CS_BWD_LANE(op, Op, dt, T, V, W, C) \
+  CS_BWD_WARP(op, Op, dt, T, W, C, 1)       \
+  CS_BWD_WARP(op, Op, dt, T, W, C, V)
+#define CS_BWD_DTYPE(op, Op, dt, T, V)                                                          \
+  CS_BWD_LANE(op, Op, dt, T, V, 1, 8)                                                           \
+  CS_BWD_LANE(op, Op, dt, T, V, 2, 8)                                                           \
+  CS_BWD_LANE(op, Op, dt, T, V, 4, 8)                                                           \
+  CS_BWD_LANE(op, Op, dt, T, V, 8, 8)                                                           \
+  CS_BWD_LANE(op, Op, dt, T, V, 16, 8)                                                          \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 8)                                                          \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 16)                                                         \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 24)                                                         \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 32)                                                         \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 40)                                                         \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 48)                                                         \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 56)                                                         \
+  CS_BWD_LANE(op, Op, dt, T, V, 32, 64)                                                         \
+  CS_ENTRY(op##_online_##dt##_b512, 512, 2, (cs::backward_online<T, 512, cs::Op>(p)))           \
+  CS_ENTRY(op##_split_stats_##dt##_b256, 256, 4, (cs::backward_split_stats<T, 256, cs::Op>(p))) \
+  CS_ENTRY(op##_split_write_##dt##_b256, 256, 4, (cs::backward_split_write<T, 256, cs::Op>(p)))
+#define CS_BWD_OP(op, Op)                            \
+  CS_BWD_DTYPE(op, Op, f32, float, 4)                \
+  CS_BWD_DTYPE(op, Op, f16, __half, 8)               \
+  CS_BWD_DTYPE(op, Op, bf16, __nv_bfloat16, 8)
+
+CS_BWD_OP(softmax_backward, SoftmaxBackwardOp)
+CS_BWD_OP(log_softmax_backward, LogSoftmaxBackwardOp)
