@@ -299,8 +299,10 @@ impl LoopCensus {
     }
 }
 
-/// Counts one loop of `f`; `element_bytes` is the storage size of the kernel's dtype.
-pub fn census(f: &Function, l: Loop, element_bytes: u32) -> LoopCensus {
+/// Counts one loop of `f`; `element_bytes` is the storage size of the kernel's dtype and
+/// `inputs` the tensors it reads an element of (2 for a backward pass: y and dy), so that an
+/// element is counted once however many loads bring it in.
+pub fn census(f: &Function, l: Loop, element_bytes: u32, inputs: u32) -> LoopCensus {
     let mut c = LoopCensus::default();
     for ins in &f.instructions[l.first..=l.last] {
         if ins.opcode == "NOP" {
@@ -310,7 +312,7 @@ pub fn census(f: &Function, l: Loop, element_bytes: u32) -> LoopCensus {
         c.instructions += 1;
     }
     let moved = [
-        c.sum_bytes(|k| matches!(k, Class::GlobalLoad(_))),
+        c.sum_bytes(|k| matches!(k, Class::GlobalLoad(_))) / inputs.max(1),
         c.sum_bytes(|k| matches!(k, Class::GlobalStore(_))),
         c.sum_bytes(|k| matches!(k, Class::SharedLoad(_))),
         c.sum_bytes(|k| matches!(k, Class::SharedStore(_))),
@@ -458,7 +460,7 @@ mod tests {
             vec![Loop { first: 1, last: 5 }],
             "the self-branch trap is no loop"
         );
-        let c = census(f, ls[0], 4);
+        let c = census(f, ls[0], 4, 1);
         assert_eq!(c.instructions, 5);
         assert_eq!(c.elements, 4.0, "16 bytes of f32 per iteration");
         assert_eq!(c.narrow_global(), vec![(Class::GlobalStore(4), 1)]);

@@ -13,7 +13,7 @@
 //!   rows of 32 columns or more, 1.0 below, per two tensors moved (backward kernels move three:
 //!   0.9 and 1.5; see `budget`). A kernel over budget may be listed in OVER_BUDGET
 //!   with its measured value while work on it is in progress: a ratchet (worse fails, and so
-//!   does better, until the entry is removed). The list is empty;
+//!   does better, until the entry is removed);
 //! - every kernel has a steady-state loop the census can measure;
 //! - no local memory (spills or stack arrays) in any kernel;
 //! - bytes in flight per SM (src/occupancy.rs: ptxas registers and shared memory, and the loads
@@ -107,10 +107,19 @@ fn element_bytes(kernel: &str) -> u32 {
     if kernel.contains("_f32_") { 4 } else { 2 }
 }
 
+/// Tensors the kernel reads an element of: y and dy for a backward pass.
+fn inputs(kernel: &str) -> u32 {
+    if config_of(kernel).op.is_backward() {
+        2
+    } else {
+        1
+    }
+}
+
 fn all_loops(f: &Function) -> Vec<LoopCensus> {
     sass::innermost_loops(f)
         .into_iter()
-        .map(|l| sass::census(f, l, element_bytes(&f.name)))
+        .map(|l| sass::census(f, l, element_bytes(&f.name), inputs(&f.name)))
         .collect()
 }
 
@@ -201,10 +210,11 @@ fn budget(config: &KernelConfig) -> f64 {
 }
 
 /// Kernels measured over budget, (arch, kernel, warp instructions per element): a ratchet for
-/// work in progress. Empty since the warp kernels stopped bounds-testing the packs every lane
-/// holds in its shortest row (the 16-bit scalar kernels at 8 and 16 lanes a row were at
-/// 0.60-0.62 from predicate spills; now at most 0.60 on sm_80 and 0.58 on sm_90).
-const OVER_BUDGET: &[(&str, &str, f64)] = &[];
+/// work in progress (issue 8). The two-pass log-softmax backward for f32 spends about 10 integer
+/// instructions a pack on the 64-bit addresses of its three streams (y, dy, dx); the forward
+/// two-pass kernels, with one input stream, spend 1-2.
+const OVER_BUDGET: &[(&str, &str, f64)] =
+    &[("sm_90", "log_softmax_backward_online_f32_b512", 0.912)];
 
 fn per_element(f: &Function) -> f64 {
     steady_loops(f).iter().map(|c| c.per_element()).sum()
@@ -282,7 +292,7 @@ fn instructions_per_element_are_within_budget() {
                 .map(|(_, _, v)| *v);
             match listed {
                 None if measured > allowed => failures.push(format!(
-                    "{arch} {}: {measured:.3} warp instructions per element (budget {allowed})",
+                    "{arch} {}: {measured:.3} warp instructions per element (budget {allowed:.2})",
                     f.name
                 )),
                 Some(recorded) if measured > recorded + 0.005 => failures.push(format!(
@@ -384,7 +394,7 @@ fn in_flight(
             let loops: Vec<_> = sass::innermost_loops(f)
                 .into_iter()
                 .filter(|&l| {
-                    let c = sass::census(f, l, element_bytes(&f.name));
+                    let c = sass::census(f, l, element_bytes(&f.name), inputs(&f.name));
                     c.global_load_bytes() > 0 && (!has_vector_path(&s.kernel) || all_wide(&c))
                 })
                 .collect();
