@@ -40,7 +40,7 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use op::Softmax;
 pub use softmax::{
-    log_softmax, log_softmax_backward, log_softmax_into, softmax, softmax_backward,
+    log_softmax, log_softmax_backward, log_softmax_into, logsumexp, softmax, softmax_backward,
     softmax_inplace, softmax_into,
 };
 pub use tensor::DeviceTensor;

@@ -41,15 +41,18 @@ pub enum Op {
     SoftmaxBackward,
     /// dx = scale * (dy - exp(y) * sum(dy)) from the log-softmax output y and dy.
     LogSoftmaxBackward,
+    /// One f32 a row: scale * max + log(sum(exp(scale * (x - max)))).
+    LogSumExp,
 }
 
 impl Op {
     /// Every op, in the order of `KernelConfig::all()`.
-    pub const ALL: [Op; 4] = [
+    pub const ALL: [Op; 5] = [
         Op::Softmax,
         Op::LogSoftmax,
         Op::SoftmaxBackward,
         Op::LogSoftmaxBackward,
+        Op::LogSumExp,
     ];
 
     /// The prefix of its entry points' names.
@@ -59,6 +62,7 @@ impl Op {
             Op::LogSoftmax => "log_softmax",
             Op::SoftmaxBackward => "softmax_backward",
             Op::LogSoftmaxBackward => "log_softmax_backward",
+            Op::LogSumExp => "logsumexp",
         }
     }
 
@@ -67,17 +71,25 @@ impl Op {
         matches!(self, Op::SoftmaxBackward | Op::LogSoftmaxBackward)
     }
 
-    /// Whether the op has a shared-memory block family. The backward ops do not yet: rows past
-    /// the warp family take the two-pass block kernel (y and dy read twice).
+    /// Whether the op has a shared-memory block family. logsumexp needs none (its block kernel
+    /// reads x once without holding it); the backward ops do not have one yet: rows past the
+    /// warp family take the two-pass block kernel (y and dy read twice).
     pub fn has_block_family(self) -> bool {
-        !self.is_backward()
+        matches!(self, Op::Softmax | Op::LogSoftmax)
+    }
+
+    /// Whether the op writes one value a row rather than a row.
+    pub fn writes_one_per_row(self) -> bool {
+        matches!(self, Op::LogSumExp)
     }
 
     /// Entry points per dtype.
     const fn configs_per_dtype(self) -> usize {
         match self {
             Op::Softmax | Op::LogSoftmax => CONFIGS_PER_DTYPE,
-            Op::SoftmaxBackward | Op::LogSoftmaxBackward => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
+            Op::SoftmaxBackward | Op::LogSoftmaxBackward | Op::LogSumExp => {
+                CONFIGS_PER_DTYPE - BLOCK_THREADS.len()
+            }
         }
     }
 

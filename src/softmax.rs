@@ -280,6 +280,48 @@ pub(crate) fn backward_rows<T: Element>(
         .launch(&plan.stages, params, &ranges[..n], plan.workspace_floats)
 }
 
+/// `logsumexp(x)` over the last dimension: one f32 a row, `max + log(sum(exp(x - max)))`, in a
+/// tensor of `x`'s shape with the last dimension kept as size 1. Reads `x` once. An all -inf row
+/// gives -inf (so does a row of zero columns); a NaN or +inf in a row gives NaN.
+pub fn logsumexp<T: Element>(x: &DeviceTensor<T>) -> Result<DeviceTensor<f32>> {
+    let op = Op::LogSumExp;
+    let cols = last_dim(op, x)?;
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = 1;
+    }
+    let rows: usize = shape.iter().product();
+    if cols == 0 {
+        // The log of an empty sum: -inf, with nothing to launch.
+        return DeviceTensor::from_host(x.device(), &vec![f32::NEG_INFINITY; rows], &shape);
+    }
+    let out = DeviceTensor::<f32>::uninit(x.device(), &shape)?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    let problem = SoftmaxProblem {
+        op,
+        rows,
+        cols,
+        dtype: T::DTYPE,
+        aligned16: x.addr().is_multiple_of(16),
+    };
+    let plan = plan_softmax(&problem, &x.device().limits());
+    let ranges = [out.access_range(true), x.access_range(false)];
+    let params = SoftmaxParams {
+        x: x.addr(),
+        y: out.addr(),
+        rows: rows as i64,
+        cols: cols as i64,
+        chunk_cols: plan.chunk_cols as i64,
+        scale: 1.0,
+        ..SoftmaxParams::default()
+    };
+    x.device()
+        .launch(&plan.stages, params, &ranges, plan.workspace_floats)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cuda_softmax::image;
-use cuda_softmax::planner::{Family, KernelConfig};
+use cuda_softmax::planner::{Family, KernelConfig, Op};
 use cuda_softmax::sass::{self, Class, Function, LoopCensus};
 
 const ARCHS: [&str; 2] = ["sm_90", "sm_80"];
@@ -117,9 +117,20 @@ fn inputs(kernel: &str) -> u32 {
 }
 
 fn all_loops(f: &Function) -> Vec<LoopCensus> {
+    let one_per_row = config_of(&f.name).op.writes_one_per_row();
     sass::innermost_loops(f)
         .into_iter()
-        .map(|l| sass::census(f, l, element_bytes(&f.name), inputs(&f.name)))
+        .map(|l| {
+            let mut c = sass::census(f, l, element_bytes(&f.name), inputs(&f.name));
+            if one_per_row {
+                // logsumexp's warp kernels store one f32 a row inside their row loop: that
+                // store is the op's output, not a split pack, and is left out of the width checks
+                // (its instruction still counts).
+                c.by_class
+                    .retain(|k, _| !matches!(k, Class::GlobalStore(b) if *b < 16));
+            }
+            c
+        })
         .collect()
 }
 
@@ -210,11 +221,34 @@ fn budget(config: &KernelConfig) -> f64 {
 }
 
 /// Kernels measured over budget, (arch, kernel, warp instructions per element): a ratchet for
-/// work in progress (issue 8). The two-pass log-softmax backward for f32 spends about 10 integer
+/// work in progress (issue 8). The scalar logsumexp warp kernels at 1-16 lanes a row spend
+/// about 100 integer instructions a row iteration (against 26 at 32 lanes) on something the
+/// softmax kernels of the same shape do not: not yet found. The two-pass log-softmax backward for f32 spends about 10 integer
 /// instructions a pack on the 64-bit addresses of its three streams (y, dy, dx); the forward
 /// two-pass kernels, with one input stream, spend 1-2.
-const OVER_BUDGET: &[(&str, &str, f64)] =
-    &[("sm_90", "log_softmax_backward_online_f32_b512", 0.912)];
+const OVER_BUDGET: &[(&str, &str, f64)] = &[
+    ("sm_90", "log_softmax_backward_online_f32_b512", 0.912),
+    ("sm_90", "logsumexp_warp_bf16_w16_c8_v1", 0.832),
+    ("sm_90", "logsumexp_warp_bf16_w8_c8_v1", 0.809),
+    ("sm_90", "logsumexp_warp_bf16_w4_c8_v1", 0.793),
+    ("sm_90", "logsumexp_warp_f16_w16_c8_v1", 0.832),
+    ("sm_90", "logsumexp_warp_f16_w8_c8_v1", 0.809),
+    ("sm_90", "logsumexp_warp_f16_w4_c8_v1", 0.793),
+    ("sm_90", "logsumexp_warp_f32_w16_c8_v1", 0.801),
+    ("sm_90", "logsumexp_warp_f32_w8_c8_v1", 0.777),
+    ("sm_90", "logsumexp_warp_f32_w4_c8_v1", 0.762),
+    ("sm_90", "logsumexp_warp_f32_w1_c8_v1", 1.227),
+    ("sm_80", "logsumexp_warp_bf16_w16_c8_v1", 0.762),
+    ("sm_80", "logsumexp_warp_bf16_w8_c8_v1", 0.738),
+    ("sm_80", "logsumexp_warp_bf16_w4_c8_v1", 0.723),
+    ("sm_80", "logsumexp_warp_f16_w16_c8_v1", 0.762),
+    ("sm_80", "logsumexp_warp_f16_w8_c8_v1", 0.738),
+    ("sm_80", "logsumexp_warp_f16_w4_c8_v1", 0.723),
+    ("sm_80", "logsumexp_warp_f32_w16_c8_v1", 0.730),
+    ("sm_80", "logsumexp_warp_f32_w8_c8_v1", 0.707),
+    ("sm_80", "logsumexp_warp_f32_w4_c8_v1", 0.691),
+    ("sm_80", "logsumexp_warp_f32_w1_c8_v1", 1.160),
+];
 
 fn per_element(f: &Function) -> f64 {
     steady_loops(f).iter().map(|c| c.per_element()).sum()
@@ -228,8 +262,14 @@ fn vector_paths_move_16_bytes_in_their_steady_loops() {
         };
         let mut failures = Vec::new();
         for f in &functions {
-            if !has_vector_path(&config_of(&f.name)) {
-                continue;
+            let config = config_of(&f.name);
+            if !has_vector_path(&config)
+                || matches!(
+                    (config.op, config.family),
+                    (Op::LogSumExp, Family::SplitWrite { .. })
+                )
+            {
+                continue; // logsumexp's split write merges chunk states: no loop over elements
             }
             if !steady_loops(f).iter().any(|c| c.has_wide_global()) {
                 failures.push(format!(
@@ -239,9 +279,12 @@ fn vector_paths_move_16_bytes_in_their_steady_loops() {
             }
             // Each phase over the row is one loop of 16-byte packs: a phase whose loop turned
             // narrow (say LDS.128 split into LDS.32) would leave the steady set, so pin them.
-            let phases = match config_of(&f.name).family {
-                Family::Block { .. } => 3,  // load + max, sum of exp, write
-                Family::Online { .. } => 2, // (max, sum), write
+            let phases = match (config.op, config.family) {
+                (Op::LogSumExp, Family::Online { .. }) => 1, // reads x once
+                // ptxas peels the one-lane logsumexp row loop into two, both 16-byte.
+                (Op::LogSumExp, Family::Warp { width: 1, .. }) => 2,
+                (_, Family::Block { .. }) => 3, // load + max, sum of exp, write
+                (_, Family::Online { .. }) => 2, // (max, sum), write
                 _ => 1,
             };
             let wide = steady_loops(f).len();
@@ -278,12 +321,19 @@ fn vector_paths_move_16_bytes_in_their_steady_loops() {
 
 #[test]
 fn instructions_per_element_are_within_budget() {
+    let mut failures = Vec::new();
     for arch in ARCHS {
         let Some(functions) = sass_for(arch) else {
             return;
         };
-        let mut failures = Vec::new();
         for f in &functions {
+            let config = config_of(&f.name);
+            if matches!(
+                (config.op, config.family),
+                (Op::LogSumExp, Family::SplitWrite { .. })
+            ) {
+                continue; // no loop over elements (see every_kernel_has_a_steady_loop)
+            }
             let measured = per_element(f);
             let allowed = budget(&config_of(&f.name));
             let listed = OVER_BUDGET
@@ -306,8 +356,8 @@ fn instructions_per_element_are_within_budget() {
                 _ => {}
             }
         }
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Every kernel has a steady state to measure: a kernel whose loops all fell out of the census
@@ -319,6 +369,17 @@ fn every_kernel_has_a_steady_loop() {
             return;
         };
         for f in &functions {
+            let config = config_of(&f.name);
+            if (config.op, config.family)
+                == (
+                    Op::LogSumExp,
+                    Family::SplitWrite {
+                        threads: config.threads_per_block(),
+                    },
+                )
+            {
+                continue; // one value a row from the chunk states: no loop over elements
+            }
             assert!(
                 !steady_loops(f).is_empty(),
                 "{arch} {}: no steady-state loop",

@@ -171,3 +171,19 @@ macro_rules! backward_suite {
 backward_suite!(f32_backward, f32);
 backward_suite!(f16_backward, f16);
 backward_suite!(bf16_backward, bf16);
+
+/// logsumexp: every family, special rows, views, shapes.
+macro_rules! logsumexp_suite {
+    ($name:ident, $dtype:ty) => {
+        #[test]
+        fn $name() {
+            let device = shuffled(stringify!($name));
+            let mut rng = common::seeded_rng(stringify!($name));
+            common::backward::logsumexp_suite::<$dtype>(&device, &mut rng);
+        }
+    };
+}
+
+logsumexp_suite!(f32_logsumexp, f32);
+logsumexp_suite!(f16_logsumexp, f16);
+logsumexp_suite!(bf16_logsumexp, bf16);

@@ -211,3 +211,61 @@ pub fn backward_suite<T: Element>(device: &Device, rng: &mut Rng) {
         }
     }
 }
+
+/// logsumexp against the f64 reference on every family (warp shapes at their bounds, a block
+/// per row, split-row), views off 16-byte boundaries, special rows (NaN, +inf, all -inf, values
+/// near the dtype's maximum), rank 3 and zero columns.
+pub fn logsumexp_suite<T: Element>(device: &Device, rng: &mut Rng) {
+    let sm = device.limits().sm_count as usize;
+    let split_cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
+    let mut shapes: Vec<(usize, usize)> = cuda_softmax::planner::KernelConfig::all()
+        .into_iter()
+        .filter(|k| k.dtype == T::DTYPE && k.op == cuda_softmax::planner::Op::LogSumExp)
+        .filter_map(|k| k.warp_row_lengths())
+        .flat_map(|r| [(37, *r.start()), (37, *r.end())])
+        .collect();
+    shapes.extend([(5, 2049), (sm, 9000), (2, split_cols), (1, 70_000)]);
+    let tol = Tolerance {
+        atol: 4e-6,
+        rtol: 2e-6,
+    };
+    for (rows, cols) in shapes {
+        for offset in [0, 1, 3] {
+            let mut x: Vec<T> = rng.logits(rows * cols, 8.0);
+            if rows >= 5 {
+                x[rng.below(cols)] = T::from_f64(f64::NAN);
+                x[cols..2 * cols].fill(T::from_f64(f64::NEG_INFINITY));
+                x[2 * cols + rng.below(cols)] = T::from_f64(f64::INFINITY);
+                for v in x[3 * cols..4 * cols].iter_mut() {
+                    *v = T::from_f64((rng.uniform() * 2.0 - 1.0) * T::MAX_FINITE * 0.999);
+                }
+            }
+            let mut buf = vec![T::from_f64(0.0); rows * cols + offset];
+            buf[offset..].copy_from_slice(&x);
+            let all = DeviceTensor::from_host(device, &buf, &[buf.len()]).unwrap();
+            let xv = all.view(offset, &[rows, cols]).unwrap();
+            let got = cuda_softmax::logsumexp(&xv).unwrap();
+            assert_eq!(got.shape(), &[rows, 1]);
+            let got = got.to_host().unwrap();
+            let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+            let want = reference::logsumexp_rows(&x64, cols, 1.0);
+            let c = cuda_softmax::check::compare(&got, &want, tol);
+            assert!(
+                c.passed(),
+                "logsumexp {} [{rows}x{cols}] offset {offset} on {}: {c}",
+                T::DTYPE.name(),
+                device.name()
+            );
+        }
+    }
+    // Rank 3 keeps the last dimension as 1; zero columns give -inf; zero rows give nothing.
+    let x: Vec<T> = rng.logits(2 * 3 * 5, 4.0);
+    let t = DeviceTensor::from_host(device, &x, &[2, 3, 5]).unwrap();
+    assert_eq!(cuda_softmax::logsumexp(&t).unwrap().shape(), &[2, 3, 1]);
+    let empty_rows = DeviceTensor::<T>::from_host(device, &[], &[3, 0]).unwrap();
+    let l = cuda_softmax::logsumexp(&empty_rows).unwrap();
+    assert_eq!(l.shape(), &[3, 1]);
+    assert!(l.to_host().unwrap().iter().all(|v| *v == f32::NEG_INFINITY));
+    let no_rows = DeviceTensor::<T>::from_host(device, &[], &[0, 4]).unwrap();
+    assert_eq!(cuda_softmax::logsumexp(&no_rows).unwrap().shape(), &[0, 1]);
+}

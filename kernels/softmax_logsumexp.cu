@@ -1,0 +1,122 @@
+// logsumexp over the last dimension: one f32 a row, lse = scale * m + log(sum(exp(scale * (x - m)))),
+// from the same online (m, sum) state as the forward ops, reading x once. An all -inf row gives
+// -inf; a NaN or +inf in the row gives NaN.
+//
+// Families (src/planner.rs, Op::LogSumExp): the warp family for rows up to 2048 columns, a block
+// per row (block_row_state from softmax.cu: this file is compiled after it, in the same unity
+// translation unit) for longer rows, and split-row for few long rows (the softmax stats pass,
+// then a merge that writes each row's value once).
+#include "common.cuh"
+
+namespace cs {
+
+// The row's value from its (m, d) state.
+__device__ __forceinline__ float lse_value(MaxSum s, float scale) {
+  // sum == 0 only for an all -inf row (m = -inf): log(0) = -inf is the answer, shift * scale
+  // would be 0 there. NaN states stay NaN.
+  return s.d == 0.0f ? kNegInf : row_shift(s.m) * scale + fast_log2(s.d) * kLn2;
+}
+
+template <typename T, int Width, int Cols, int Vec>
+__device__ __forceinline__ void lse_warp(const SoftmaxParams& p) {
+  static_assert(Cols % Vec == 0, "a lane's columns are whole packs");
+  constexpr int kPacks = Cols / Vec;
+  constexpr int kMinRowPacks = (warp_min_cols(Width, Cols) + Vec - 1) / Vec;
+  constexpr int kSurePacks = Width == 1 ? 0 : kMinRowPacks / Width < kPacks ? kMinRowPacks / Width : kPacks;
+  constexpr int kRowsPerWarp = 32 / Width;
+  const T* x = static_cast<const T*>(p.x);
+  float* out = static_cast<float*>(p.y);
+  const long long warps_per_block = blockDim.x / 32;
+  const long long warp = static_cast<long long>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const long long row_step = static_cast<long long>(gridDim.x) * warps_per_block * kRowsPerWarp;
+  const int lane = threadIdx.x % Width;
+  const int group = (threadIdx.x % 32) / Width;
+  const int row_packs = static_cast<int>(p.cols / Vec);
+  const int lane_packs = row_packs > lane ? (row_packs - lane + Width - 1) / Width : 0;
+  const float k = exp2_factor(p.scale);
+  for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step) {
+    const long long row = base + group;
+    const bool active = row < p.rows;
+    const long long row_offset = active ? row * p.cols : 0;
+    const int packs = active ? lane_packs : 0;
+    float v[Cols];
+    float m = kNegInf;
+#pragma unroll
+    for (int i = 0; i < kPacks; ++i) {
+      const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
+      if (i < kSurePacks ? active : i < packs) {
+        load_pack<T, Vec>(x + row_offset + col, sub_array<Vec>(v + i * Vec));
+      } else {
+#pragma unroll
+        for (int j = 0; j < Vec; ++j) v[i * Vec + j] = kNegInf;
+      }
+#pragma unroll
+      for (int j = 0; j < Vec; ++j) m = fmaxf(m, v[i * Vec + j]);
+    }
+    m = warp_max<Width>(m);
+    const float shift = row_shift(m);
+    float d = 0.0f;
+#pragma unroll
+    for (int j = 0; j < Cols; ++j) d += exp_shifted(v[j], shift, k);
+    d = warp_sum<Width>(d);
+    if (active && lane == 0) store_one(out + row, lse_value(MaxSum{m, d}, p.scale));
+  }
+}
+
+template <typename T, int Block>
+__device__ __forceinline__ void lse_online(const SoftmaxParams& p) {
+  const T* x = static_cast<const T*>(p.x);
+  float* out = static_cast<float*>(p.y);
+  const float k = exp2_factor(p.scale);
+  for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols, k);
+    if (threadIdx.x == 0) store_one(out + row, lse_value(s, p.scale));
+  }
+}
+
+// Split-row pass 2: chunk 0's block of each row merges the row's chunk states and writes the
+// value; the other chunks' blocks have nothing to do (the grid is shared with pass 1).
+template <int Block>
+__device__ __forceinline__ void lse_split_write(const SoftmaxParams& p) {
+  const long long row = blockIdx.y, chunks = gridDim.x;
+  if (blockIdx.x != 0) return;
+  const float k = exp2_factor(p.scale);
+  MaxSum s = maxsum_identity();
+  for (long long c = threadIdx.x; c < chunks; c += Block) {
+    const float* state = p.workspace + 2 * (row * chunks + c);
+    s = maxsum_merge(s, MaxSum{load_one(state), load_one(state + 1)}, k);
+  }
+  s = block_maxsum<Block>(s, k);
+  if (threadIdx.x == 0) store_one(static_cast<float*>(p.y) + row, lse_value(s, p.scale));
+}
+
+}  // namespace cs
+
+// ---- Entry points, in the order of KernelConfig::all: the warp lane shapes, online, split.
+#define CS_LSE_WARP(dt, T, W, C, V)                                                         \
+  CS_ENTRY(logsumexp_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),           \
+           (cs::lse_warp<T, W, C, V>(p)))
+#define CS_LSE_LANE(dt, T, V, W, C) \
+  CS_LSE_WARP(dt, T, W, C, 1)       \
+  CS_LSE_WARP(dt, T, W, C, V)
+#define CS_LSE_DTYPE(dt, T, V)                                                                    \
+  CS_LSE_LANE(dt, T, V, 1, 8)                                                                     \
+  CS_LSE_LANE(dt, T, V, 2, 8)                                                                     \
+  CS_LSE_LANE(dt, T, V, 4, 8)                                                                     \
+  CS_LSE_LANE(dt, T, V, 8, 8)                                                                     \
+  CS_LSE_LANE(dt, T, V, 16, 8)                                                                    \
+  CS_LSE_LANE(dt, T, V, 32, 8)                                                                    \
+  CS_LSE_LANE(dt, T, V, 32, 16)                                                                   \
+  CS_LSE_LANE(dt, T, V, 32, 24)                                                                   \
+  CS_LSE_LANE(dt, T, V, 32, 32)                                                                   \
+  CS_LSE_LANE(dt, T, V, 32, 40)                                                                   \
+  CS_LSE_LANE(dt, T, V, 32, 48)                                                                   \
+  CS_LSE_LANE(dt, T, V, 32, 56)                                                                   \
+  CS_LSE_LANE(dt, T, V, 32, 64)                                                                   \
+  CS_ENTRY(logsumexp_online_##dt##_b512, 512, 2, (cs::lse_online<T, 512>(p)))                     \
+  CS_ENTRY(logsumexp_split_stats_##dt##_b256, 256, 4, (cs::softmax_split_stats<T, 256>(p)))       \
+  CS_ENTRY(logsumexp_split_write_##dt##_b256, 256, 4, (cs::lse_split_write<256>(p)))
+
+CS_LSE_DTYPE(f32, float, 4)
+CS_LSE_DTYPE(f16, __half, 8)
+CS_LSE_DTYPE(bf16, __nv_bfloat16, 8)
