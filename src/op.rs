@@ -156,6 +156,20 @@ impl Softmax {
         }
     }
 
+    /// The op of f16/bf16 `x` with f32 output (like torch's `dtype=float32`: probabilities for
+    /// sampling keep their small values). Not implemented yet: returns `Error::Unsupported` for
+    /// every input (after the same checks as `forward`); use `forward` meanwhile.
+    pub fn forward_f32<T: Element>(&self, x: &DeviceTensor<T>) -> Result<DeviceTensor<f32>> {
+        self.row_length(x.shape())?;
+        Err(Error::Unsupported {
+            what: format!(
+                "Softmax::forward_f32 ({} in, f32 out) is not implemented yet; use forward, which returns the \
+                 input's dtype",
+                T::DTYPE.name()
+            ),
+        })
+    }
+
     /// The op of `x`, in place.
     pub fn forward_inplace<T: Element>(&self, x: &mut DeviceTensor<T>) -> Result<()> {
         let cols = self.row_length(x.shape())?;

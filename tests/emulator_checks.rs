@@ -697,3 +697,44 @@ fn shared_memory_accesses_are_conflict_free() {
     check::<cuda_softmax::f16>(&d);
     check::<cuda_softmax::bf16>(&d);
 }
+
+/// Global traffic of the family ops over the minimum, per family, printed for the performance
+/// log and held to the bounds: log-softmax like softmax (1.0 on chip, 1.5 two-pass);
+/// backward 1.0 where the row sits in registers, at most 5/3 otherwise (y and dy read twice);
+/// logsumexp reads x once.
+#[test]
+fn family_ops_move_the_minimum_traffic() {
+    use cuda_softmax::{Softmax, log_softmax, logsumexp};
+    let d = emulator(Schedule::Forward);
+    let sm = d.limits().sm_count as usize;
+    // (rows, cols): warp, block, online (a row per SM), split-row.
+    let shapes = [(6, 1024), (6, 8192), (sm, 65536), (3, 65536)];
+    for (rows, cols) in shapes {
+        let n = rows * cols;
+        let min = (n * 4) as f64;
+        let x = DeviceTensor::<f32>::from_host(&d, &vec![0.5; n], &[rows, cols]).unwrap();
+        let traffic = |what: &str, tensors: f64| {
+            let s = d.last_launch_stats().unwrap();
+            let ratio = (s.kernel_bytes_read + s.kernel_bytes_written) as f64 / (tensors * min);
+            println!("{what:<20} {rows:>3} x {cols:>6}: {:<70} {ratio:.3}x", s.kernel);
+            (s.kernel, ratio)
+        };
+        let _y = log_softmax(&x).unwrap();
+        let (kernel, ratio) = traffic("log_softmax", 2.0);
+        let two_pass = kernel.contains("online") || kernel.contains("split");
+        let bound = if two_pass { 1.5 } else { 1.0 };
+        assert!((ratio - bound).abs() < 2e-3, "{kernel}: {ratio}");
+
+        let y = Softmax::new().forward(&x).unwrap();
+        let _dx = Softmax::new().backward(&y, &x).unwrap();
+        let (kernel, ratio) = traffic("softmax_backward", 3.0);
+        let bound = if kernel.contains("warp") { 1.0 } else { 5.0 / 3.0 };
+        assert!((ratio - bound).abs() < 2e-3, "{kernel}: {ratio}");
+
+        let _l = logsumexp(&x).unwrap();
+        let s = d.last_launch_stats().unwrap();
+        let read = s.kernel_bytes_read as f64 / min;
+        println!("logsumexp            {rows:>3} x {cols:>6}: {:<70} reads {read:.3}x", s.kernel);
+        assert!((read - 1.0).abs() < 2e-3, "{}: {read}", s.kernel);
+    }
+}
