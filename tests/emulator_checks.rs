@@ -716,7 +716,10 @@ fn family_ops_move_the_minimum_traffic() {
         let traffic = |what: &str, tensors: f64| {
             let s = d.last_launch_stats().unwrap();
             let ratio = (s.kernel_bytes_read + s.kernel_bytes_written) as f64 / (tensors * min);
-            println!("{what:<20} {rows:>3} x {cols:>6}: {:<70} {ratio:.3}x", s.kernel);
+            println!(
+                "{what:<20} {rows:>3} x {cols:>6}: {:<70} {ratio:.3}x",
+                s.kernel
+            );
             (s.kernel, ratio)
         };
         let _y = log_softmax(&x).unwrap();
@@ -728,13 +731,20 @@ fn family_ops_move_the_minimum_traffic() {
         let y = Softmax::new().forward(&x).unwrap();
         let _dx = Softmax::new().backward(&y, &x).unwrap();
         let (kernel, ratio) = traffic("softmax_backward", 3.0);
-        let bound = if kernel.contains("warp") { 1.0 } else { 5.0 / 3.0 };
+        let bound = if kernel.contains("warp") {
+            1.0
+        } else {
+            5.0 / 3.0
+        };
         assert!((ratio - bound).abs() < 2e-3, "{kernel}: {ratio}");
 
         let _l = logsumexp(&x).unwrap();
         let s = d.last_launch_stats().unwrap();
         let read = s.kernel_bytes_read as f64 / min;
-        println!("logsumexp            {rows:>3} x {cols:>6}: {:<70} reads {read:.3}x", s.kernel);
+        println!(
+            "logsumexp            {rows:>3} x {cols:>6}: {:<70} reads {read:.3}x",
+            s.kernel
+        );
         assert!((read - 1.0).abs() < 2e-3, "{}: {read}", s.kernel);
     }
 }
