@@ -130,7 +130,7 @@ pub fn log_softmax_backward_rows(y: &[f64], dy: &[f64], cols: usize, scale: f64)
 
 /// (outer, n, inner) of a softmax over `shape[dim]` of a contiguous tensor: the product of the
 /// dimensions before `dim`, its size, and the product of those after (an empty product is 1, so a
-/// rank-1 shape [n] gives (1, n, 1)). Panics if `dim` is not a dimension of `shape`.
+/// rank-1 shape `[n]` gives (1, n, 1)). Panics if `dim` is not a dimension of `shape`.
 pub fn dims_around(shape: &[usize], dim: usize) -> (usize, usize, usize) {
     assert!(
         dim < shape.len(),
