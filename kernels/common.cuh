@@ -30,6 +30,8 @@ struct SoftmaxParams {
   long long cols;
   float* workspace;      // split-row kernels only: (max, sum) per (row, chunk); else null
   long long chunk_cols;  // split-row kernels only: columns per chunk (the last may be shorter)
+  long long inner;       // strided kernels only: the distance between a row's elements (>= 2);
+                         // rows = outer * inner rows of cols elements. Unused by others.
   float scale;           // the op is taken of scale * x; > 0 and finite (checked on the host)
   unsigned pad;          // keeps the struct free of implicit padding (mirrored in Rust)
 };
@@ -254,6 +256,13 @@ __device__ __forceinline__ float load_one(const T* src) {
   float v[1];
   load_pack<T, 1>(src, v);
   return v[0];
+}
+
+// One element in its storage type, unconverted (to keep a copy on chip).
+template <typename T>
+__device__ __forceinline__ T load_element(const T* src) {
+  CS_CHECK_GLOBAL(src, sizeof(T), false);
+  return *src;
 }
 
 template <typename T>

@@ -13,58 +13,9 @@
 // Every loop over rows is uniform across the warp/block (inactive rows still take part in the
 // reductions), because the reductions use full-mask shuffles and block barriers.
 #include "common.cuh"
+#include "ops.cuh"
 
 namespace cs {
-
-// ---- The op a family computes. Every family finds each row's statistics the same way: the
-// shift (row max, -inf -> 0) and the sum of exp(scale * (x - shift)); the op turns them into
-// per-row constants (`row`) and each element's output. An op is built once a thread from the
-// launch parameters (the scale); the backward pass and the cross-entropy epilogue of later
-// issues are further ops on the same families.
-struct SoftmaxOp {
-  // The output is exp(scale * (x - shift)) / sum: register-resident rows keep the exps (else
-  // they keep x - shift, for from_shifted).
-  static constexpr bool kFromExp = true;
-  float k;  // exp2 factor: log2(e) * scale
-  __device__ __forceinline__ explicit SoftmaxOp(const SoftmaxParams& p) : k(exp2_factor(p.scale)) {}
-  struct Row {
-    float shift;
-    float inv;  // 1 / sum, 0 for an all -inf row
-  };
-  __device__ __forceinline__ Row row(float shift, float sum) const { return Row{shift, safe_reciprocal(sum)}; }
-  // From e = exp(scale * (x - shift)), already computed.
-  __device__ __forceinline__ float from_exp(float e, const Row& r) const { return e * r.inv; }
-  __device__ __forceinline__ float from_shifted(float t, const Row& r) const {
-    return from_exp(fast_exp2(t * k), r);
-  }
-  // From x.
-  __device__ __forceinline__ float from_x(float x, const Row& r) const {
-    return from_exp(exp_shifted(x, r.shift, k), r);
-  }
-};
-
-// log_softmax(scale * x) = scale * (x - m) - log(sum), from the row's (m, sum): never
-// log(softmax), which underflows to -inf where softmax rounds to 0. Two instructions an element
-// (FADD, FFMA) and one MUFU.LG2 a row. An all -inf row (sum 0) takes log_sum = 0 and gives -inf
-// everywhere; a NaN sum (a NaN or +inf in the row) gives a NaN row.
-struct LogSoftmaxOp {
-  static constexpr bool kFromExp = false;
-  float k;  // exp2 factor: log2(e) * scale
-  float scale;
-  __device__ __forceinline__ explicit LogSoftmaxOp(const SoftmaxParams& p)
-      : k(exp2_factor(p.scale)), scale(p.scale) {}
-  struct Row {
-    float shift;
-    float log_sum;
-  };
-  __device__ __forceinline__ Row row(float shift, float sum) const {
-    return Row{shift, sum == 0.0f ? 0.0f : fast_log2(sum) * kLn2};
-  }
-  __device__ __forceinline__ float from_exp(float, const Row&) const { return 0.0f; }  // not used
-  // From t = x - shift, already formed for the sum (one FFMA).
-  __device__ __forceinline__ float from_shifted(float t, const Row& r) const { return fmaf(t, scale, -r.log_sum); }
-  __device__ __forceinline__ float from_x(float x, const Row& r) const { return from_shifted(x - r.shift, r); }
-};
 
 template <typename T, int Width, int Cols, int Vec, typename Op>
 __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {

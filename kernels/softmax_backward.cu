@@ -15,28 +15,9 @@
 // - backward_split_*: few long rows: per-chunk partial g into the workspace, then a merge and
 //                    the chunk's dx.
 #include "common.cuh"
+#include "ops.cuh"
 
 namespace cs {
-
-struct SoftmaxBackwardOp {
-  float scale;
-  __device__ __forceinline__ explicit SoftmaxBackwardOp(const SoftmaxParams& p) : scale(p.scale) {}
-  __device__ __forceinline__ float term(float y, float dy) const { return y == 0.0f ? 0.0f : y * dy; }
-  __device__ __forceinline__ float out(float y, float dy, float g) const {
-    // y * (dy - g) * scale as y * fma(dy, scale, -g * scale): one instruction fewer; g * scale is
-    // a per-row constant, its rounding far below the cancellation error the tests allow.
-    return y == 0.0f ? 0.0f : y * fmaf(dy, scale, -(g * scale));
-  }
-};
-
-struct LogSoftmaxBackwardOp {
-  float scale;
-  __device__ __forceinline__ explicit LogSoftmaxBackwardOp(const SoftmaxParams& p) : scale(p.scale) {}
-  __device__ __forceinline__ float term(float y, float dy) const { return y == kNegInf ? 0.0f : dy; }
-  __device__ __forceinline__ float out(float y, float dy, float g) const {
-    return y == kNegInf ? 0.0f : (dy - fast_exp2(y * kLog2e) * g) * scale;
-  }
-};
 
 template <typename T, int Width, int Cols, int Vec, typename Op>
 __device__ __forceinline__ void backward_warp(const SoftmaxParams& p) {

@@ -22,6 +22,8 @@ pub(crate) struct SoftmaxParams {
     pub workspace: u64,
     /// Columns per chunk for split-row kernels (0 for others).
     pub chunk_cols: i64,
+    /// Strided kernels only: the distance between a row's elements (>= 2); unused by others.
+    pub inner: i64,
     /// The op is taken of `scale * x` (> 0 and finite: checked before a launch).
     pub scale: f32,
     /// Spells out the tail padding, so that the layout has none implicit.

@@ -6,7 +6,8 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::planner::Op;
 use crate::softmax::{
-    backward_new, backward_rows, check_scale, forward_inplace_rows, forward_rows, forward_rows_new,
+    Rows, backward_new, backward_rows, check_scale, forward_inplace_rows, forward_rows,
+    forward_rows_new,
 };
 use crate::tensor::DeviceTensor;
 
@@ -70,10 +71,11 @@ impl Softmax {
         }
     }
 
-    /// Checks the scale and `dim` for a tensor of `shape`, and returns the row length: the
-    /// size of `dim`, which must be the last dimension or have only size-1 dimensions after it
-    /// (rows of contiguous elements).
-    fn row_length(&self, shape: &[usize]) -> Result<usize> {
+    /// Checks the scale and `dim` for a tensor of `shape`, and returns its rows: the size of
+    /// `dim` elements each, as far apart as the product of the dimensions after `dim` (1 when
+    /// it is the last dimension or only size-1 dimensions follow: contiguous rows; else the
+    /// strided family runs, with no transpose).
+    fn row_length(&self, shape: &[usize]) -> Result<Rows> {
         check_scale(self.scale)?;
         let rank = shape.len();
         if rank == 0 {
@@ -95,21 +97,32 @@ impl Softmax {
                 });
             }
         };
-        if shape[dim + 1..].iter().any(|&n| n != 1) {
+        // A product of dimensions of a tensor that exists fits in usize (its length does),
+        // unless another dimension is 0, which makes the tensor empty: saturate then.
+        let inner = shape[dim + 1..]
+            .iter()
+            .try_fold(1usize, |p, &d| p.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        let rows = Rows {
+            n: shape[dim],
+            inner: inner.max(1),
+        };
+        if rows.inner > 1 && rows.n > i32::MAX as usize {
+            // The strided kernels count a row's elements in 32-bit registers.
             return Err(Error::Unsupported {
                 what: format!(
-                    "softmax over dimension {dim} of shape {shape:?} (strided rows) is not implemented yet; \
-                     move that dimension last (or make the ones after it size 1)"
+                    "softmax over dimension {dim} of shape {shape:?}: strided rows of more than 2^31 - 1 \
+                     elements are not supported; make that dimension the last"
                 ),
             });
         }
-        Ok(shape[dim])
+        Ok(rows)
     }
 
     /// The op of `x`, into a new tensor of the same shape.
     pub fn forward<T: Element>(&self, x: &DeviceTensor<T>) -> Result<DeviceTensor<T>> {
-        let cols = self.row_length(x.shape())?;
-        forward_rows_new(self.op(), self.scale, cols, x)
+        let rows = self.row_length(x.shape())?;
+        forward_rows_new(self.op(), self.scale, rows, x)
     }
 
     /// The op of `x`, written to `y` (same shape and device; the very same view as `x` for in
@@ -119,8 +132,8 @@ impl Softmax {
         x: &DeviceTensor<T>,
         y: &mut DeviceTensor<T>,
     ) -> Result<()> {
-        let cols = self.row_length(x.shape())?;
-        forward_rows(self.op(), self.scale, cols, x, y)
+        let rows = self.row_length(x.shape())?;
+        forward_rows(self.op(), self.scale, rows, x, y)
     }
 
     /// The gradient with respect to the input: from the forward output `y` and the upstream
@@ -133,8 +146,8 @@ impl Softmax {
         y: &DeviceTensor<T>,
         dy: &DeviceTensor<T>,
     ) -> Result<DeviceTensor<T>> {
-        let cols = self.row_length(y.shape())?;
-        backward_new(self.backward_op(), self.scale, cols, y, dy)
+        let rows = self.row_length(y.shape())?;
+        backward_new(self.backward_op(), self.scale, rows, y, dy)
     }
 
     /// The gradient into `dx`, which may be the very same view as `dy` (or `y`).
@@ -144,8 +157,8 @@ impl Softmax {
         dy: &DeviceTensor<T>,
         dx: &mut DeviceTensor<T>,
     ) -> Result<()> {
-        let cols = self.row_length(y.shape())?;
-        backward_rows(self.backward_op(), self.scale, cols, y, dy, dx)
+        let rows = self.row_length(y.shape())?;
+        backward_rows(self.backward_op(), self.scale, rows, y, dy, dx)
     }
 
     fn backward_op(&self) -> Op {
@@ -172,8 +185,8 @@ impl Softmax {
 
     /// The op of `x`, in place.
     pub fn forward_inplace<T: Element>(&self, x: &mut DeviceTensor<T>) -> Result<()> {
-        let cols = self.row_length(x.shape())?;
-        forward_inplace_rows(self.op(), self.scale, cols, x)
+        let rows = self.row_length(x.shape())?;
+        forward_inplace_rows(self.op(), self.scale, rows, x)
     }
 }
 
@@ -216,5 +229,60 @@ mod tests {
         );
         let y = Softmax::new().forward(&col).unwrap().to_host().unwrap();
         assert_eq!(y, vec![1.0, 1.0]);
+    }
+
+    /// Rows: contiguous when only size-1 dimensions follow `dim`; strided otherwise, with the
+    /// row length limited to what the strided kernels count in 32 bits.
+    #[test]
+    fn rows_follow_the_dimensions_after_dim() {
+        let rows = |dim: isize, shape: &[usize]| Softmax::new().dim(dim).row_length(shape);
+        assert_eq!(rows(1, &[2, 3, 4]).unwrap(), Rows { n: 3, inner: 4 });
+        assert_eq!(rows(-1, &[2, 3, 4]).unwrap(), Rows { n: 4, inner: 1 });
+        assert_eq!(rows(0, &[5, 1, 1]).unwrap(), Rows { n: 5, inner: 1 });
+        assert_eq!(rows(0, &[5, 0, 3]).unwrap(), Rows { n: 5, inner: 1 });
+        let big = i32::MAX as usize;
+        assert_eq!(rows(0, &[big, 2]).unwrap(), Rows { n: big, inner: 2 });
+        assert_eq!(
+            rows(0, &[big + 1, 1]).unwrap(),
+            Rows {
+                n: big + 1,
+                inner: 1
+            }
+        );
+        let e = rows(0, &[big + 1, 2]).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    }
+
+    /// A strided dimension goes through the same checks before anything is launched: shape
+    /// mismatches, partial overlap and bad scales are errors that write nothing.
+    #[test]
+    fn strided_dims_check_their_inputs_first() {
+        let device = Device::emulator();
+        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.1).collect();
+        let x = DeviceTensor::<f32>::from_host(&device, &data, &[2, 3, 4]).unwrap();
+        let poison = vec![7.0f32; 30];
+        let out = DeviceTensor::<f32>::from_host(&device, &poison, &[30]).unwrap();
+        let op = Softmax::new().dim(1);
+        let mut wrong = out.view(0, &[2, 4, 3]).unwrap();
+        let e = op.forward_into(&x, &mut wrong).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+        let y = out.view(0, &[2, 3, 4]).unwrap();
+        let mut shifted = out.view(3, &[2, 3, 4]).unwrap();
+        let e = op.backward_into(&y, &x, &mut shifted).unwrap_err();
+        assert!(matches!(e, Error::PartialOverlap), "{e}");
+        let dy = out.view(0, &[2, 4, 3]).unwrap();
+        let e = op.backward(&x, &dy).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+        let e = op.scale(0.0).forward(&x).unwrap_err();
+        assert!(matches!(e, Error::BadScale { .. }), "{e}");
+        assert_eq!(out.to_host().unwrap(), poison);
+        // And the op itself: each strided row sums to 1.
+        let y = op.forward(&x).unwrap().to_host().unwrap();
+        for o in 0..2 {
+            for i in 0..4 {
+                let sum: f32 = (0..3).map(|k| y[o * 12 + k * 4 + i]).sum();
+                assert!((sum - 1.0).abs() < 1e-6, "row ({o}, {i}): {sum}");
+            }
+        }
     }
 }

@@ -78,6 +78,12 @@ impl Op {
         matches!(self, Op::Softmax | Op::LogSoftmax)
     }
 
+    /// Whether the op has the strided-dimension family (rows `inner` apart: a softmax over a
+    /// dimension other than the last). logsumexp is over the last dimension only.
+    pub fn has_strided_family(self) -> bool {
+        !matches!(self, Op::LogSumExp)
+    }
+
     /// Whether the op writes one value a row rather than a row.
     pub fn writes_one_per_row(self) -> bool {
         matches!(self, Op::LogSumExp)
@@ -86,10 +92,11 @@ impl Op {
     /// Entry points per dtype.
     const fn configs_per_dtype(self) -> usize {
         match self {
-            Op::Softmax | Op::LogSoftmax => CONFIGS_PER_DTYPE,
-            Op::SoftmaxBackward | Op::LogSoftmaxBackward | Op::LogSumExp => {
-                CONFIGS_PER_DTYPE - BLOCK_THREADS.len()
+            Op::Softmax | Op::LogSoftmax => CONFIGS_PER_DTYPE + STRIDED_CONFIGS,
+            Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
+                CONFIGS_PER_DTYPE - BLOCK_THREADS.len() + STRIDED_CONFIGS
             }
+            Op::LogSumExp => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
         }
     }
 
@@ -106,6 +113,25 @@ impl Op {
         }
         first
     }
+}
+
+/// One op over a dimension other than the last of a contiguous tensor, seen as
+/// `[outer, n, inner]` with `inner >= 2`: `outer * inner` rows of `n` elements `inner` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StridedProblem {
+    /// What is computed (not logsumexp).
+    pub op: Op,
+    /// The product of the dimensions before the reduced one.
+    pub outer: usize,
+    /// The reduced dimension's size (the row length).
+    pub n: usize,
+    /// The product of the dimensions after it: the distance between a row's elements.
+    pub inner: usize,
+    /// Storage type.
+    pub dtype: Dtype,
+    /// Every tensor starts on a boundary of two elements (with `inner` even, two neighbouring
+    /// rows then move as one 4- or 8-byte word).
+    pub aligned_pairs: bool,
 }
 
 /// One op over the last dimension: `rows` rows of `cols` elements.
@@ -156,6 +182,17 @@ pub enum Family {
         /// Threads per block.
         threads: u32,
     },
+    /// Rows `inner` apart (a dimension other than the last): `vec` neighbouring rows a lane,
+    /// 32 lanes a block, each row split over `slices` warps; the loaded elements kept in shared
+    /// memory (`on_chip`, traffic 1.0) or read again for the write pass.
+    Strided {
+        /// Warps a block, each taking every `slices`-th element of the block's rows.
+        slices: u32,
+        /// Whether the block keeps its rows in shared memory (else it reads them twice).
+        on_chip: bool,
+        /// Rows a lane (1, or 2 moved as one word: `inner` even and the tensors aligned).
+        vec: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,6 +224,15 @@ const LONG_LANE_COLS: [u32; 7] = [16, 24, 32, 40, 48, 56, 64];
 const BLOCK_THREADS: [u32; 3] = [128, 256, 512];
 const ONLINE_THREADS: u32 = 512;
 const SPLIT_THREADS: u32 = 256;
+/// Warps a block of the strided family may split its rows over.
+const STRIDED_SLICES: [u32; 3] = [1, 8, 32];
+/// Rows a lane of the strided family may take.
+const STRIDED_VECS: [u32; 2] = [1, 2];
+/// Strided entry points per dtype: each slice count two-pass and on chip, each row width.
+const STRIDED_CONFIGS: usize = 2 * STRIDED_SLICES.len() * STRIDED_VECS.len();
+/// Elements of a row each thread of the strided family should have at least, per warp the row
+/// is split over (the kernel folds them 4 at a time).
+const STRIDED_MIN_PER_SLICE: usize = 4;
 /// Rows at least this long are split when there are fewer rows than SMs.
 pub const SPLIT_MIN_COLS: usize = 16 * 1024;
 /// Smallest chunk worth a block (elements); chunks are multiples of SPLIT_CHUNK_ALIGN so that
@@ -262,6 +308,18 @@ impl KernelConfig {
             Family::Online { threads } if threads == ONLINE_THREADS => after_warp + blocks,
             Family::SplitStats { threads } if threads == SPLIT_THREADS => after_warp + blocks + 1,
             Family::SplitWrite { threads } if threads == SPLIT_THREADS => after_warp + blocks + 2,
+            Family::Strided {
+                slices,
+                on_chip,
+                vec,
+            } if op.has_strided_family() => {
+                let variant = 2 * position(&STRIDED_SLICES, slices)? + on_chip as usize;
+                after_warp
+                    + blocks
+                    + 3
+                    + STRIDED_VECS.len() * variant
+                    + position(&STRIDED_VECS, vec)?
+            }
             _ => return None,
         };
         Some(op.first_index() + dtype * op.configs_per_dtype() + within)
@@ -282,6 +340,14 @@ impl KernelConfig {
             Family::Online { threads } => format!("{op}_online_{dt}_b{threads}"),
             Family::SplitStats { threads } => format!("{op}_split_stats_{dt}_b{threads}"),
             Family::SplitWrite { threads } => format!("{op}_split_write_{dt}_b{threads}"),
+            Family::Strided {
+                slices,
+                on_chip,
+                vec,
+            } => {
+                let variant = if on_chip { "onchip" } else { "twopass" };
+                format!("{op}_strided_{variant}_{dt}_s{slices}_v{vec}")
+            }
         }
     }
 
@@ -293,6 +359,7 @@ impl KernelConfig {
             | Family::Online { threads }
             | Family::SplitStats { threads }
             | Family::SplitWrite { threads } => threads,
+            Family::Strided { slices, .. } => 32 * slices,
         }
     }
 
@@ -368,6 +435,19 @@ impl KernelConfig {
             push(Family::SplitWrite {
                 threads: SPLIT_THREADS,
             });
+            if op.has_strided_family() {
+                for slices in STRIDED_SLICES {
+                    for on_chip in [false, true] {
+                        for vec in STRIDED_VECS {
+                            push(Family::Strided {
+                                slices,
+                                on_chip,
+                                vec,
+                            });
+                        }
+                    }
+                }
+            }
         }
         all
     }
@@ -498,6 +578,91 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
         threads: ONLINE_THREADS,
     };
     LaunchPlan::single(config(family), grid_for(rows), 0)
+}
+
+/// Picks the kernel and geometry for an op over a strided dimension (`inner >= 2`; `outer`, `n`
+/// and `inner` non-zero, else the result is still a valid launch).
+///
+/// - Two rows a lane (`vec` 2: one 4- or 8-byte word moves an element of each) when `inner` is
+///   even and every tensor is aligned to two elements; one otherwise.
+/// - On chip (traffic 1.0) when a block's rows fit in shared memory in their storage type
+///   ([`strided_on_chip_max_n`]); two-pass otherwise. Where only one row a lane fits, it takes
+///   one row a lane on chip rather than two read twice.
+/// - Warps a block (`slices`): the fewest of 1, 8, 32 that fill the GPU (every SM's 2048
+///   threads) and, on chip, keep at least 16 warps an SM despite the shared memory each block
+///   holds; at most a quarter of the row length (each warp folds 4 elements at a time), so a
+///   short row is never split across idle warps.
+pub fn plan_strided(p: &StridedProblem, limits: &DeviceLimits) -> LaunchPlan {
+    let (outer, n, inner) = (p.outer.max(1), p.n.max(1), p.inner.max(1));
+    let rows = outer.saturating_mul(inner);
+    let sm_count = limits.sm_count.max(1) as usize;
+    let inputs = if p.op.is_backward() { 2 } else { 1 };
+    // Two rows a lane when they can move as one word, unless that alone would push the rows
+    // off chip (64 rows a block hold twice the shared memory of 32).
+    let pairs = inner.is_multiple_of(2) && p.aligned_pairs;
+    let fits = |vec| n <= strided_on_chip_max_n(p.dtype, inputs, vec, limits);
+    let vec = if pairs && (fits(2) || !fits(1)) { 2 } else { 1 };
+    let on_chip = fits(vec);
+    let rows_per_block = 32 * vec as usize;
+    let tiles = rows.div_ceil(rows_per_block);
+    let block_smem = if on_chip {
+        rows_per_block * n * inputs * p.dtype.size_bytes()
+    } else {
+        0
+    };
+    // Blocks an SM the shared memory allows (at most BLOCKS_PER_SM).
+    let resident_blocks = if block_smem == 0 {
+        BLOCKS_PER_SM as usize
+    } else {
+        (limits.max_shared_mem_per_block as usize / (block_smem + STATIC_SMEM_RESERVE))
+            .clamp(1, BLOCKS_PER_SM as usize)
+    };
+    let most = (n / STRIDED_MIN_PER_SLICE).max(1);
+    let allowed: Vec<u32> = STRIDED_SLICES
+        .into_iter()
+        .filter(|&s| s == 1 || s as usize <= most)
+        .collect();
+    let fills = |s: u32| tiles * 32 * s as usize >= sm_count * 2048;
+    let busy = |s: u32| resident_blocks * s as usize >= 16;
+    let slices = allowed
+        .iter()
+        .copied()
+        .find(|&s| fills(s) && busy(s))
+        .unwrap_or(*allowed.last().unwrap_or(&1));
+    let kernel = KernelConfig {
+        op: p.op,
+        dtype: p.dtype,
+        family: Family::Strided {
+            slices,
+            on_chip,
+            vec,
+        },
+    };
+    let grid = tiles.clamp(1, sm_count * BLOCKS_PER_SM as usize) as u32;
+    LaunchPlan::single(kernel, grid, block_smem as u32)
+}
+
+/// Static shared memory of a strided kernel: the warps' partial row states (8 bytes a row).
+pub fn strided_static_smem_bytes(slices: u32, vec: u32) -> usize {
+    if slices > 1 {
+        8 * 32 * (slices * vec) as usize
+    } else {
+        0
+    }
+}
+
+/// The longest row the strided family keeps on chip: 32 lanes' `vec` rows of `inputs` tensors
+/// in their storage type, beside the largest block's static shared memory and
+/// STATIC_SMEM_RESERVE.
+pub fn strided_on_chip_max_n(
+    dtype: Dtype,
+    inputs: usize,
+    vec: u32,
+    limits: &DeviceLimits,
+) -> usize {
+    let room = (limits.max_shared_mem_per_block as usize)
+        .saturating_sub(STATIC_SMEM_RESERVE + strided_static_smem_bytes(32, vec));
+    room / (32 * vec as usize * inputs.max(1) * dtype.size_bytes())
 }
 
 /// Dynamic shared memory of the block family for rows of `cols`: the row in its storage type,
@@ -641,6 +806,9 @@ mod tests {
                             Family::SplitWrite { .. } => {
                                 panic!("split-row starts with its stats pass")
                             }
+                            Family::Strided { .. } => {
+                                panic!("rows over the last dimension are never strided")
+                            }
                         }
                     }
                 }
@@ -776,6 +944,173 @@ mod tests {
             assert_eq!(of(|f| matches!(f, Family::Online { .. })), 1);
             assert_eq!(of(|f| matches!(f, Family::SplitStats { .. })), 1);
             assert_eq!(of(|f| matches!(f, Family::SplitWrite { .. })), 1);
+            assert_eq!(of(|f| matches!(f, Family::Strided { .. })), 12);
+        }
+        // logsumexp is over the last dimension only.
+        assert!(
+            !all.iter()
+                .any(|k| k.op == Op::LogSumExp && matches!(k.family, Family::Strided { .. }))
+        );
+    }
+
+    fn strided(op: Op, (outer, n, inner): (usize, usize, usize), dtype: Dtype) -> LaunchPlan {
+        plan_strided(
+            &StridedProblem {
+                op,
+                outer,
+                n,
+                inner,
+                dtype,
+                aligned_pairs: true,
+            },
+            &DeviceLimits::H100,
+        )
+    }
+
+    #[test]
+    fn strided_plans_pick_warps_rows_a_lane_and_on_chip_by_shape() {
+        let family = |op, shape, dtype| strided(op, shape, dtype).stages[0].kernel.family;
+        let f = |slices, on_chip, vec| Family::Strided {
+            slices,
+            on_chip,
+            vec,
+        };
+        // Rows of 3: one warp a block (a row is never split below 4 elements a warp); inner
+        // even: two rows a lane.
+        assert_eq!(family(Op::Softmax, (1, 3, 5000), Dtype::F32), f(1, true, 2));
+        // Odd inner: one row a lane.
+        assert_eq!(family(Op::Softmax, (1, 3, 5001), Dtype::F32), f(1, true, 1));
+        // Enough rows to fill 132 SMs (2048 threads each) at one warp a block (64 rows a warp),
+        // and 8 KiB a block leaves 25 blocks an SM.
+        assert_eq!(
+            family(Op::Softmax, (128, 32, 8192), Dtype::F32),
+            f(1, true, 2)
+        );
+        // 131,072 rows of 128: 8 warps a block fill the GPU, 6 blocks an SM fit (32 KiB each).
+        assert_eq!(
+            family(Op::Softmax, (64, 128, 2048), Dtype::F32),
+            f(8, true, 2)
+        );
+        // Rows of 512: 128 KiB a block leaves one block an SM: 32 warps keep it busy.
+        assert_eq!(
+            family(Op::Softmax, (64, 512, 4096), Dtype::F32),
+            f(32, true, 2)
+        );
+        // Few rows: the row split over 32 warps.
+        assert_eq!(
+            family(Op::LogSoftmax, (2, 1000, 16), Dtype::Bf16),
+            f(32, true, 2)
+        );
+        assert_eq!(
+            family(Op::Softmax, (1, 100_000, 2), Dtype::F32),
+            f(32, false, 2)
+        );
+        // The on-chip limit: the block's rows in their storage type beside the partial states
+        // and the reserve; backward holds two tensors. Past the two-rows limit, one row a lane
+        // on chip; past both, two rows a lane read twice.
+        let max =
+            |dtype, inputs, vec| strided_on_chip_max_n(dtype, inputs, vec, &DeviceLimits::H100);
+        assert_eq!(max(Dtype::F32, 1, 1), (227 * 1024 - 1024 - 8192) / 128);
+        assert_eq!(max(Dtype::F32, 1, 2), (227 * 1024 - 1024 - 16384) / 256);
+        assert_eq!(max(Dtype::Bf16, 1, 1), 2 * max(Dtype::F32, 1, 1));
+        assert_eq!(max(Dtype::F32, 2, 1), max(Dtype::F32, 1, 1) / 2);
+        let (two, one) = (max(Dtype::F32, 1, 2), max(Dtype::F32, 1, 1));
+        assert_eq!(
+            family(Op::Softmax, (1, two, 64), Dtype::F32),
+            f(32, true, 2)
+        );
+        assert_eq!(
+            family(Op::Softmax, (1, two + 1, 64), Dtype::F32),
+            f(32, true, 1)
+        );
+        assert_eq!(
+            family(Op::Softmax, (1, one, 64), Dtype::F32),
+            f(32, true, 1)
+        );
+        assert_eq!(
+            family(Op::Softmax, (1, one + 1, 64), Dtype::F32),
+            f(32, false, 2)
+        );
+        let backward = max(Dtype::F32, 2, 1);
+        assert_eq!(
+            family(Op::SoftmaxBackward, (1, backward + 1, 64), Dtype::F32),
+            f(32, false, 2)
+        );
+        // Views not aligned to two elements: one row a lane.
+        let p = plan_strided(
+            &StridedProblem {
+                op: Op::Softmax,
+                outer: 1,
+                n: 3,
+                inner: 5000,
+                dtype: Dtype::F16,
+                aligned_pairs: false,
+            },
+            &DeviceLimits::H100,
+        );
+        assert_eq!(p.stages[0].kernel.family, f(1, true, 1));
+    }
+
+    #[test]
+    fn every_strided_shape_gets_a_valid_launch() {
+        let all = KernelConfig::all();
+        let limit = DeviceLimits::H100.max_shared_mem_per_block as usize;
+        let lengths = [
+            1,
+            2,
+            3,
+            4,
+            7,
+            31,
+            32,
+            33,
+            127,
+            128,
+            500,
+            871,
+            872,
+            873,
+            1744,
+            1745,
+            5000,
+            1 << 20,
+        ];
+        for op in [Op::Softmax, Op::LogSoftmaxBackward] {
+            for dtype in Dtype::ALL {
+                for n in lengths {
+                    for (outer, inner) in [(1, 2), (3, 5), (1, 4096), (100, 1000), (7, 1 << 16)] {
+                        let p = strided(op, (outer, n, inner), dtype);
+                        assert_eq!(p.stages.len(), 1);
+                        let s = p.stages[0];
+                        assert!(all.contains(&s.kernel), "{p:?}");
+                        let Family::Strided {
+                            slices,
+                            on_chip,
+                            vec,
+                        } = s.kernel.family
+                        else {
+                            panic!("{p:?}")
+                        };
+                        assert_eq!(s.block, 32 * slices);
+                        assert!(slices == 1 || n >= 4 * slices as usize, "{p:?}");
+                        assert!(vec == 1 || inner % 2 == 0, "{p:?}");
+                        let tiles = (outer * inner).div_ceil(32 * vec as usize);
+                        assert!(s.grid.0 >= 1 && s.grid.0 as usize <= tiles.max(1), "{p:?}");
+                        let inputs = if op.is_backward() { 2 } else { 1 };
+                        let rows_on_chip = 32 * vec as usize;
+                        if on_chip {
+                            let bytes = rows_on_chip * n * inputs * dtype.size_bytes();
+                            assert_eq!(s.shared_mem_bytes as usize, bytes);
+                        } else {
+                            assert_eq!(s.shared_mem_bytes, 0);
+                        }
+                        let total = s.shared_mem_bytes as usize
+                            + strided_static_smem_bytes(slices, vec)
+                            + STATIC_SMEM_RESERVE;
+                        assert!(total <= limit, "{p:?}");
+                    }
+                }
+            }
         }
     }
 }

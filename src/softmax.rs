@@ -1,10 +1,13 @@
 //! The softmax family over the last dimension: validate, plan, launch. The free functions are
 //! the common cases of the [`Softmax`](crate::Softmax) op value.
 
+use crate::element::Dtype;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kernel::{AccessRange, SoftmaxParams};
-use crate::planner::{Op, SoftmaxProblem, plan_softmax};
+use crate::planner::{
+    DeviceLimits, LaunchPlan, Op, SoftmaxProblem, StridedProblem, plan_softmax, plan_strided,
+};
 use crate::tensor::{DeviceTensor, Overlap};
 
 /// `softmax(x)` over the last dimension, into a new tensor of the same shape. Asynchronous on a
@@ -49,11 +52,61 @@ pub(crate) fn check_scale(scale: f32) -> Result<()> {
     }
 }
 
-/// The row length of an op over the last dimension of `x`.
-fn last_dim<T: Element>(op: Op, x: &DeviceTensor<T>) -> Result<usize> {
+/// How an op's rows lie in a contiguous tensor: `n` elements a row, `inner` apart. `inner` is 1
+/// for the last dimension (or one with only size-1 dimensions after it): contiguous rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rows {
+    /// Elements a row: the size of the reduced dimension.
+    pub n: usize,
+    /// The distance between a row's elements: the product of the dimensions after it.
+    pub inner: usize,
+}
+
+impl Rows {
+    /// Contiguous rows of `n` elements.
+    pub(crate) fn contiguous(n: usize) -> Rows {
+        Rows { n, inner: 1 }
+    }
+
+    /// The plan for `len` elements of such rows (`len`, `n` and `inner` non-zero) in tensors at
+    /// `addrs`.
+    fn plan(
+        &self,
+        op: Op,
+        len: usize,
+        dtype: Dtype,
+        addrs: &[u64],
+        limits: &DeviceLimits,
+    ) -> LaunchPlan {
+        let aligned_to = |bytes: usize| addrs.iter().all(|a| a.is_multiple_of(bytes as u64));
+        if self.inner == 1 {
+            let problem = SoftmaxProblem {
+                op,
+                rows: len / self.n,
+                cols: self.n,
+                dtype,
+                aligned16: aligned_to(16),
+            };
+            plan_softmax(&problem, limits)
+        } else {
+            let problem = StridedProblem {
+                op,
+                outer: len / (self.n * self.inner),
+                n: self.n,
+                inner: self.inner,
+                dtype,
+                aligned_pairs: aligned_to(2 * dtype.size_bytes()),
+            };
+            plan_strided(&problem, limits)
+        }
+    }
+}
+
+/// The rows of an op over the last dimension of `x`.
+fn last_dim<T: Element>(op: Op, x: &DeviceTensor<T>) -> Result<Rows> {
     x.shape()
         .last()
-        .copied()
+        .map(|&n| Rows::contiguous(n))
         .ok_or(Error::ScalarInput { op: op.name() })
 }
 
@@ -78,12 +131,12 @@ fn forward_rows_inplace<T: Element>(op: Op, scale: f32, x: &mut DeviceTensor<T>)
 pub(crate) fn forward_rows_new<T: Element>(
     op: Op,
     scale: f32,
-    cols: usize,
+    rows: Rows,
     x: &DeviceTensor<T>,
 ) -> Result<DeviceTensor<T>> {
     check_scale(scale)?;
     let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
-    forward_rows(op, scale, cols, x, &mut y)?;
+    forward_rows(op, scale, rows, x, &mut y)?;
     Ok(y)
 }
 
@@ -91,21 +144,20 @@ pub(crate) fn forward_rows_new<T: Element>(
 pub(crate) fn forward_inplace_rows<T: Element>(
     op: Op,
     scale: f32,
-    cols: usize,
+    rows: Rows,
     x: &mut DeviceTensor<T>,
 ) -> Result<()> {
     // A second view of exactly the same elements: identical views are the in-place case.
     let input = x.view(0, x.shape())?;
-    forward_rows(op, scale, cols, &input, x)
+    forward_rows(op, scale, rows, &input, x)
 }
 
-/// A forward op over rows of `cols` contiguous elements of `x` (the last dimension, or one
-/// with only size-1 dimensions after it) into `y`: every check before anything is launched, so
-/// that bad input writes nothing.
+/// A forward op over the rows of `x` (contiguous or strided) into `y`: every check before
+/// anything is launched, so that bad input writes nothing.
 pub(crate) fn forward_rows<T: Element>(
     op: Op,
     scale: f32,
-    cols: usize,
+    shape: Rows,
     x: &DeviceTensor<T>,
     y: &mut DeviceTensor<T>,
 ) -> Result<()> {
@@ -126,30 +178,30 @@ pub(crate) fn forward_rows<T: Element>(
     if x.overlap(y) == Overlap::Partial {
         return Err(Error::PartialOverlap);
     }
-    let rows = x.len().checked_div(cols).unwrap_or(0);
-    if rows == 0 || cols == 0 {
+    let rows = x.len().checked_div(shape.n).unwrap_or(0);
+    if rows == 0 {
         return Ok(());
     }
     let (x_addr, y_addr) = (x.addr(), y.addr());
-    let problem = SoftmaxProblem {
+    let plan = shape.plan(
         op,
-        rows,
-        cols,
-        dtype: T::DTYPE,
-        aligned16: x_addr % 16 == 0 && y_addr % 16 == 0,
-    };
-    let plan = plan_softmax(&problem, &x.device().limits());
+        x.len(),
+        T::DTYPE,
+        &[x_addr, y_addr],
+        &x.device().limits(),
+    );
     let both = [y.access_range(true), x.access_range(false)];
     let ranges: &[AccessRange] = if x_addr != y_addr { &both } else { &both[..1] };
     let params = SoftmaxParams {
         x: x_addr,
         y: y_addr,
         rows: rows as i64,
-        cols: cols as i64,
+        cols: shape.n as i64,
         // Split-row plans share the device's workspace of per-chunk (max, sum) states:
         // `Device::launch` fills in its address.
         workspace: 0,
         chunk_cols: plan.chunk_cols as i64,
+        inner: shape.inner as i64,
         scale,
         ..SoftmaxParams::default()
     };
@@ -193,7 +245,7 @@ pub fn log_softmax_backward<T: Element>(
 pub(crate) fn backward_new<T: Element>(
     op: Op,
     scale: f32,
-    cols: usize,
+    rows: Rows,
     y: &DeviceTensor<T>,
     dy: &DeviceTensor<T>,
 ) -> Result<DeviceTensor<T>> {
@@ -202,17 +254,17 @@ pub(crate) fn backward_new<T: Element>(
         return Err(Error::DeviceMismatch);
     }
     let mut dx = DeviceTensor::uninit(y.device(), y.shape())?;
-    backward_rows(op, scale, cols, y, dy, &mut dx)?;
+    backward_rows(op, scale, rows, y, dy, &mut dx)?;
     Ok(dx)
 }
 
-/// A backward op over rows of `cols` contiguous elements: `y` (the forward output) and `dy` in,
-/// `dx` out. `dx` may be the very same view as `dy` or `y` but must not partly overlap either.
+/// A backward op over the rows of `y` (contiguous or strided): `y` (the forward output) and `dy`
+/// in, `dx` out. `dx` may be the very same view as `dy` or `y` but must not partly overlap either.
 /// Every check comes before the launch, so that bad input writes nothing.
 pub(crate) fn backward_rows<T: Element>(
     op: Op,
     scale: f32,
-    cols: usize,
+    shape: Rows,
     y: &DeviceTensor<T>,
     dy: &DeviceTensor<T>,
     dx: &mut DeviceTensor<T>,
@@ -241,19 +293,13 @@ pub(crate) fn backward_rows<T: Element>(
     if y.overlap(dx) == Overlap::Partial || dy.overlap(dx) == Overlap::Partial {
         return Err(Error::PartialOverlap);
     }
-    let rows = y.len().checked_div(cols).unwrap_or(0);
-    if rows == 0 || cols == 0 {
+    let rows = y.len().checked_div(shape.n).unwrap_or(0);
+    if rows == 0 {
         return Ok(());
     }
     let (y_addr, dy_addr, dx_addr) = (y.addr(), dy.addr(), dx.addr());
-    let problem = SoftmaxProblem {
-        op,
-        rows,
-        cols,
-        dtype: T::DTYPE,
-        aligned16: y_addr % 16 == 0 && dy_addr % 16 == 0 && dx_addr % 16 == 0,
-    };
-    let plan = plan_softmax(&problem, &y.device().limits());
+    let addrs = [y_addr, dy_addr, dx_addr];
+    let plan = shape.plan(op, y.len(), T::DTYPE, &addrs, &y.device().limits());
     // dx (writable), then the inputs it is not the same view as.
     let mut ranges = [dx.access_range(true); 3];
     let mut n = 1;
@@ -271,8 +317,9 @@ pub(crate) fn backward_rows<T: Element>(
         y: dx_addr,
         dy: dy_addr,
         rows: rows as i64,
-        cols: cols as i64,
+        cols: shape.n as i64,
         chunk_cols: plan.chunk_cols as i64,
+        inner: shape.inner as i64,
         scale,
         ..SoftmaxParams::default()
     };
@@ -285,7 +332,7 @@ pub(crate) fn backward_rows<T: Element>(
 /// gives -inf (so does a row of zero columns); a NaN or +inf in a row gives NaN.
 pub fn logsumexp<T: Element>(x: &DeviceTensor<T>) -> Result<DeviceTensor<f32>> {
     let op = Op::LogSumExp;
-    let cols = last_dim(op, x)?;
+    let cols = last_dim(op, x)?.n;
     let mut shape = x.shape().to_vec();
     if let Some(last) = shape.last_mut() {
         *last = 1;
@@ -392,5 +439,234 @@ mod tests {
         );
         let y = tensors[3].1.to_host().unwrap();
         assert!(y.iter().all(|v| v.is_finite() && *v > 0.0));
+    }
+}
+
+#[cfg(test)]
+mod strided_kernels {
+    use crate::check::{Rng, Tolerance, compare_with};
+    use crate::kernel::SoftmaxParams;
+    use crate::planner::{Family, KernelConfig, Op, Stage};
+    use crate::{Device, DeviceTensor, Element, bf16, f16, reference};
+
+    /// The inputs of one strided case as f64 rows (gathered: row r = o * inner + i) and the
+    /// reference output rows.
+    struct Case {
+        a: Vec<f64>,
+        b: Vec<f64>,
+        want: Vec<f64>,
+    }
+
+    fn case(rng: &mut Rng, op: Op, rows: usize, n: usize, scale: f64) -> Case {
+        let logits: Vec<f64> = (0..rows * n)
+            .map(|_| (rng.uniform() * 2.0 - 1.0) * 6.0)
+            .collect();
+        let dy: Vec<f64> = (0..rows * n).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+        match op {
+            Op::Softmax => Case {
+                want: reference::softmax_rows_scaled(&logits, n, scale),
+                a: logits,
+                b: Vec::new(),
+            },
+            Op::LogSoftmax => Case {
+                want: reference::log_softmax_rows(&logits, n, scale),
+                a: logits,
+                b: Vec::new(),
+            },
+            Op::SoftmaxBackward => {
+                let y = reference::softmax_rows_scaled(&logits, n, scale);
+                Case {
+                    want: reference::softmax_backward_rows(&y, &dy, n, scale),
+                    a: y,
+                    b: dy,
+                }
+            }
+            Op::LogSoftmaxBackward => {
+                let y = reference::log_softmax_rows(&logits, n, scale);
+                Case {
+                    want: reference::log_softmax_backward_rows(&y, &dy, n, scale),
+                    a: y,
+                    b: dy,
+                }
+            }
+            Op::LogSumExp => unreachable!("logsumexp has no strided family"),
+        }
+    }
+
+    /// Launches `kernel` directly on [outer, n, inner] with `grid` blocks and checks it.
+    fn check_kernel<T: Element>(
+        device: &Device,
+        rng: &mut Rng,
+        kernel: KernelConfig,
+        (outer, n, inner): (usize, usize, usize),
+        grid: u32,
+    ) {
+        let rows = outer * inner;
+        let scale = 1.7;
+        let c = case(rng, kernel.op, rows, n, scale);
+        // Inputs rounded to T first: the reference then sees exactly what the kernel reads.
+        let round =
+            |v: &[f64]| -> Vec<f64> { v.iter().map(|&x| T::from_f64(x).to_f64()).collect() };
+        let (a, b) = (round(&c.a), round(&c.b));
+        let c = Case {
+            want: case_want(kernel.op, &a, &b, n, scale),
+            a,
+            b,
+        };
+        let upload = |rows_data: &[f64]| {
+            let data: Vec<T> = reference::scatter_rows(rows_data, outer, n, inner)
+                .iter()
+                .map(|&v| T::from_f64(v))
+                .collect();
+            DeviceTensor::from_host(device, &data, &[outer, n, inner]).unwrap()
+        };
+        let x = upload(&c.a);
+        let dy = if kernel.op.is_backward() {
+            upload(&c.b)
+        } else {
+            upload(&c.a)
+        };
+        let y = DeviceTensor::from_host(device, &vec![T::poison(); rows * n], &[outer, n, inner])
+            .unwrap();
+        let Family::Strided { on_chip, vec, .. } = kernel.family else {
+            unreachable!()
+        };
+        let inputs = if kernel.op.is_backward() { 2 } else { 1 };
+        let stage = Stage {
+            kernel,
+            grid: (grid, 1),
+            block: kernel.threads_per_block(),
+            shared_mem_bytes: if on_chip {
+                (32 * vec as usize * n * inputs * T::DTYPE.size_bytes()) as u32
+            } else {
+                0
+            },
+        };
+        let params = SoftmaxParams {
+            x: x.addr(),
+            y: y.addr(),
+            dy: dy.addr(),
+            rows: rows as i64,
+            cols: n as i64,
+            inner: inner as i64,
+            scale: scale as f32,
+            ..SoftmaxParams::default()
+        };
+        let ranges = [
+            y.access_range(true),
+            x.access_range(false),
+            dy.access_range(false),
+        ];
+        device.launch(&[stage], params, &ranges, 0).unwrap();
+        // Traffic: each input read once and the output written once on chip; the inputs read
+        // twice by the two-pass kernels.
+        let stats = device.last_launch_stats().unwrap();
+        let tensor_bytes = (rows * n * T::DTYPE.size_bytes()) as u64;
+        let reads = if on_chip { 1 } else { 2 };
+        assert_eq!(
+            stats.kernel_bytes_read,
+            reads * inputs as u64 * tensor_bytes,
+            "{}",
+            kernel.name()
+        );
+        assert_eq!(
+            stats.kernel_bytes_written,
+            tensor_bytes,
+            "{}",
+            kernel.name()
+        );
+        let got: Vec<f64> = y.to_host().unwrap().iter().map(|v| v.to_f64()).collect();
+        let got: Vec<T> = reference::gather_rows(&got, outer, n, inner)
+            .iter()
+            .map(|&v| T::from_f64(v))
+            .collect();
+        let tol = match kernel.op {
+            Op::LogSoftmax => Tolerance::log_softmax(T::DTYPE),
+            _ => Tolerance::softmax(T::DTYPE),
+        };
+        // Backward: f32 arithmetic on terms that cancel (dy against the row sum).
+        let row_sum: Vec<f64> = (0..rows)
+            .map(|r| {
+                (r * n..(r + 1) * n)
+                    .map(|i| {
+                        (c.a[i] * c.b.get(i).copied().unwrap_or(0.0)).abs()
+                            + c.b.get(i).map_or(0.0, |d| d.abs())
+                    })
+                    .sum()
+            })
+            .collect();
+        let cmp = compare_with(&got, &c.want, |i, w| {
+            let cancel = if kernel.op.is_backward() {
+                4e-6 * scale
+                    * (c.b[i].abs() + row_sum[i / n])
+                    * c.a[i].abs().max(c.a[i].exp().min(1.0))
+            } else {
+                0.0
+            };
+            tol.atol + tol.rtol * w.abs() + cancel
+        });
+        assert!(
+            cmp.passed(),
+            "{} [{outer}, {n}, {inner}] grid {grid}: {cmp}",
+            kernel.name()
+        );
+    }
+
+    fn case_want(op: Op, a: &[f64], b: &[f64], n: usize, scale: f64) -> Vec<f64> {
+        match op {
+            Op::Softmax => reference::softmax_rows_scaled(a, n, scale),
+            Op::LogSoftmax => reference::log_softmax_rows(a, n, scale),
+            Op::SoftmaxBackward => reference::softmax_backward_rows(a, b, n, scale),
+            Op::LogSoftmaxBackward => reference::log_softmax_backward_rows(a, b, n, scale),
+            Op::LogSumExp => unreachable!(),
+        }
+    }
+
+    fn every_kernel<T: Element>(device: &Device, rng: &mut Rng) {
+        let kernels: Vec<KernelConfig> = KernelConfig::all()
+            .into_iter()
+            .filter(|k| k.dtype == T::DTYPE && matches!(k.family, Family::Strided { .. }))
+            .collect();
+        assert_eq!(kernels.len(), 4 * 12, "{} strided kernels", T::DTYPE.name());
+        // Partial last tiles, rows shorter than the slices (idle warps), rows that are not a
+        // whole number of batches, one row element, and a grid smaller than the tiles (the
+        // kernel loops over tiles).
+        for kernel in kernels {
+            let Family::Strided { vec, .. } = kernel.family else {
+                unreachable!()
+            };
+            // Two rows a lane need an even inner dimension.
+            let shapes = if vec == 1 {
+                [
+                    ((3, 37, 11), 2),
+                    ((2, 5, 40), 3),
+                    ((1, 130, 3), 1),
+                    ((4, 1, 9), 1),
+                    ((1, 300, 70), 2),
+                ]
+            } else {
+                [
+                    ((3, 37, 10), 1),
+                    ((2, 5, 40), 3),
+                    ((1, 130, 2), 1),
+                    ((4, 1, 18), 1),
+                    ((1, 150, 70), 2),
+                ]
+            };
+            for (shape, grid) in shapes {
+                check_kernel::<T>(device, rng, kernel, shape, grid);
+            }
+        }
+    }
+
+    /// Every strided entry point (1, 8 and 32 warps a block, on chip and two-pass, every op and
+    /// dtype), launched directly rather than through the planner, against the f64 reference.
+    #[test]
+    fn every_strided_kernel_matches_the_reference() {
+        let device = Device::emulator();
+        let mut rng = Rng::new(Rng::seed_from_env());
+        every_kernel::<f32>(&device, &mut rng);
+        every_kernel::<f16>(&device, &mut rng);
+        every_kernel::<bf16>(&device, &mut rng);
     }
 }

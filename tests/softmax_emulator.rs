@@ -187,3 +187,27 @@ macro_rules! logsumexp_suite {
 logsumexp_suite!(f32_logsumexp, f32);
 logsumexp_suite!(f16_logsumexp, f16);
 logsumexp_suite!(bf16_logsumexp, bf16);
+
+/// Every op over every dimension of rank-1 to rank-4 tensors (the strided family for dimensions
+/// other than the last): softmax at scales 1 and 0.125, log-softmax at 1 and 3.7, both backward
+/// ops, views, in place and special rows, in a shuffled thread order.
+macro_rules! dims_suite {
+    ($name:ident, $dtype:ty) => {
+        #[test]
+        fn $name() {
+            let device = shuffled(stringify!($name));
+            let mut rng = common::seeded_rng(stringify!($name));
+            let ops = [(false, 1.0), (true, 1.0), (false, 0.125), (true, 3.7)];
+            for (log, scale) in ops {
+                common::with_forward(common::Forward { log, scale }, || {
+                    common::strided::forward_dims::<$dtype>(&device, &mut rng);
+                });
+            }
+            common::strided::backward_dims::<$dtype>(&device, &mut rng);
+        }
+    };
+}
+
+dims_suite!(f32_every_dim, f32);
+dims_suite!(f16_every_dim, f16);
+dims_suite!(bf16_every_dim, bf16);

@@ -121,6 +121,16 @@ impl<T: Element> Case<T> {
             (all[offset.2..offset.2 + n].to_vec(), outside)
         };
         assert_eq!(outside, 0, "{what}: backward wrote outside dx");
+        let detail = format!(
+            "offsets {offset:?} in place {in_place} on {}",
+            device.name()
+        );
+        self.verify(&got, what, &detail);
+    }
+
+    /// Checks dx (rows of `cols`, in the case's order) against the f64 reference.
+    pub fn verify(&self, got: &[T], what: &str, detail: &str) {
+        let (rows, cols) = (self.rows, self.cols);
         let y64: Vec<f64> = self.y.iter().map(|v| v.to_f64()).collect();
         let dy64: Vec<f64> = self.dy.iter().map(|v| v.to_f64()).collect();
         let s = f64::from(self.scale);
@@ -147,7 +157,7 @@ impl<T: Element> Case<T> {
                     .sum()
             })
             .collect();
-        let c = compare_with(&got, &want, |i, w| {
+        let c = compare_with(got, &want, |i, w| {
             let (yi, dyi) = (y64[i], dy64[i]);
             let terms = if masked(self.log, yi) {
                 0.0
@@ -160,11 +170,10 @@ impl<T: Element> Case<T> {
         });
         assert!(
             c.passed(),
-            "{what}: {} backward (log {}, scale {}) [{rows}x{cols}] offsets {offset:?} in place {in_place} on {}: {c}",
+            "{what}: {} backward (log {}, scale {}) [{rows}x{cols}] {detail}: {c}",
             T::DTYPE.name(),
             self.log,
             self.scale,
-            device.name()
         );
     }
 }

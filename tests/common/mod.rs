@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backward;
+pub mod strided;
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
@@ -408,45 +409,56 @@ pub fn misaligned_views<T: Element>(device: &Device, rng: &mut Rng) {
 
 /// NaN rows, all -inf rows, one +inf, masked (-inf) entries, extreme magnitudes, rows far below 0.
 pub fn special_values<T: Element>(device: &Device, rng: &mut Rng) {
-    let ninf = T::from_f64(f64::NEG_INFINITY);
     for cols in [1, 7, 32, 100, 1024, 2049, 8003, 30_000] {
-        let rows = 8;
-        let mut x: Vec<T> = rng.logits(rows * cols, 4.0);
-        let row = |r: usize| r * cols..(r + 1) * cols;
-        // Row 0: one NaN somewhere.
-        x[rng.below(cols)] = T::from_f64(f64::NAN);
-        // Row 1: every element -inf.
-        x[row(1)].fill(ninf);
-        // Row 2: one +inf.
-        x[cols * 2 + rng.below(cols)] = T::from_f64(f64::INFINITY);
-        // Row 3: all but one element masked.
-        let keep = rng.below(cols);
-        for (i, v) in x[row(3)].iter_mut().enumerate() {
-            if i != keep {
-                *v = ninf;
-            }
-        }
-        // Row 4: magnitudes near the dtype's maximum, both signs.
-        for v in x[row(4)].iter_mut() {
-            *v = T::from_f64((rng.uniform() * 2.0 - 1.0) * T::MAX_FINITE * 0.999);
-        }
-        // Row 5: large and close together (differences of a few units near the maximum of f16,
-        // of many orders of magnitude less than the values for f32/bf16).
-        let top = T::MAX_FINITE * 0.99;
-        for v in x[row(5)].iter_mut() {
-            *v = T::from_f64(top - (rng.uniform() * 0.01 * top.min(1000.0)));
-        }
-        // Row 6: every element far below zero (a maximum or max identity that starts at 0
-        // instead of -inf turns every exponential into 0 here).
-        for v in x[row(6)].iter_mut() {
-            *v = T::from_f64(-1000.0 - 4.0 * rng.uniform());
-        }
-        // Row 7: row 5 mirrored, close together near the most negative finite value.
-        for v in x[row(7)].iter_mut() {
-            *v = T::from_f64(-top + rng.uniform() * 0.01 * top.min(1000.0));
-        }
-        check_case(device, &x, rows, cols, ALIGNED, "special values");
+        let x = special_rows::<T>(rng, cols);
+        check_case(device, &x, SPECIAL_ROWS, cols, ALIGNED, "special values");
     }
+}
+
+/// Rows `special_rows` makes.
+pub const SPECIAL_ROWS: usize = 8;
+
+/// SPECIAL_ROWS rows of `cols`: one NaN; all -inf; one +inf; all but one masked; magnitudes
+/// near the dtype's maximum; large and close together; far below zero; close together near
+/// the most negative finite value.
+pub fn special_rows<T: Element>(rng: &mut Rng, cols: usize) -> Vec<T> {
+    let ninf = T::from_f64(f64::NEG_INFINITY);
+    let rows = SPECIAL_ROWS;
+    let mut x: Vec<T> = rng.logits(rows * cols, 4.0);
+    let row = |r: usize| r * cols..(r + 1) * cols;
+    // Row 0: one NaN somewhere.
+    x[rng.below(cols)] = T::from_f64(f64::NAN);
+    // Row 1: every element -inf.
+    x[row(1)].fill(ninf);
+    // Row 2: one +inf.
+    x[cols * 2 + rng.below(cols)] = T::from_f64(f64::INFINITY);
+    // Row 3: all but one element masked.
+    let keep = rng.below(cols);
+    for (i, v) in x[row(3)].iter_mut().enumerate() {
+        if i != keep {
+            *v = ninf;
+        }
+    }
+    // Row 4: magnitudes near the dtype's maximum, both signs.
+    for v in x[row(4)].iter_mut() {
+        *v = T::from_f64((rng.uniform() * 2.0 - 1.0) * T::MAX_FINITE * 0.999);
+    }
+    // Row 5: large and close together (differences of a few units near the maximum of f16,
+    // of many orders of magnitude less than the values for f32/bf16).
+    let top = T::MAX_FINITE * 0.99;
+    for v in x[row(5)].iter_mut() {
+        *v = T::from_f64(top - (rng.uniform() * 0.01 * top.min(1000.0)));
+    }
+    // Row 6: every element far below zero (a maximum or max identity that starts at 0
+    // instead of -inf turns every exponential into 0 here).
+    for v in x[row(6)].iter_mut() {
+        *v = T::from_f64(-1000.0 - 4.0 * rng.uniform());
+    }
+    // Row 7: row 5 mirrored, close together near the most negative finite value.
+    for v in x[row(7)].iter_mut() {
+        *v = T::from_f64(-top + rng.uniform() * 0.01 * top.min(1000.0));
+    }
+    x
 }
 
 /// Higher-rank tensors, in-place operation, and an empty batch.
