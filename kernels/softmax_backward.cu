@@ -9,9 +9,11 @@
 // Masked elements took no part in the forward pass, so they get 0 and add nothing to g, whatever
 // their dy (even inf or NaN): softmax y == 0, log-softmax y == -inf. A fully masked row gives 0.
 //
-// Families, chosen by src/planner.rs as for the forward ops (no shared-memory block family yet):
+// Families, chosen by src/planner.rs as for the forward ops:
 // - backward_warp:   a row in registers (y and dy), Width lanes a row. Traffic 1.0 (3 tensors).
-// - backward_online: a block per row, g in one pass, dx in a second (y and dy read twice: 5/3).
+// - backward_block:  a block per row, y and dy held in shared memory. Traffic 1.0.
+// - backward_online: a block per row, g in one pass, dx in a second (y and dy read twice: 5/3),
+//                    for rows too long for shared memory.
 // - backward_split_*: few long rows: per-chunk partial g into the workspace, then a merge and
 //                    the chunk's dx.
 #include "common.cuh"
@@ -166,6 +168,95 @@ __device__ __forceinline__ void write_backward(const T* yr, const T* dyr, T* dxr
   }
 }
 
+// A block per row with y and dy held on chip in their storage type: traffic 1.0 (y and dy read
+// once, dx written once). Column c of each sits at shared element c + lead, where lead puts the
+// rows' 16-byte packs on 16-byte boundaries of shared memory (as in softmax_block). Two passes:
+// load both rows and sum g; dx from shared memory. When y, dy and dx do not share their
+// alignment the rows move element by element (still once each).
+template <typename T, int Block, typename Op>
+__device__ __forceinline__ void backward_block(const SoftmaxParams& p) {
+  constexpr int V = Vec16<T>::n;
+  const T* y = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.y);
+  // [y row | one pack | dy row | one pack], each row lead elements in.
+  const long long stride = (p.cols + V + V - 1) / V * V;  // elements, a whole number of packs
+  const SmemPtr<T> buf_y = dynamic_smem<T>();
+  const SmemPtr<T> buf_dy = buf_y + stride;
+  const Op op(p);
+  for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const long long o = row * p.cols;
+    const T* yr = y + o;
+    const T* dyr = dy + o;
+    T* dxr = dx + o;
+    float g = 0.0f;
+    if (same_alignment(yr, dyr, static_cast<const T*>(dxr))) {
+      const long long head = head_elements(yr, p.cols);
+      const long long lead = (V - head) % V;
+      const long long packs = (p.cols - head) / V;
+      const long long tail = head + packs * V;
+      // Pass 1: both rows into shared memory, and g.
+      for (long long c = threadIdx.x; c < head; c += Block) {
+        const T a = load_element(yr + c), b = load_element(dyr + c);
+        buf_y[c + lead] = a;
+        buf_dy[c + lead] = b;
+        g += op.term(to_f32(a), to_f32(b));
+      }
+      for (long long k = threadIdx.x; k < packs; k += Block) {
+        uint32_t wy[4], wd[4];
+        load16(yr + head + k * V, wy);
+        load16(dyr + head + k * V, wd);
+        smem_store16(buf_y, head + lead + k * V, wy);
+        smem_store16(buf_dy, head + lead + k * V, wd);
+        float a[V], b[V];
+        unpack16<T>(wy, a);
+        unpack16<T>(wd, b);
+#pragma unroll
+        for (int j = 0; j < V; ++j) g += op.term(a[j], b[j]);
+      }
+      for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
+        const T a = load_element(yr + c), b = load_element(dyr + c);
+        buf_y[c + lead] = a;
+        buf_dy[c + lead] = b;
+        g += op.term(to_f32(a), to_f32(b));
+      }
+      // block_sum's barriers also publish every thread's writes to the buffers.
+      g = block_sum<Block>(g);
+      // Pass 2: dx from shared memory, packs as LDS.128 x 2 -> STG.128.
+      for (long long c = threadIdx.x; c < head; c += Block) {
+        store_one(dxr + c, op.out(to_f32(static_cast<T>(buf_y[c + lead])), to_f32(static_cast<T>(buf_dy[c + lead])), g));
+      }
+      for (long long k = threadIdx.x; k < packs; k += Block) {
+        uint32_t wy[4], wd[4];
+        smem_load16(buf_y, head + lead + k * V, wy);
+        smem_load16(buf_dy, head + lead + k * V, wd);
+        float a[V], b[V];
+        unpack16<T>(wy, a);
+        unpack16<T>(wd, b);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a[j] = op.out(a[j], b[j], g);
+        pack16<T>(a, wy);
+        store16(dxr + head + k * V, wy[0], wy[1], wy[2], wy[3]);
+      }
+      for (long long c = tail + threadIdx.x; c < p.cols; c += Block) {
+        store_one(dxr + c, op.out(to_f32(static_cast<T>(buf_y[c + lead])), to_f32(static_cast<T>(buf_dy[c + lead])), g));
+      }
+    } else {
+      for (long long c = threadIdx.x; c < p.cols; c += Block) {
+        const T a = load_element(yr + c), b = load_element(dyr + c);
+        buf_y[c] = a;
+        buf_dy[c] = b;
+        g += op.term(to_f32(a), to_f32(b));
+      }
+      g = block_sum<Block>(g);
+      for (long long c = threadIdx.x; c < p.cols; c += Block) {
+        store_one(dxr + c, op.out(to_f32(static_cast<T>(buf_y[c])), to_f32(static_cast<T>(buf_dy[c])), g));
+      }
+    }
+    __syncthreads();  // the next row overwrites the buffers
+  }
+}
+
 template <typename T, int Block, typename Op>
 __device__ __forceinline__ void backward_online(const SoftmaxParams& p) {
   const T* y = static_cast<const T*>(p.x);
@@ -214,7 +305,7 @@ __device__ __forceinline__ void backward_split_write(const SoftmaxParams& p) {
 }  // namespace cs
 
 // ---- Entry points, in the order of KernelConfig::all (src/planner.rs): the warp lane shapes,
-// then online and the split pair (no block family).
+// the block family, online and the split pair.
 #define CS_BWD_WARP(op, Op, dt, T, W, C, V)                                                  \
   CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
            (cs::backward_warp<T, W, C, V, cs::Op>(p)))
@@ -235,6 +326,9 @@ __device__ __forceinline__ void backward_split_write(const SoftmaxParams& p) {
   CS_BWD_LANE(op, Op, dt, T, V, 32, 48)                                                         \
   CS_BWD_LANE(op, Op, dt, T, V, 32, 56)                                                         \
   CS_BWD_LANE(op, Op, dt, T, V, 32, 64)                                                         \
+  CS_ENTRY(op##_block_##dt##_b128, 128, 8, (cs::backward_block<T, 128, cs::Op>(p)))             \
+  CS_ENTRY(op##_block_##dt##_b256, 256, 4, (cs::backward_block<T, 256, cs::Op>(p)))             \
+  CS_ENTRY(op##_block_##dt##_b512, 512, 2, (cs::backward_block<T, 512, cs::Op>(p)))             \
   CS_ENTRY(op##_online_##dt##_b512, 512, 2, (cs::backward_online<T, 512, cs::Op>(p)))           \
   CS_ENTRY(op##_split_stats_##dt##_b256, 256, 4, (cs::backward_split_stats<T, 256, cs::Op>(p))) \
   CS_ENTRY(op##_split_write_##dt##_b256, 256, 4, (cs::backward_split_write<T, 256, cs::Op>(p)))

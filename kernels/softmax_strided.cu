@@ -5,8 +5,9 @@
 // o * n * inner + k * inner + i.
 //
 // Threads run over rows, which are neighbours in memory along the inner dimension: lane l of a
-// warp takes row 32 * tile + l, so at each step k a warp reads 32 consecutive elements (one
-// stretch of a [k, :] slab, or a few when inner < 32): coalesced, one element a lane.
+// warp takes row 32 * tile + l (or rows 2 * (32 * tile + l) and the next, moved as one word), so
+// at each step k a warp reads 32 (or 64) consecutive elements (one stretch of a [k, :] slab, or a
+// few when inner is small): coalesced.
 // The reduced dimension is split over the block's Slices warps: warp s takes k = s, s + Slices,
 // ..., and the warps' partial statistics merge through shared memory (Slices > 1 when there are
 // too few rows to fill the GPU one warp a tile).
@@ -248,15 +249,17 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
     // barrier or shuffle, so their trip counts may differ between lanes.
     const int mine = active && slice < n ? (n - 1 - slice) / Slices + 1 : 0;
     const long long start = active ? (o * p.cols * inner + (row - o * inner) + slice * inner) / P : 0;
-    const StridedCursor<W> first{static_cast<const W*>(p.x) + start, static_cast<const W*>(p.dy) + start,
-                                 static_cast<W*>(p.y) + start, Slices * inner / P, slice * 32 + lane};
+    // (Forward ops have no dy: their second cursor walks x and is never read.)
+    const W* b_base = static_cast<const W*>(Stats::kInputs == 2 ? p.dy : p.x);
+    const StridedCursor<W> first{static_cast<const W*>(p.x) + start, b_base + start, static_cast<W*>(p.y) + start,
+                                 Slices * inner / P, slice * 32 + lane};
     // Pass 1: the row statistics (and the on-chip copy), U loads in flight.
     typename Stats::State s[P];
 #pragma unroll
     for (int q = 0; q < P; ++q) s[q] = stats.identity();
     StridedCursor<W> c = first;
     int j = 0;
-    for (; j + U <= mine; j += U, c.advance(U, kSlotStep)) {
+    for (; j <= mine - U; j += U, c.advance(U, kSlotStep)) {
       fold_batch<T, Slices, P, OnChip, true>(stats, s, c, cache, second, U);
     }
     if (j < mine) fold_batch<T, Slices, P, OnChip, false>(stats, s, c, cache, second, mine - j);
@@ -267,7 +270,7 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
     // Pass 2: every element's output.
     c = first;
     j = 0;
-    for (; j + U <= mine; j += U, c.advance(U, kSlotStep)) {
+    for (; j <= mine - U; j += U, c.advance(U, kSlotStep)) {
       write_batch<T, Slices, P, OnChip, true>(stats, r, c, cache, second, U);
     }
     if (j < mine) write_batch<T, Slices, P, OnChip, false>(stats, r, c, cache, second, mine - j);

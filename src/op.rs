@@ -107,7 +107,8 @@ impl Softmax {
             n: shape[dim],
             inner: inner.max(1),
         };
-        if rows.inner > 1 && rows.n > i32::MAX as usize {
+        let empty = shape.contains(&0);
+        if rows.inner > 1 && rows.n > i32::MAX as usize && !empty {
             // The strided kernels count a row's elements in 32-bit registers.
             return Err(Error::Unsupported {
                 what: format!(
@@ -251,6 +252,8 @@ mod tests {
         );
         let e = rows(0, &[big + 1, 2]).unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        // An empty tensor launches nothing, whatever its row length.
+        assert!(rows(1, &[0, big + 1, 2]).is_ok());
     }
 
     /// A strided dimension goes through the same checks before anything is launched: shape

@@ -71,11 +71,15 @@ impl Op {
         matches!(self, Op::SoftmaxBackward | Op::LogSoftmaxBackward)
     }
 
-    /// Whether the op has a shared-memory block family. logsumexp needs none (its block kernel
-    /// reads x once without holding it); the backward ops do not have one yet: rows past the
-    /// warp family take the two-pass block kernel (y and dy read twice).
+    /// Whether the op has a shared-memory block family (the row held on chip). logsumexp needs
+    /// none: its block kernel reads x once without holding it.
     pub fn has_block_family(self) -> bool {
-        matches!(self, Op::Softmax | Op::LogSoftmax)
+        !matches!(self, Op::LogSumExp)
+    }
+
+    /// Tensors of a row's shape the op reads: 2 (y and dy) for the backward ops, else 1.
+    pub fn inputs(self) -> usize {
+        if self.is_backward() { 2 } else { 1 }
     }
 
     /// Whether the op has the strided-dimension family (rows `inner` apart: a softmax over a
@@ -92,9 +96,8 @@ impl Op {
     /// Entry points per dtype.
     const fn configs_per_dtype(self) -> usize {
         match self {
-            Op::Softmax | Op::LogSoftmax => CONFIGS_PER_DTYPE + STRIDED_CONFIGS,
-            Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
-                CONFIGS_PER_DTYPE - BLOCK_THREADS.len() + STRIDED_CONFIGS
+            Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
+                CONFIGS_PER_DTYPE + STRIDED_CONFIGS
             }
             Op::LogSumExp => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
         }
@@ -230,8 +233,8 @@ const STRIDED_SLICES: [u32; 3] = [1, 8, 32];
 const STRIDED_VECS: [u32; 2] = [1, 2];
 /// Strided entry points per dtype: each slice count two-pass and on chip, each row width.
 const STRIDED_CONFIGS: usize = 2 * STRIDED_SLICES.len() * STRIDED_VECS.len();
-/// Elements of a row each thread of the strided family should have at least, per warp the row
-/// is split over (the kernel folds them 4 at a time).
+/// Elements of a row each warp of the strided family should have at least when the row is
+/// split over several warps (a thread folds up to 8 at a time).
 const STRIDED_MIN_PER_SLICE: usize = 4;
 /// Rows at least this long are split when there are fewer rows than SMs.
 pub const SPLIT_MIN_COLS: usize = 16 * 1024;
@@ -560,8 +563,8 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
         };
     }
 
-    if p.op.has_block_family() && cols <= block_family_max_cols(p.dtype, limits) {
-        let row_bytes = block_smem_bytes(p.dtype, cols);
+    if p.op.has_block_family() && cols <= block_family_max_cols_of(p.op, p.dtype, limits) {
+        let row_bytes = p.op.inputs() * block_smem_bytes(p.dtype, cols);
         let threads = match cols.div_ceil(v) {
             0..=1024 => 128,
             1025..=2048 => 256,
@@ -590,13 +593,13 @@ pub fn plan_softmax(p: &SoftmaxProblem, limits: &DeviceLimits) -> LaunchPlan {
 ///   one row a lane on chip rather than two read twice.
 /// - Warps a block (`slices`): the fewest of 1, 8, 32 that fill the GPU (every SM's 2048
 ///   threads) and, on chip, keep at least 16 warps an SM despite the shared memory each block
-///   holds; at most a quarter of the row length (each warp folds 4 elements at a time), so a
-///   short row is never split across idle warps.
+///   holds; at most a quarter of the row length, so a short row is never split across idle
+///   warps.
 pub fn plan_strided(p: &StridedProblem, limits: &DeviceLimits) -> LaunchPlan {
     let (outer, n, inner) = (p.outer.max(1), p.n.max(1), p.inner.max(1));
     let rows = outer.saturating_mul(inner);
     let sm_count = limits.sm_count.max(1) as usize;
-    let inputs = if p.op.is_backward() { 2 } else { 1 };
+    let inputs = p.op.inputs();
     // Two rows a lane when they can move as one word, unless that alone would push the rows
     // off chip (64 rows a block hold twice the shared memory of 32).
     let pairs = inner.is_multiple_of(2) && p.aligned_pairs;
@@ -671,10 +674,18 @@ pub fn block_smem_bytes(dtype: Dtype, cols: usize) -> usize {
     ((cols + dtype.vector_width()) * dtype.size_bytes()).next_multiple_of(16)
 }
 
-/// The longest row the block family holds on this device (leaving STATIC_SMEM_RESERVE).
+/// The longest row the forward ops' block family holds on this device (leaving
+/// STATIC_SMEM_RESERVE).
 pub fn block_family_max_cols(dtype: Dtype, limits: &DeviceLimits) -> usize {
+    block_family_max_cols_of(Op::Softmax, dtype, limits)
+}
+
+/// The longest row `op`'s block family holds on this device: its inputs' rows (y and dy for
+/// backward), each in its storage type with one pack of lead-in, beside STATIC_SMEM_RESERVE.
+pub fn block_family_max_cols_of(op: Op, dtype: Dtype, limits: &DeviceLimits) -> usize {
     let room = (limits.max_shared_mem_per_block as usize).saturating_sub(STATIC_SMEM_RESERVE);
-    (room / 16 * 16 / dtype.size_bytes()).saturating_sub(dtype.vector_width())
+    let per_input = room / op.inputs() / 16 * 16;
+    (per_input / dtype.size_bytes()).saturating_sub(dtype.vector_width())
 }
 
 #[cfg(test)]
@@ -851,6 +862,52 @@ mod tests {
         };
         let p = plan_softmax(&problem, &small);
         assert_eq!(p.stages[0].kernel.family, Family::Online { threads: 512 });
+    }
+
+    /// The backward ops hold y and dy on chip: their block family takes rows up to half the
+    /// forward's length, with twice the shared memory; longer rows go two-pass.
+    #[test]
+    fn backward_rows_are_held_on_chip_when_both_fit() {
+        for op in [Op::SoftmaxBackward, Op::LogSoftmaxBackward] {
+            for dtype in Dtype::ALL {
+                let max = block_family_max_cols_of(op, dtype, &DeviceLimits::H100);
+                let forward = block_family_max_cols(dtype, &DeviceLimits::H100);
+                assert_eq!(
+                    max,
+                    ((227 * 1024 - STATIC_SMEM_RESERVE) / 2 / 16 * 16) / dtype.size_bytes()
+                        - dtype.vector_width()
+                );
+                assert!(max < forward / 2 + dtype.vector_width());
+                let plan = |cols| {
+                    plan_softmax(
+                        &SoftmaxProblem {
+                            op,
+                            rows: 200,
+                            cols,
+                            dtype,
+                            aligned16: true,
+                        },
+                        &DeviceLimits::H100,
+                    )
+                };
+                let at_max = plan(max).stages[0];
+                assert!(
+                    matches!(at_max.kernel.family, Family::Block { .. }),
+                    "{at_max:?}"
+                );
+                assert_eq!(
+                    at_max.shared_mem_bytes as usize,
+                    2 * block_smem_bytes(dtype, max)
+                );
+                assert!(at_max.shared_mem_bytes as usize + STATIC_SMEM_RESERVE <= 227 * 1024);
+                let past = plan(max + 1).stages[0];
+                assert_eq!(past.kernel.family, Family::Online { threads: 512 });
+                assert!(matches!(
+                    plan(2049).stages[0].kernel.family,
+                    Family::Block { threads: 128 }
+                ));
+            }
+        }
     }
 
     #[test]

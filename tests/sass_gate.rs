@@ -213,11 +213,13 @@ fn has_vector_path(config: &KernelConfig) -> bool {
 /// element moves three tensors (y and dy in, dx out), which leaves 1.5x the issue time for the
 /// same margin: 0.9.
 ///
-/// The strided family's one-row-a-lane kernels get 0.8 (1.2 backward): they serve only tensors
-/// whose inner dimension is odd (or views not aligned to two elements), where a lane can move
+/// The strided family's one-row-a-lane kernels get 0.8 (1.2 backward): they serve tensors whose
+/// inner dimension is odd or views not aligned to two elements (and rows that fit on chip only at
+/// one row a lane), where a lane can move
 /// nothing wider than one 2- or 4-byte element and each element pays its own load, store and
 /// 64-bit address. 0.8 still leaves a 1.5x margin to the issue rate at copy speed. The
-/// two-rows-a-lane kernels, which every even inner dimension takes, are held to 0.6.
+/// two-rows-a-lane kernels, which an even inner dimension of aligned tensors takes (unless only
+/// one row a lane fits on chip), are held to 0.6.
 fn budget(config: &KernelConfig) -> f64 {
     let per_two_tensors = match config.family {
         Family::Warp {
@@ -295,6 +297,8 @@ fn vector_paths_move_16_bytes_in_their_steady_loops() {
                 (Op::LogSumExp, Family::Online { .. }) => 1, // reads x once
                 // ptxas peels the one-lane logsumexp row loop into two, both 16-byte.
                 (Op::LogSumExp, Family::Warp { width: 1, .. }) => 2,
+                // Backward: load y and dy + their sum, write dx.
+                (op, Family::Block { .. }) if op.is_backward() => 2,
                 (_, Family::Block { .. }) => 3, // load + max, sum of exp, write
                 (_, Family::Online { .. }) => 2, // (max, sum), write
                 _ => 1,

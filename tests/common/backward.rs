@@ -186,12 +186,19 @@ fn masked(log: bool, y: f64) -> bool {
     }
 }
 
-/// Every backward family (warp shapes at their bounds, the two-pass block kernel, split-row for
-/// few long rows), both ops, scales 1 and 3.7, aligned and misaligned views, in place over dy,
-/// masked elements and fully masked rows.
+/// Every backward family (warp shapes at their bounds, the block family with y and dy on chip up
+/// to its longest row, the two-pass block kernel past it, split-row for few long rows), both
+/// ops, scales 1 and 3.7, aligned and misaligned views, in place over dy, masked elements and
+/// fully masked rows.
 pub fn backward_suite<T: Element>(device: &Device, rng: &mut Rng) {
     let sm = device.limits().sm_count as usize;
     let split_cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
+    // The longest row the block family holds (y and dy on chip), and one more (two-pass).
+    let block_max = cuda_softmax::planner::block_family_max_cols_of(
+        cuda_softmax::planner::Op::SoftmaxBackward,
+        T::DTYPE,
+        &device.limits(),
+    );
     let shapes = [
         (301, 1),
         (301, 3),
@@ -206,6 +213,9 @@ pub fn backward_suite<T: Element>(device: &Device, rng: &mut Rng) {
         (5, 2049),
         (4, 6000),
         (sm, 20_000),
+        (sm, 30_000),
+        (sm, block_max),
+        (sm, block_max + 1),
         (2, split_cols),
     ];
     for log in [false, true] {

@@ -43,27 +43,47 @@ fn rows_of<T: Element>(data: &[T], shape: &[usize], dim: usize) -> Vec<T> {
         .collect()
 }
 
-/// The forward op (`forward()`) over `dim` of `x` (a contiguous tensor of `shape`, `offset`
-/// elements into its buffer), into a poisoned output `offset_y` elements into another, or in
-/// place; checked against the reference, and nothing outside the output may change.
+/// Where `check_dim` puts its tensors: x and y at element offsets into their own buffers, or y
+/// over x (in place) at one offset. Even offsets keep the tensors aligned to two elements, so
+/// an even inner dimension takes two rows a lane; odd ones take one.
+#[derive(Debug, Clone, Copy)]
+pub enum Placement {
+    Separate(usize, usize),
+    InPlace(usize),
+}
+
+/// The placements every shape runs with: odd and even offsets, separate and in place.
+pub const PLACEMENTS: [Placement; 4] = [
+    Placement::Separate(1, 5),
+    Placement::Separate(0, 2),
+    Placement::InPlace(3),
+    Placement::InPlace(2),
+];
+
+/// The forward op (`forward()`) over `dim` of `x` (a contiguous tensor of `shape`) placed as
+/// `placement` says, the output poisoned; checked against the reference, and nothing outside
+/// the output may change.
 pub fn check_dim<T: Element>(
     device: &Device,
     x: &[T],
     shape: &[usize],
     dim: usize,
-    offsets: Option<(usize, usize)>,
+    placement: Placement,
     what: &str,
 ) {
     let len = x.len();
     let op = forward();
-    let (xo, yo) = offsets.unwrap_or((3, 3));
+    let (xo, yo) = match placement {
+        Placement::Separate(xo, yo) => (xo, yo),
+        Placement::InPlace(o) => (o, o),
+    };
     let mut x_buf = vec![T::from_f64(0.0); len + xo + 2];
     x_buf[xo..xo + len].copy_from_slice(x);
     let x_all = DeviceTensor::from_host(device, &x_buf, &[x_buf.len()]).unwrap();
     let x_view = x_all.view(xo, shape).unwrap();
     let softmax = op.op().dim(dim as isize);
-    let (got, outside) = match offsets {
-        Some(_) => {
+    let (got, outside) = match placement {
+        Placement::Separate(..) => {
             let y_all =
                 DeviceTensor::from_host(device, &vec![T::poison(); len + yo + 2], &[len + yo + 2])
                     .unwrap();
@@ -77,7 +97,7 @@ pub fn check_dim<T: Element>(
                 .count();
             (all[yo..yo + len].to_vec(), outside)
         }
-        None => {
+        Placement::InPlace(_) => {
             let mut same = x_all.view(xo, shape).unwrap();
             softmax.forward_inplace(&mut same).unwrap();
             let all = x_all.to_host().unwrap();
@@ -99,7 +119,7 @@ pub fn check_dim<T: Element>(
     let want = op.expected::<T>(&x_rows, n, &got_rows);
     let c = compare(&got_rows, &want, op.tolerance(T::DTYPE));
     let detail = format!(
-        "{what}: {op:?} {} {shape:?} dim {dim} offsets {offsets:?} on {}",
+        "{what}: {op:?} {} {shape:?} dim {dim} {placement:?} on {}",
         T::DTYPE.name(),
         device.name()
     );
@@ -119,8 +139,9 @@ pub fn forward_dims<T: Element>(device: &Device, rng: &mut Rng) {
         let len: usize = shape.iter().product();
         for dim in 0..shape.len() {
             let x: Vec<T> = rng.logits(len, 6.0);
-            check_dim(device, &x, shape, dim, Some((1, 5)), "random");
-            check_dim(device, &x, shape, dim, None, "in place");
+            for placement in PLACEMENTS {
+                check_dim(device, &x, shape, dim, placement, "random");
+            }
         }
     }
     // Special rows along the middle dimension of [2, n, 4] (8 rows, as special_rows makes).
@@ -131,12 +152,41 @@ pub fn forward_dims<T: Element>(device: &Device, rng: &mut Rng) {
             .into_iter()
             .map(T::from_f64)
             .collect();
-        check_dim(device, &x, &[2, n, 4], 1, Some((0, 0)), "special rows");
+        check_dim(
+            device,
+            &x,
+            &[2, n, 4],
+            1,
+            Placement::Separate(0, 0),
+            "special rows",
+        );
+        check_dim(
+            device,
+            &x,
+            &[2, n, 4],
+            1,
+            Placement::Separate(1, 1),
+            "special rows",
+        );
     }
     // A huge inner dimension: rows of two elements 40,000 apart (dim 1), and along dim 0.
     let x: Vec<T> = rng.logits(2 * 2 * 40_000, 6.0);
-    check_dim(device, &x, &[2, 2, 40_000], 1, Some((2, 0)), "huge inner");
-    check_dim(device, &x, &[2, 2, 40_000], 0, Some((0, 1)), "huge inner");
+    check_dim(
+        device,
+        &x,
+        &[2, 2, 40_000],
+        1,
+        Placement::Separate(2, 0),
+        "huge inner",
+    );
+    check_dim(
+        device,
+        &x,
+        &[2, 2, 40_000],
+        0,
+        Placement::Separate(0, 1),
+        "huge inner",
+    );
 }
 
 /// Both backward ops over every dimension of every shape in SHAPES (scales 0.125, 1, 3.7), with
@@ -148,13 +198,17 @@ pub fn backward_dims<T: Element>(device: &Device, rng: &mut Rng) {
                 for dim in 0..shape.len() {
                     let (outer, n, inner) = dims_around(shape, dim);
                     let case = Case::<T>::random(rng, log, scale, outer * inner, n, n / 7);
-                    for in_place in [false, true] {
-                        let got = run_backward(device, &case, shape, dim, in_place);
-                        let detail = format!(
-                            "{shape:?} dim {dim} in place {in_place} on {}",
-                            device.name()
-                        );
-                        case.verify(&got, "strided backward", &detail);
+                    // Odd offsets (one row a lane) and even ones (two rows a lane when inner is
+                    // even), separate and in place over dy.
+                    for offsets in [(1, 2, 3), (0, 2, 4)] {
+                        for in_place in [false, true] {
+                            let got = run_backward(device, &case, shape, dim, offsets, in_place);
+                            let detail = format!(
+                                "{shape:?} dim {dim} offsets {offsets:?} in place {in_place} on {}",
+                                device.name()
+                            );
+                            case.verify(&got, "strided backward", &detail);
+                        }
                     }
                 }
             }
@@ -168,6 +222,7 @@ fn run_backward<T: Element>(
     case: &Case<T>,
     shape: &[usize],
     dim: usize,
+    (yo, dyo, dxo): (usize, usize, usize),
     in_place: bool,
 ) -> Vec<T> {
     let (outer, n, inner) = dims_around(shape, dim);
@@ -179,36 +234,34 @@ fn run_backward<T: Element>(
     };
     let len = case.y.len();
     let (y, dy) = (lay_out(&case.y), lay_out(&case.dy));
-    // y at offset 1, dy at 2, dx at 3 of their buffers.
     let upload = |data: &[T], off: usize| {
         let mut buf = vec![T::from_f64(0.0); len + off + 1];
         buf[off..off + len].copy_from_slice(data);
         DeviceTensor::from_host(device, &buf, &[buf.len()]).unwrap()
     };
-    let y_all = upload(&y, 1);
-    let dy_all = upload(&dy, 2);
-    let yv = y_all.view(1, shape).unwrap();
-    let dyv = dy_all.view(2, shape).unwrap();
+    let y_all = upload(&y, yo);
+    let dy_all = upload(&dy, dyo);
+    let yv = y_all.view(yo, shape).unwrap();
+    let dyv = dy_all.view(dyo, shape).unwrap();
     let op = cuda_softmax::Softmax::new()
         .log(case.log)
         .scale(case.scale)
         .dim(dim as isize);
     let dx = if in_place {
-        let mut dx = dy_all.view(2, shape).unwrap();
+        let mut dx = dy_all.view(dyo, shape).unwrap();
         op.backward_into(&yv, &dyv, &mut dx).unwrap();
-        dy_all.to_host().unwrap()[2..2 + len].to_vec()
+        dy_all.to_host().unwrap()[dyo..dyo + len].to_vec()
     } else {
-        let dx_all = upload(&vec![T::poison(); len], 3);
-        let mut dx = dx_all.view(3, shape).unwrap();
+        let dx_all = upload(&vec![T::poison(); len], dxo);
+        let mut dx = dx_all.view(dxo, shape).unwrap();
         op.backward_into(&yv, &dyv, &mut dx).unwrap();
         let all = dx_all.to_host().unwrap();
+        let outside = all[..dxo].iter().chain(&all[dxo + len..]);
         assert!(
-            all[..3]
-                .iter()
-                .chain(&all[3 + len..])
-                .all(|v| v.to_f64() == 0.0)
+            outside.into_iter().all(|v| v.to_f64() == 0.0),
+            "wrote outside dx"
         );
-        all[3..3 + len].to_vec()
+        all[dxo..dxo + len].to_vec()
     };
     rows_of(&dx, shape, dim)
 }
