@@ -34,18 +34,31 @@ __device__ __forceinline__ void lse_warp(const SoftmaxParams& p) {
   const int row_packs = static_cast<int>(p.cols / Vec);
   const int lane_packs = row_packs > lane ? (row_packs - lane + Width - 1) / Width : 0;
   const float k = exp2_factor(p.scale);
-  for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step) {
+  // The group's row start, carried from row to row (a pointer bump an iteration). Computed
+  // in the loop as x + (active ? row * cols : 0) + col, NVVM rebuilt that address (the 64-bit
+  // multiply, the select, the shifts) and ptxas reloaded cols and x in every pack's guarded
+  // block: about 70 integer instructions a row at 1-16 lanes. A loop-carried pointer is a leaf
+  // of the address, so each load is that register plus an immediate. (It runs past the last
+  // row, where nothing is loaded.)
+  const T* xr = x + (warp * kRowsPerWarp + group) * p.cols + lane * Vec;
+  const long long xr_step = row_step * p.cols;
+  for (long long base = warp * kRowsPerWarp; base < p.rows; base += row_step, xr += xr_step) {
     const long long row = base + group;
     const bool active = row < p.rows;
-    const long long row_offset = active ? row * p.cols : 0;
-    const int packs = active ? lane_packs : 0;
+    int packs = active ? lane_packs : 0;
+#ifndef CS_EMULATOR
+    // One lane a row (no shuffle in the loop, so nothing convergent): left visible, the
+    // packs > 0 test splits into the invariant cols > 0, and LLVM unswitches the row loop on it,
+    // adding a second loop (for zero columns, never launched) to the kernel's census. Opaque,
+    // packs is only known per row.
+    if constexpr (Width == 1 && Vec == 1) asm volatile("" : "+r"(packs));
+#endif
     float v[Cols];
     float m = kNegInf;
 #pragma unroll
     for (int i = 0; i < kPacks; ++i) {
-      const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
       if (i < kSurePacks ? active : i < packs) {
-        load_pack<T, Vec>(x + row_offset + col, sub_array<Vec>(v + i * Vec));
+        load_pack<T, Vec>(xr + i * Width * Vec, sub_array<Vec>(v + i * Vec));
       } else {
 #pragma unroll
         for (int j = 0; j < Vec; ++j) v[i * Vec + j] = kNegInf;
