@@ -258,11 +258,17 @@ __device__ __forceinline__ float load_one(const T* src) {
   return v[0];
 }
 
-// One element in its storage type, unconverted (to keep a copy on chip).
+// One element (or a word of packed elements) in its storage type, unconverted: to keep a copy
+// on chip, or moved as is.
 template <typename T>
 __device__ __forceinline__ T load_element(const T* src) {
   CS_CHECK_GLOBAL(src, sizeof(T), false);
   return *src;
+}
+template <typename T>
+__device__ __forceinline__ void store_element(T* dst, T v) {
+  CS_CHECK_GLOBAL(dst, sizeof(T), true);
+  *dst = v;
 }
 
 template <typename T>

@@ -120,16 +120,6 @@ struct RowWord {
   }
 };
 
-template <typename W>
-__device__ __forceinline__ W load_word(const W* src) {
-  CS_CHECK_GLOBAL(src, sizeof(W), false);
-  return *src;
-}
-template <typename W>
-__device__ __forceinline__ void store_word(W* dst, W w) {
-  CS_CHECK_GLOBAL(dst, sizeof(W), true);
-  *dst = w;
-}
 
 // Where a thread's elements of its rows are: its j-th word (k = slice + j * Slices) at
 // a[j * step] (and b[j * step], out[j * step]) in global memory, at cache[slot + j * 32 *
@@ -168,11 +158,11 @@ __device__ __forceinline__ void fold_batch(const Stats& stats, typename Stats::S
       vb[q] = 0.0f;
     }
     if (Full || u < left) {
-      const typename Word::Type wa = load_word(c.a + u * c.step);
+      const typename Word::Type wa = load_element(c.a + u * c.step);
       Word::unpack(wa, va);
       if constexpr (OnChip) cache[c.slot + u * 32 * Slices] = wa;
       if constexpr (Stats::kInputs == 2) {
-        const typename Word::Type wb = load_word(c.b + u * c.step);
+        const typename Word::Type wb = load_element(c.b + u * c.step);
         Word::unpack(wb, vb);
         if constexpr (OnChip) cache[second + c.slot + u * 32 * Slices] = wb;
       }
@@ -204,8 +194,8 @@ __device__ __forceinline__ void write_batch(const Stats& stats, const typename S
         wa[u] = cache[c.slot + u * 32 * Slices];
         if constexpr (Stats::kInputs == 2) wb[u] = cache[second + c.slot + u * 32 * Slices];
       } else {
-        wa[u] = load_word(c.a + u * c.step);
-        if constexpr (Stats::kInputs == 2) wb[u] = load_word(c.b + u * c.step);
+        wa[u] = load_element(c.a + u * c.step);
+        if constexpr (Stats::kInputs == 2) wb[u] = load_element(c.b + u * c.step);
       }
     }
   }
@@ -217,7 +207,7 @@ __device__ __forceinline__ void write_batch(const Stats& stats, const typename S
       if constexpr (Stats::kInputs == 2) Word::unpack(wb[u], vb);
 #pragma unroll
       for (int q = 0; q < P; ++q) va[q] = stats.out(va[q], vb[q], r[q]);
-      store_word(c.out + u * c.step, Word::pack(va));
+      store_element(c.out + u * c.step, Word::pack(va));
     }
   }
 }
