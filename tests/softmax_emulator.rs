@@ -211,3 +211,27 @@ macro_rules! dims_suite {
 dims_suite!(f32_every_dim, f32);
 dims_suite!(f16_every_dim, f16);
 dims_suite!(bf16_every_dim, bf16);
+
+/// The strided family in the other thread orders (forward, reverse, warp-ahead): its warps
+/// meet at barriers to merge their shares of a row, and each thread reads back only the shared
+/// memory it wrote.
+#[test]
+fn every_dim_in_every_schedule() {
+    let mut rng = common::seeded_rng("every_dim_in_every_schedule");
+    for schedule in [Schedule::Forward, Schedule::Reverse, Schedule::WarpAhead] {
+        let device = emulator(schedule);
+        common::with_forward(common::SOFTMAX, || {
+            common::strided::forward_dims::<f32>(&device, &mut rng);
+        });
+        common::with_forward(
+            common::Forward {
+                log: true,
+                scale: 3.7,
+            },
+            || {
+                common::strided::forward_dims::<bf16>(&device, &mut rng);
+            },
+        );
+        common::strided::backward_dims::<f16>(&device, &mut rng);
+    }
+}
