@@ -408,7 +408,7 @@ __device__ __forceinline__ MaxSum warp_maxsum(MaxSum s, float k) {
 // not compile on the emulator) and the dynamic segment is reached through dynamic_smem<T>(), a
 // SmemPtr<T>: a raw pointer on the GPU, a checked pointer on the emulator.
 #ifdef CS_EMULATOR
-#define CS_SHARED_ARRAY(T, name, n) static thread_local ::emu::SharedArray<T, (n)> name
+#define CS_SHARED_ARRAY(T, name, n) static thread_local ::emu::StaticShared<T, (n)> name
 template <typename T>
 using SmemPtr = ::emu::SharedPtr<T>;
 #else

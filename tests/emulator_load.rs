@@ -14,6 +14,36 @@ fn mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
 }
 
+/// The size of this executable's static thread-local storage (its PT_TLS segment), which glibc
+/// allocates and zeroes in every thread the process starts, the user's threads included.
+fn static_tls_bytes() -> u64 {
+    let exe = std::fs::read("/proc/self/exe").expect("read /proc/self/exe");
+    let u16_at = |at: usize| u16::from_le_bytes(exe[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(exe[at..at + 8].try_into().unwrap());
+    assert_eq!(&exe[..5], b"\x7fELF\x02", "a 64-bit ELF executable");
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&ph| u32::from_le_bytes(exe[ph..ph + 4].try_into().unwrap()) == 7) // PT_TLS
+        .map(|ph| u64_at(ph + 0x28)) // p_memsz
+        .sum()
+}
+
+/// This process's resident memory, in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
+}
+
 fn emulator(workers: usize) -> Device {
     Device::emulator_with(EmulatorConfig {
         workers,
@@ -269,5 +299,47 @@ fn a_host_resource_failure_is_its_own_error() {
     assert!(
         stdout.contains("CHILD-RESULT resources:") && stdout.contains("could not map"),
         "{stdout}"
+    );
+}
+
+/// A user's process has many threads that never touch the emulator; linking the crate must not
+/// make each of them costly. The emulator's static `__shared__` arrays once were thread-locals of
+/// the executable: 3.5 MB zeroed in every new thread (672 MB resident for 192 idle threads), and
+/// a test thread's default 2 MiB stack overflowed while printing a panic's backtrace.
+#[test]
+#[cfg(target_os = "linux")]
+fn idle_threads_of_a_users_process_stay_cheap() {
+    let tls = static_tls_bytes();
+    println!("static thread-local storage: {tls} bytes");
+
+    // Make sure the emulator's state exists (a launch with static shared memory), then start
+    // 192 threads that do nothing and see what they cost.
+    let device = emulator(2);
+    let mut rng = Rng::new(Rng::seed_from_env());
+    check_softmax(&device, &mut rng, 3, 3000);
+    const THREADS: usize = 192;
+    let started = Barrier::new(THREADS + 1);
+    let measured = Barrier::new(THREADS + 1);
+    let before = resident_bytes();
+    let per_thread = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                started.wait();
+                measured.wait();
+            });
+        }
+        started.wait();
+        let grown = resident_bytes().saturating_sub(before);
+        measured.wait();
+        grown / THREADS as u64
+    });
+    println!("resident memory per idle thread: {} KiB", per_thread / 1024);
+    assert!(
+        tls <= 64 * 1024,
+        "{tls} bytes of static thread-local storage in every thread"
+    );
+    assert!(
+        per_thread <= 256 * 1024,
+        "each idle thread costs {per_thread} bytes of resident memory"
     );
 }

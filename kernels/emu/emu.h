@@ -176,8 +176,7 @@ class SharedPtr {
 };
 
 // A static __shared__ array of N elements: per OS thread (one block at a time runs on it),
-// poisoned at each block's first touch, with its own race-detector shadow. Zero-initialised
-// static storage (no constructor), so thread_local access needs no guard.
+// poisoned at each block's first touch, with its own race-detector shadow.
 template <typename T, size_t N>
 struct SharedArray {
   static constexpr size_t kBytes = N * sizeof(T);
@@ -194,6 +193,35 @@ struct SharedArray {
     }
     return SharedRef<T>(&space, i * static_cast<long long>(sizeof(T)));
   }
+};
+
+// Zeroed host memory of `bytes` bytes (16-byte aligned) for one SharedArray; a fault (a host
+// resource failure) when there is none. free_static_shared(nullptr) does nothing.
+void* allocate_static_shared(size_t bytes);
+void free_static_shared(void* storage);
+
+// What CS_SHARED_ARRAY declares on the emulator: a `static thread_local` handle of one pointer,
+// whose SharedArray lives on the heap from the OS thread's first use of it to the thread's exit.
+// Not the array itself: static thread-local storage is the executable's, so every thread of a
+// user's process (not only the emulator's) would carry every kernel's arrays (3.5 MB of
+// zeroed pages each, once the strided kernels came) and a 2 MiB thread stack could overflow.
+template <typename T, size_t N>
+class StaticShared {
+ public:
+  StaticShared() = default;
+  StaticShared(const StaticShared&) = delete;
+  StaticShared& operator=(const StaticShared&) = delete;
+  ~StaticShared() { free_static_shared(storage_); }
+
+  SharedRef<T> operator[](long long i) {
+    if (storage_ == nullptr)
+      storage_ = static_cast<SharedArray<T, N>*>(allocate_static_shared(sizeof(SharedArray<T, N>)));
+    return (*storage_)[i];
+  }
+
+ private:
+  static_assert(std::is_trivially_copyable<SharedArray<T, N>>::value, "zeroed memory is a valid SharedArray");
+  SharedArray<T, N>* storage_ = nullptr;
 };
 
 }  // namespace emu

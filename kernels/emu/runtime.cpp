@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <new>
@@ -812,6 +813,16 @@ static bool smem_fits(const LaunchShared* L, size_t static_bytes, char* why, siz
   }
   return true;
 }
+
+void* allocate_static_shared(size_t bytes) {
+  const size_t rounded = (bytes + 15) & ~size_t(15);
+  void* storage = std::aligned_alloc(16, rounded);
+  if (storage == nullptr) fault_kind(FailKind::Host, "the emulator ran out of host memory for a static __shared__ array");
+  std::memset(storage, 0, rounded);
+  return storage;
+}
+
+void free_static_shared(void* storage) { std::free(storage); }
 
 bool enter_static_shared(uint64_t* block_serial, unsigned char* data, size_t bytes) {
   Worker* w = tl_worker;
