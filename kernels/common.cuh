@@ -242,12 +242,33 @@ __device__ __forceinline__ void store_pack(T* dst, const float (&in)[N]) {
     uint32_t w[4];
     pack16<T>(in, w);
     store16(dst, w[0], w[1], w[2], w[3]);  // checked there
+  } else if constexpr (sizeof(T) * N > 16) {
+    // A pack of a wider output than the input it came from (f16/bf16 in, f32 out: 8 values,
+    // 32 bytes): one 16-byte store per 16 bytes.
+    static_assert(sizeof(T) * N % 16 == 0, "whole 16-byte stores");
+    constexpr int V = Vec16<T>::n;
+#pragma unroll
+    for (int h = 0; h < N / V; ++h) store_pack<T, V>(dst + h * V, *reinterpret_cast<const float(*)[V]>(in + h * V));
   } else {
     CS_CHECK_GLOBAL(dst, sizeof(Pack<T, N>), true);
     Pack<T, N> p;
 #pragma unroll
     for (int i = 0; i < N; ++i) p.v[i] = from_f32<T>(in[i]);
     *reinterpret_cast<Pack<T, N>*>(dst) = p;
+  }
+}
+
+// store_pack's 16-byte stores as streaming stores (store16_streaming): the output of a two-pass
+// kernel. N values of T make whole 16-byte stores (two for 8 f32 outputs of a 16-bit pack).
+template <typename T, int N>
+__device__ __forceinline__ void store_pack_streaming(T* dst, const float (&in)[N]) {
+  static_assert(sizeof(T) * N % 16 == 0, "whole 16-byte stores");
+  constexpr int V = Vec16<T>::n;
+#pragma unroll
+  for (int h = 0; h < N / V; ++h) {
+    uint32_t w[4];
+    pack16<T>(*reinterpret_cast<const float(*)[V]>(in + h * V), w);
+    store16_streaming(dst + h * V, w);
   }
 }
 

@@ -12,12 +12,15 @@
 //                   the row's states and writes its chunk. Fills the GPU when rows < SMs.
 // Every loop over rows is uniform across the warp/block (inactive rows still take part in the
 // reductions), because the reductions use full-mask shuffles and block barriers.
+#include <type_traits>
+
 #include "common.cuh"
 #include "ops.cuh"
 
 namespace cs {
 
-template <typename T, int Width, int Cols, int Vec, typename Op>
+// T: the input's storage type; TO: the output's (T, or f32 for 16-bit input: forward_f32).
+template <typename T, int Width, int Cols, int Vec, typename Op, typename TO = T>
 __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
   static_assert(Cols % Vec == 0, "a lane's columns are whole packs");
   static_assert(Width >= 1 && Width <= 32 && (Width & (Width - 1)) == 0, "Width is a power of two");
@@ -32,7 +35,7 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
   constexpr int kSurePacks = Width == 1 ? 0 : kMinRowPacks / Width < kPacks ? kMinRowPacks / Width : kPacks;
   constexpr int kRowsPerWarp = 32 / Width;
   const T* x = static_cast<const T*>(p.x);
-  T* y = static_cast<T*>(p.y);
+  TO* y = static_cast<TO*>(p.y);
   const long long warps_per_block = blockDim.x / 32;
   const long long warp = static_cast<long long>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
   const long long row_step = static_cast<long long>(gridDim.x) * warps_per_block * kRowsPerWarp;
@@ -68,8 +71,8 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
     float d = 0.0f;
 #pragma unroll
     for (int j = 0; j < Cols; ++j) {
-      const float t = v[j] - shift;
-      const float e = fast_exp2(t * op.k);  // exp_shifted(v[j], shift, op.k)
+      const float t = op.shifted(v[j], shift);
+      const float e = op.exp_of_shifted(t);  // exp(scale * (x - shift))
       d += e;
       v[j] = Op::kFromExp ? e : t;
     }
@@ -82,7 +85,7 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
 #pragma unroll
     for (int i = 0; i < kPacks; ++i) {
       const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
-      if (i < kSurePacks ? active : i < packs) store_pack<T, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
+      if (i < kSurePacks ? active : i < packs) store_pack<TO, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
     }
   }
 }
@@ -165,8 +168,11 @@ __device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
 }
 
 // Calls f(first_col, values) over a row held in shared memory (column c at buf[c + lead]): the
-// scalar head and tail element by element, the packs between as one LDS.128 each.
-template <typename T, int Block, typename F>
+// scalar head and tail element by element, the packs between as one LDS.128 each. Wide: f
+// writes an output twice as wide as T (f32 from 16-bit input); its pack loop is unrolled twice,
+// not as the compiler likes: at its default unroll the 8 outputs a pack made ptxas spill the
+// log-softmax kernels on sm_75 at 64 registers.
+template <typename T, int Block, bool Wide = false, typename F>
 __device__ __forceinline__ void for_each_on_chip(SmemPtr<T> buf, long long lead, long long head, long long packs,
                                                  long long cols, F&& f) {
   constexpr int V = Vec16<T>::n;
@@ -174,16 +180,36 @@ __device__ __forceinline__ void for_each_on_chip(SmemPtr<T> buf, long long lead,
     float v[1] = {to_f32(static_cast<T>(buf[c + lead]))};
     f(c, v);
   }
-  for (long long k = threadIdx.x; k < packs; k += Block) {
+  const auto pack = [&](long long k) {
     uint32_t w[4];
     float v[V];
     smem_load16(buf, head + lead + k * V, w);
     unpack16<T>(w, v);
     f(head + k * V, v);
+  };
+  if constexpr (Wide) {
+#pragma unroll 2
+    for (long long k = threadIdx.x; k < packs; k += Block) pack(k);
+  } else {
+    for (long long k = threadIdx.x; k < packs; k += Block) pack(k);
   }
   for (long long c = head + packs * V + threadIdx.x; c < cols; c += Block) {
     float v[1] = {to_f32(static_cast<T>(buf[c + lead]))};
     f(c, v);
+  }
+}
+
+// Whether y's elements at x's 16-byte pack boundaries (from x + head on, head = x's scalar head)
+// sit on 16-byte boundaries too, so that each pack of x gives whole 16-byte stores of y. Same
+// dtype: x and y share their alignment. (f32 output of 16-bit input: a pack of 8 x elements is
+// 32 bytes of y, so y + head aligned is enough.)
+template <typename T, typename TO>
+__device__ __forceinline__ bool packs_line_up(const T* xr, const TO* yr, long long head) {
+  if constexpr (std::is_same<T, TO>::value) {
+    return ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
+  } else {
+    static_assert(sizeof(TO) * Vec16<T>::n % 16 == 0, "an x pack is whole 16-byte stores of y");
+    return (reinterpret_cast<uintptr_t>(yr + head) & 15u) == 0;
   }
 }
 
@@ -193,16 +219,16 @@ __device__ __forceinline__ void for_each_on_chip(SmemPtr<T> buf, long long lead,
 // STS.128, LDS.128, and a warp's consecutive packs hit every bank once (no conflicts). Three
 // passes over the row: load and max; sum of exp from shared memory; exp again, scale, store
 // (recomputing exp costs less than writing exps back and reading them again).
-template <typename T, int Block, typename Op>
+template <typename T, int Block, typename Op, typename TO = T>
 __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
   constexpr int V = Vec16<T>::n;
   const T* x = static_cast<const T*>(p.x);
-  T* y = static_cast<T*>(p.y);
+  TO* y = static_cast<TO*>(p.y);
   const SmemPtr<T> buf = dynamic_smem<T>();  // p.cols + V elements
   const Op op(p);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* xr = x + row * p.cols;
-    T* yr = y + row * p.cols;
+    TO* yr = y + row * p.cols;
     const long long head = head_elements(xr, p.cols);
     const long long lead = (V - head) % V;
     const long long packs = (p.cols - head) / V;
@@ -240,18 +266,19 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
       for (int j = 0; j < n; ++j) d += exp_shifted(v[j], shift, op.k);
     });
     const typename Op::Row r = op.row(shift, block_sum<Block>(d));
-    // Pass 3: y. When y shares x's alignment (the usual case) packs go shared -> global as
-    // LDS.128 / STG.128; otherwise y is still stored in packs (by its own alignment), read from
-    // shared memory element by element.
-    if (((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0) {
-      for_each_on_chip<T, Block>(buf, lead, head, packs, p.cols, [&](long long c, auto& v) {
+    // Pass 3: y. When y's packs line up with x's (the usual case) they go shared -> global as
+    // LDS.128 / STG.128 (two STG.128 for f32 output of 16-bit input); otherwise y is still
+    // stored in packs (by its own alignment), read from shared memory element by element.
+    if (packs_line_up(xr, yr, head)) {
+      constexpr bool kWide = sizeof(TO) > sizeof(T);
+      for_each_on_chip<T, Block, kWide>(buf, lead, head, packs, p.cols, [&](long long c, auto& v) {
         constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
         for (int j = 0; j < n; ++j) v[j] = op.from_x(v[j], r);
-        store_pack<T, n>(yr + c, v);
+        store_pack<TO, n>(yr + c, v);
       });
     } else {
-      for_each_stored<T, Block>(yr, p.cols, [&](long long c, auto& v) {
+      for_each_stored<TO, Block>(yr, p.cols, [&](long long c, auto& v) {
         constexpr int n = sizeof(v) / sizeof(float);
 #pragma unroll
         for (int j = 0; j < n; ++j) v[j] = op.from_x(to_f32(static_cast<T>(buf[c + j + lead])), r);
@@ -262,16 +289,15 @@ __device__ __forceinline__ void softmax_block(const SoftmaxParams& p) {
 }
 
 // The op's output over one row (or chunk) of n elements: the second pass of the online and
-// split-row kernels. When x and y share their alignment (the usual case: same offsets), both
-// move in 16-byte packs, chunked by y's alignment; otherwise element by element. The test is
-// made once, outside the loops, so the pack loop holds only 16-byte accesses.
-template <typename T, int Block, typename Op>
-__device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n, const Op& op,
+// split-row kernels. When y's packs line up with x's (the usual case: same offsets), both move
+// in 16-byte packs, chunked by x's alignment; otherwise element by element. The test is made
+// once, outside the loops, so the pack loop holds only 16-byte accesses.
+template <typename T, int Block, typename Op, typename TO>
+__device__ __forceinline__ void write_normalized(const T* xr, TO* yr, long long n, const Op& op,
                                                  const typename Op::Row& r) {
   constexpr int V = Vec16<T>::n;
-  const bool same_alignment = ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
-  if (same_alignment) {
-    const long long head = head_elements(yr, n);
+  const long long head = head_elements(xr, n);
+  if (packs_line_up(xr, yr, head)) {
     const long long packs = (n - head) / V;
     const long long tail = head + packs * V;
     for (long long c = threadIdx.x; c < head; c += Block) store_one(yr + c, op.from_x(load_one(xr + c), r));
@@ -281,8 +307,7 @@ __device__ __forceinline__ void write_normalized(const T* xr, T* yr, long long n
       unpack16<T>(w, v);
 #pragma unroll
       for (int j = 0; j < V; ++j) v[j] = op.from_x(v[j], r);
-      pack16<T>(v, w);
-      store16_streaming(yr + head + k * V, w);
+      store_pack_streaming<TO, V>(yr + head + k * V, v);
     });
     for (long long c = tail + threadIdx.x; c < n; c += Block) store_one(yr + c, op.from_x(load_one(xr + c), r));
   } else {
@@ -299,10 +324,10 @@ __device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n, floa
   return block_maxsum<Block>(s, k);
 }
 
-template <typename T, int Block, typename Op>
+template <typename T, int Block, typename Op, typename TO = T>
 __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   const T* x = static_cast<const T*>(p.x);
-  T* y = static_cast<T*>(p.y);
+  TO* y = static_cast<TO*>(p.y);
   const Op op(p);
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols, op.k);
@@ -326,7 +351,7 @@ __device__ __forceinline__ void softmax_split_stats(const SoftmaxParams& p) {
 
 // Split-row pass 2: block (chunk, row) merges every chunk state of its row (associative, so the
 // order does not matter) and writes its own chunk.
-template <typename T, int Block, typename Op>
+template <typename T, int Block, typename Op, typename TO = T>
 __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
   const long long first = chunk * p.chunk_cols;
@@ -339,7 +364,7 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   }
   s = block_maxsum<Block>(s, op.k);
   const long long offset = row * p.cols + first;
-  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<T*>(p.y) + offset, n, op,
+  write_normalized<T, Block>(static_cast<const T*>(p.x) + offset, static_cast<TO*>(p.y) + offset, n, op,
                              op.row(row_shift(s.m), s.d));
 }
 
@@ -349,55 +374,62 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
 // the emulator's table and the PTX against the planner's list.
 // Register budgets (see CS_ENTRY): warp kernels 64 registers up to 8 columns a lane, 128 up to 32,
 // 255 at 64 (a lane holds its columns in registers); block kernels 64 (1024 threads an SM).
-#define CS_WARP(op, Op, dt, T, W, C, V)                                                     \
+// TO is the output's storage type: T, or float for the `_to_f32` ops (16-bit x, f32 y).
+#define CS_WARP(op, Op, dt, T, TO, W, C, V)                                                 \
   CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
-           (cs::softmax_warp<T, W, C, V, cs::Op>(p)))
-#define CS_BLOCK(op, Op, dt, T, B) \
-  CS_ENTRY(op##_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B, cs::Op>(p)))
-#define CS_ONLINE(op, Op, dt, T, B) \
-  CS_ENTRY(op##_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B, cs::Op>(p)))
+           (cs::softmax_warp<T, W, C, V, cs::Op, TO>(p)))
+#define CS_BLOCK(op, Op, dt, T, TO, B) \
+  CS_ENTRY(op##_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B, cs::Op, TO>(p)))
+#define CS_ONLINE(op, Op, dt, T, TO, B) \
+  CS_ENTRY(op##_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B, cs::Op, TO>(p)))
 // Every op has its own stats entry (the same code) so that each op's entry points form one run
 // of KernelConfig::all.
-#define CS_SPLIT(op, Op, dt, T, B)                                                             \
+#define CS_SPLIT(op, Op, dt, T, TO, B)                                                         \
   CS_ENTRY(op##_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))      \
-  CS_ENTRY(op##_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::Op>(p)))
+  CS_ENTRY(op##_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::Op, TO>(p)))
 
 // The warp family (keep in step with KernelConfig::all in src/planner.rs): Width lanes per row
 // (32 / Width rows a warp), 8 elements a lane, and full warps with 16 to 64 a lane in steps of 8;
 // each scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for
 // f16/bf16).
-#define CS_WARP_LANE(op, Op, dt, T, V, W, C) \
-  CS_WARP(op, Op, dt, T, W, C, 1)            \
-  CS_WARP(op, Op, dt, T, W, C, V)
-#define CS_WARP_ALL(op, Op, dt, T, V)     \
-  CS_WARP_LANE(op, Op, dt, T, V, 1, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, V, 2, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, V, 4, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, V, 8, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, V, 16, 8)   \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 8)   \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 16)  \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 24)  \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 32)  \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 40)  \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 48)  \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 56)  \
-  CS_WARP_LANE(op, Op, dt, T, V, 32, 64)
+#define CS_WARP_LANE(op, Op, dt, T, TO, V, W, C) \
+  CS_WARP(op, Op, dt, T, TO, W, C, 1)            \
+  CS_WARP(op, Op, dt, T, TO, W, C, V)
+#define CS_WARP_ALL(op, Op, dt, T, TO, V)     \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 1, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 2, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 4, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 8, 8)    \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 16, 8)   \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 8)   \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 16)  \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 24)  \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 32)  \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 40)  \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 48)  \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 56)  \
+  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 64)
 // Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
-#define CS_BLOCKS(op, Op, dt, T) \
-  CS_BLOCK(op, Op, dt, T, 128)   \
-  CS_BLOCK(op, Op, dt, T, 256)   \
-  CS_BLOCK(op, Op, dt, T, 512)   \
-  CS_ONLINE(op, Op, dt, T, 512)  \
-  CS_SPLIT(op, Op, dt, T, 256)
-#define CS_ALL_FAMILIES(op, Op, dt, T, V) \
-  CS_WARP_ALL(op, Op, dt, T, V)           \
-  CS_BLOCKS(op, Op, dt, T)
+#define CS_BLOCKS(op, Op, dt, T, TO) \
+  CS_BLOCK(op, Op, dt, T, TO, 128)   \
+  CS_BLOCK(op, Op, dt, T, TO, 256)   \
+  CS_BLOCK(op, Op, dt, T, TO, 512)   \
+  CS_ONLINE(op, Op, dt, T, TO, 512)  \
+  CS_SPLIT(op, Op, dt, T, TO, 256)
+#define CS_ALL_FAMILIES(op, Op, dt, T, TO, V) \
+  CS_WARP_ALL(op, Op, dt, T, TO, V)           \
+  CS_BLOCKS(op, Op, dt, T, TO)
 // An op's entry points for every dtype, in the order of KernelConfig::all.
-#define CS_OP(op, Op)                                \
-  CS_ALL_FAMILIES(op, Op, f32, float, 4)             \
-  CS_ALL_FAMILIES(op, Op, f16, __half, 8)            \
-  CS_ALL_FAMILIES(op, Op, bf16, __nv_bfloat16, 8)
+#define CS_OP(op, Op)                                       \
+  CS_ALL_FAMILIES(op, Op, f32, float, float, 4)             \
+  CS_ALL_FAMILIES(op, Op, f16, __half, __half, 8)           \
+  CS_ALL_FAMILIES(op, Op, bf16, __nv_bfloat16, __nv_bfloat16, 8)
+// f32 output of 16-bit input (Softmax::forward_f32): `{op}_to_f32_{family}_{f16|bf16}...`.
+#define CS_OP_TO_F32(op, Op)                              \
+  CS_ALL_FAMILIES(op##_to_f32, Op, f16, __half, float, 8) \
+  CS_ALL_FAMILIES(op##_to_f32, Op, bf16, __nv_bfloat16, float, 8)
 
 CS_OP(softmax, SoftmaxOp)
 CS_OP(log_softmax, LogSoftmaxOp)
+CS_OP_TO_F32(softmax, SoftmaxOp)
+CS_OP_TO_F32(log_softmax, LogSoftmaxOp)

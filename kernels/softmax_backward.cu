@@ -74,31 +74,47 @@ __device__ __forceinline__ void backward_warp(const SoftmaxParams& p) {
 }
 
 // Packs of each input a thread loads before it uses the first: 2 x 2 x 16 bytes in flight a
-// thread (the forward two-pass kernels hold 4 x 16 of one input). 4 was tried: the 64-bit
-// index work of three streams grows with it (f32 online 0.91 -> 0.99 warp instructions an
-// element); that address arithmetic is the open item of this loop.
+// thread (the forward two-pass kernels hold 4 x 16 of one input). 4 was tried when the loop
+// derived its three addresses from a 64-bit pack index (f32 online 0.91 -> 0.99 warp
+// instructions an element); with the advanced addresses of for_each_pack_pair it costs about
+// the same as 2 (log-softmax f32 online 0.50 -> 0.47 on sm_90).
 constexpr int kPairBatch = 2;
 
-// Calls f(k, y_words, dy_words) for packs k = 0 .. packs - 1 of 16-byte aligned y and dy, thread
-// t taking t, t + Block, ..., kPairBatch packs of each loaded before any is used.
-template <typename T, int Block, typename F>
-__device__ __forceinline__ void for_each_pack_pair(const T* y, const T* dy, long long packs, L2Policy policy, F&& f) {
-  constexpr int V = Vec16<T>::n;
-  for (long long k0 = threadIdx.x; k0 < packs; k0 += kPairBatch * Block) {
+// Calls f(dxp, y_words, dy_words) for packs k = 0 .. packs - 1 of 16-byte aligned y and dy, with
+// dxp = dx + k * V (D is T or const T; f may ignore it), thread t taking t, t + Block, ...,
+// kPairBatch packs of each loaded before any is used. The three streams are addresses advanced
+// by a constant step and the trip count a count of packs left: no 64-bit multiply-adds from a
+// pack index in the loop (that index work made this loop cost 0.91 warp instructions an f32
+// element). Addresses are integers so that those past the row end, formed and never used, are
+// well defined.
+template <typename T, int Block, typename D, typename F>
+__device__ __forceinline__ void for_each_pack_pair(const T* y, const T* dy, D* dx, long long packs, L2Policy policy,
+                                                   F&& f) {
+  constexpr uintptr_t kStep = kPairBatch * Block * 16;  // bytes a thread's batch advances
+  const uintptr_t first = static_cast<uintptr_t>(threadIdx.x) * 16;
+  uintptr_t ya = reinterpret_cast<uintptr_t>(y) + first;
+  uintptr_t dya = reinterpret_cast<uintptr_t>(dy) + first;
+  uintptr_t dxa = reinterpret_cast<uintptr_t>(dx) + first;
+  // Not unrolled: left to itself the compiler unrolled the f32 split_stats loop 4 times with a
+  // remainder loop (0.21 -> 0.41 warp instructions an element), and unrolled twice the 16-bit
+  // online kernels spilled on sm_100 at 64 registers (0.50 -> 0.52 on sm_90 for not unrolling).
+#pragma unroll 1
+  for (long long left = packs - threadIdx.x; left > 0; left -= kPairBatch * Block) {
     uint32_t wy[kPairBatch][4], wd[kPairBatch][4];
 #pragma unroll
     for (int u = 0; u < kPairBatch; ++u) {
-      const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) {
-        load16(y + k * V, wy[u], policy);
-        load16(dy + k * V, wd[u], policy);
+      if (left > u * Block) {
+        load16(reinterpret_cast<const T*>(ya + u * Block * 16), wy[u], policy);
+        load16(reinterpret_cast<const T*>(dya + u * Block * 16), wd[u], policy);
       }
     }
 #pragma unroll
     for (int u = 0; u < kPairBatch; ++u) {
-      const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) f(k, wy[u], wd[u]);
+      if (left > u * Block) f(reinterpret_cast<D*>(dxa + u * Block * 16), wy[u], wd[u]);
     }
+    ya += kStep;
+    dya += kStep;
+    dxa += kStep;
   }
 }
 
@@ -121,8 +137,8 @@ __device__ __forceinline__ float block_row_g(const T* yr, const T* dyr, const T*
     const long long packs = (n - head) / V;
     for (long long c = threadIdx.x; c < head; c += Block) g += op.term(load_one(yr + c), load_one(dyr + c));
     // The first of two reads: keep the lines in L2 for the second.
-    for_each_pack_pair<T, Block>(yr + head, dyr + head, packs, l2_evict_last(),
-                                 [&](long long, uint32_t(&wy)[4], uint32_t(&wd)[4]) {
+    for_each_pack_pair<T, Block>(yr + head, dyr + head, dxr + head, packs, l2_evict_last(),
+                                 [&](const T*, uint32_t(&wy)[4], uint32_t(&wd)[4]) {
                                    float a[V], b[V];
                                    unpack16<T>(wy, a);
                                    unpack16<T>(wd, b);
@@ -148,15 +164,15 @@ __device__ __forceinline__ void write_backward(const T* yr, const T* dyr, T* dxr
     for (long long c = threadIdx.x; c < head; c += Block) {
       store_one(dxr + c, op.out(load_one(yr + c), load_one(dyr + c), g));
     }
-    for_each_pack_pair<T, Block>(yr + head, dyr + head, packs, l2_evict_first(),
-                                 [&](long long k, uint32_t(&wy)[4], uint32_t(&wd)[4]) {
+    for_each_pack_pair<T, Block>(yr + head, dyr + head, dxr + head, packs, l2_evict_first(),
+                                 [&](T* dxp, uint32_t(&wy)[4], uint32_t(&wd)[4]) {
                                    float a[V], b[V];
                                    unpack16<T>(wy, a);
                                    unpack16<T>(wd, b);
 #pragma unroll
                                    for (int j = 0; j < V; ++j) a[j] = op.out(a[j], b[j], g);
                                    pack16<T>(a, wy);
-                                   store16_streaming(dxr + head + k * V, wy);
+                                   store16_streaming(dxp, wy);
                                  });
     for (long long c = head + packs * V + threadIdx.x; c < n; c += Block) {
       store_one(dxr + c, op.out(load_one(yr + c), load_one(dyr + c), g));

@@ -123,12 +123,13 @@ struct RowWord {
 
 // Where a thread's elements of its rows are: its j-th word (k = slice + j * Slices) at
 // a[j * step] (and b[j * step], out[j * step]) in global memory, at cache[slot + j * 32 *
-// Slices] (and at second + that) on chip.
-template <typename W>
+// Slices] (and at second + that) on chip. The output's words (WO) hold the same P elements in
+// the output's storage type (f32 for forward_f32 of 16-bit input), so `step` counts both.
+template <typename W, typename WO = W>
 struct StridedCursor {
   const W* a;
   const W* b;
-  W* out;
+  WO* out;
   long long step;
   int slot;
   __device__ __forceinline__ void advance(int words, int slot_step) {
@@ -142,9 +143,9 @@ struct StridedCursor {
 // Pass 1 over the next U words (Full) or the `left` < U remaining ones: loads them (keeping a
 // copy on chip) and folds them into the P row states. The full batch has no predicate: the loop
 // that runs it is the steady state; the partial one runs once a row, outside any loop.
-template <typename T, int Slices, int P, bool OnChip, bool Full, typename Stats>
+template <typename T, int Slices, int P, bool OnChip, bool Full, typename Stats, typename WO>
 __device__ __forceinline__ void fold_batch(const Stats& stats, typename Stats::State (&s)[P],
-                                           const StridedCursor<typename RowWord<T, P>::Type>& c,
+                                           const StridedCursor<typename RowWord<T, P>::Type, WO>& c,
                                            SmemPtr<typename RowWord<T, P>::Type> cache, int second, int left) {
   constexpr int U = kStridedBatch;
   using Word = RowWord<T, P>;
@@ -179,9 +180,10 @@ __device__ __forceinline__ void fold_batch(const Stats& stats, typename Stats::S
 
 // Pass 2 over the next U words (or the `left` remaining): each output from the on-chip copy or
 // a second read.
-template <typename T, int Slices, int P, bool OnChip, bool Full, typename Stats>
+template <typename T, typename TO, int Slices, int P, bool OnChip, bool Full, typename Stats>
 __device__ __forceinline__ void write_batch(const Stats& stats, const typename Stats::Row (&r)[P],
-                                            const StridedCursor<typename RowWord<T, P>::Type>& c,
+                                            const StridedCursor<typename RowWord<T, P>::Type,
+                                                                typename RowWord<TO, P>::Type>& c,
                                             SmemPtr<typename RowWord<T, P>::Type> cache, int second, int left) {
   constexpr int U = kStridedBatch;
   using Word = RowWord<T, P>;
@@ -207,18 +209,19 @@ __device__ __forceinline__ void write_batch(const Stats& stats, const typename S
       if constexpr (Stats::kInputs == 2) Word::unpack(wb[u], vb);
 #pragma unroll
       for (int q = 0; q < P; ++q) va[q] = stats.out(va[q], vb[q], r[q]);
-      store_element(c.out + u * c.step, Word::pack(va));
+      store_element(c.out + u * c.step, RowWord<TO, P>::pack(va));
     }
   }
 }
 
 // P = rows a lane: 1, or 2 neighbouring rows (inner even, every tensor aligned to 2 elements)
 // moved as one 4- or 8-byte word, which halves the loads, stores and address arithmetic an
-// element.
-template <typename T, int Slices, bool OnChip, int P, typename Stats>
+// element. TO: the output's storage type (T, or f32 for 16-bit input).
+template <typename T, int Slices, bool OnChip, int P, typename Stats, typename TO = T>
 __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
   constexpr int U = kStridedBatch;
   using W = typename RowWord<T, P>::Type;
+  using WO = typename RowWord<TO, P>::Type;
   const long long inner = p.inner;
   const int n = static_cast<int>(p.cols);  // < 2^31: checked on the host
   const int lane = threadIdx.x % 32;
@@ -241,13 +244,13 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
     const long long start = active ? (o * p.cols * inner + (row - o * inner) + slice * inner) / P : 0;
     // (Forward ops have no dy: their second cursor walks x and is never read.)
     const W* b_base = static_cast<const W*>(Stats::kInputs == 2 ? p.dy : p.x);
-    const StridedCursor<W> first{static_cast<const W*>(p.x) + start, b_base + start, static_cast<W*>(p.y) + start,
-                                 Slices * inner / P, slice * 32 + lane};
+    const StridedCursor<W, WO> first{static_cast<const W*>(p.x) + start, b_base + start,
+                                     static_cast<WO*>(p.y) + start, Slices * inner / P, slice * 32 + lane};
     // Pass 1: the row statistics (and the on-chip copy), U loads in flight.
     typename Stats::State s[P];
 #pragma unroll
     for (int q = 0; q < P; ++q) s[q] = stats.identity();
-    StridedCursor<W> c = first;
+    StridedCursor<W, WO> c = first;
     int j = 0;
     for (; j <= mine - U; j += U, c.advance(U, kSlotStep)) {
       fold_batch<T, Slices, P, OnChip, true>(stats, s, c, cache, second, U);
@@ -261,9 +264,9 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
     c = first;
     j = 0;
     for (; j <= mine - U; j += U, c.advance(U, kSlotStep)) {
-      write_batch<T, Slices, P, OnChip, true>(stats, r, c, cache, second, U);
+      write_batch<T, TO, Slices, P, OnChip, true>(stats, r, c, cache, second, U);
     }
-    if (j < mine) write_batch<T, Slices, P, OnChip, false>(stats, r, c, cache, second, mine - j);
+    if (j < mine) write_batch<T, TO, Slices, P, OnChip, false>(stats, r, c, cache, second, mine - j);
   }
 }
 
@@ -273,24 +276,30 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
 // Slices of 1, 8 and 32 warps a block (32, 256 and 1024 threads), each two-pass and on chip,
 // each with one row a lane (v1) and two (v2). Register budgets: 128 a thread at one warp a
 // block (16 blocks an SM), 64 otherwise.
-#define CS_STRIDED_ONE(op, Stats, dt, T, S, variant, on_chip, P)                        \
+#define CS_STRIDED_ONE(op, Stats, dt, T, TO, S, variant, on_chip, P)                             \
   CS_ENTRY(op##_strided_##variant##_##dt##_s##S##_v##P, 32 * S, (S == 1 ? 16 : 1024 / (32 * S)), \
-           (cs::strided_rows<T, S, on_chip, P, cs::Stats>(p)))
-#define CS_STRIDED_SLICES(op, Stats, dt, T, S)             \
-  CS_STRIDED_ONE(op, Stats, dt, T, S, twopass, false, 1)   \
-  CS_STRIDED_ONE(op, Stats, dt, T, S, twopass, false, 2)   \
-  CS_STRIDED_ONE(op, Stats, dt, T, S, onchip, true, 1)     \
-  CS_STRIDED_ONE(op, Stats, dt, T, S, onchip, true, 2)
-#define CS_STRIDED_DTYPE(op, Stats, dt, T)   \
-  CS_STRIDED_SLICES(op, Stats, dt, T, 1)     \
-  CS_STRIDED_SLICES(op, Stats, dt, T, 8)     \
-  CS_STRIDED_SLICES(op, Stats, dt, T, 32)
-#define CS_STRIDED_OP(op, Stats)                      \
-  CS_STRIDED_DTYPE(op, Stats, f32, float)             \
-  CS_STRIDED_DTYPE(op, Stats, f16, __half)            \
-  CS_STRIDED_DTYPE(op, Stats, bf16, __nv_bfloat16)
+           (cs::strided_rows<T, S, on_chip, P, cs::Stats, TO>(p)))
+#define CS_STRIDED_SLICES(op, Stats, dt, T, TO, S)             \
+  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, twopass, false, 1)   \
+  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, twopass, false, 2)   \
+  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, onchip, true, 1)     \
+  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, onchip, true, 2)
+#define CS_STRIDED_DTYPE(op, Stats, dt, T, TO)   \
+  CS_STRIDED_SLICES(op, Stats, dt, T, TO, 1)     \
+  CS_STRIDED_SLICES(op, Stats, dt, T, TO, 8)     \
+  CS_STRIDED_SLICES(op, Stats, dt, T, TO, 32)
+#define CS_STRIDED_OP(op, Stats)                             \
+  CS_STRIDED_DTYPE(op, Stats, f32, float, float)             \
+  CS_STRIDED_DTYPE(op, Stats, f16, __half, __half)           \
+  CS_STRIDED_DTYPE(op, Stats, bf16, __nv_bfloat16, __nv_bfloat16)
+// f32 output of 16-bit input (Softmax::forward_f32).
+#define CS_STRIDED_OP_TO_F32(op, Stats)                     \
+  CS_STRIDED_DTYPE(op##_to_f32, Stats, f16, __half, float) \
+  CS_STRIDED_DTYPE(op##_to_f32, Stats, bf16, __nv_bfloat16, float)
 
 CS_STRIDED_OP(softmax, ForwardStats<cs::SoftmaxOp>)
 CS_STRIDED_OP(log_softmax, ForwardStats<cs::LogSoftmaxOp>)
 CS_STRIDED_OP(softmax_backward, BackwardStats<cs::SoftmaxBackwardOp>)
 CS_STRIDED_OP(log_softmax_backward, BackwardStats<cs::LogSoftmaxBackwardOp>)
+CS_STRIDED_OP_TO_F32(softmax, ForwardStats<cs::SoftmaxOp>)
+CS_STRIDED_OP_TO_F32(log_softmax, ForwardStats<cs::LogSoftmaxOp>)

@@ -2,12 +2,12 @@
 //! and backward. Built with chained setters (nothing is checked until a call); every call
 //! checks its inputs before anything is launched, so bad input writes nothing.
 
-use crate::element::Element;
+use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::planner::Op;
 use crate::softmax::{
     Rows, backward_new, backward_rows, check_scale, forward_inplace_rows, forward_rows,
-    forward_rows_new,
+    forward_rows_new, forward_rows_to,
 };
 use crate::tensor::DeviceTensor;
 
@@ -170,18 +170,39 @@ impl Softmax {
         }
     }
 
-    /// The op of f16/bf16 `x` with f32 output (like torch's `dtype=float32`: probabilities for
-    /// sampling keep their small values). Not implemented yet: returns `Error::Unsupported` for
-    /// every input (after the same checks as `forward`); use `forward` meanwhile.
+    /// The op of `x` with f32 output, for f16/bf16 `x` (like torch's `dtype=torch.float32`):
+    /// the same f32 arithmetic as `forward`, rounded once to f32 instead of to the input's
+    /// type, so that probabilities for sampling keep their small values (f16 flushes those
+    /// below 6e-8 to 0 and keeps 3 significant digits). One kernel reads `x` once and writes
+    /// f32: no cast pass. For f32 `x` this is `forward`.
     pub fn forward_f32<T: Element>(&self, x: &DeviceTensor<T>) -> Result<DeviceTensor<f32>> {
-        self.row_length(x.shape())?;
-        Err(Error::Unsupported {
-            what: format!(
-                "Softmax::forward_f32 ({} in, f32 out) is not implemented yet; use forward, which returns the \
-                 input's dtype",
-                T::DTYPE.name()
-            ),
-        })
+        let rows = self.row_length(x.shape())?;
+        check_scale(self.scale)?;
+        let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
+        forward_rows_to(self.f32_output_op::<T>(), self.scale, rows, x, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`forward_f32`](Self::forward_f32) into `y` (same shape and device, never overlapping
+    /// `x`: in place is not possible with a wider output). On error nothing is written.
+    pub fn forward_f32_into<T: Element>(
+        &self,
+        x: &DeviceTensor<T>,
+        y: &mut DeviceTensor<f32>,
+    ) -> Result<()> {
+        let rows = self.row_length(x.shape())?;
+        forward_rows_to(self.f32_output_op::<T>(), self.scale, rows, x, y)
+    }
+
+    /// The op that writes f32 from `T`: the f32-output variant for 16-bit input, the op itself
+    /// for f32 input.
+    fn f32_output_op<T: Element>(&self) -> Op {
+        let op = self.op();
+        if T::DTYPE == Dtype::F32 {
+            op
+        } else {
+            op.with_f32_output().unwrap_or(op)
+        }
     }
 
     /// The op of `x`, in place.

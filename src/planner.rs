@@ -43,16 +43,22 @@ pub enum Op {
     LogSoftmaxBackward,
     /// One f32 a row: scale * max + log(sum(exp(scale * (x - max)))).
     LogSumExp,
+    /// Softmax of f16/bf16 input with f32 output (`Softmax::forward_f32`).
+    SoftmaxToF32,
+    /// Log-softmax of f16/bf16 input with f32 output.
+    LogSoftmaxToF32,
 }
 
 impl Op {
     /// Every op, in the order of `KernelConfig::all()`.
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 7] = [
         Op::Softmax,
         Op::LogSoftmax,
         Op::SoftmaxBackward,
         Op::LogSoftmaxBackward,
         Op::LogSumExp,
+        Op::SoftmaxToF32,
+        Op::LogSoftmaxToF32,
     ];
 
     /// The prefix of its entry points' names.
@@ -63,6 +69,35 @@ impl Op {
             Op::SoftmaxBackward => "softmax_backward",
             Op::LogSoftmaxBackward => "log_softmax_backward",
             Op::LogSumExp => "logsumexp",
+            Op::SoftmaxToF32 => "softmax_to_f32",
+            Op::LogSoftmaxToF32 => "log_softmax_to_f32",
+        }
+    }
+
+    /// The input dtypes the op has entry points for: every dtype, except that the f32-output
+    /// ops take f16 and bf16 only (f32 input has `Softmax` / `LogSoftmax`).
+    pub const fn dtypes(self) -> &'static [Dtype] {
+        match self {
+            Op::SoftmaxToF32 | Op::LogSoftmaxToF32 => &[Dtype::F16, Dtype::Bf16],
+            _ => &Dtype::ALL,
+        }
+    }
+
+    /// The storage type of the op's output for `input`: f32 for the `_to_f32` ops and
+    /// logsumexp, else the input's.
+    pub fn output_dtype(self, input: Dtype) -> Dtype {
+        match self {
+            Op::SoftmaxToF32 | Op::LogSoftmaxToF32 | Op::LogSumExp => Dtype::F32,
+            _ => input,
+        }
+    }
+
+    /// The forward op with f32 output for `Softmax` and `LogSoftmax`; `None` for the others.
+    pub fn with_f32_output(self) -> Option<Op> {
+        match self {
+            Op::Softmax => Some(Op::SoftmaxToF32),
+            Op::LogSoftmax => Some(Op::LogSoftmaxToF32),
+            _ => None,
         }
     }
 
@@ -96,10 +131,8 @@ impl Op {
     /// Entry points per dtype.
     const fn configs_per_dtype(self) -> usize {
         match self {
-            Op::Softmax | Op::LogSoftmax | Op::SoftmaxBackward | Op::LogSoftmaxBackward => {
-                CONFIGS_PER_DTYPE + STRIDED_CONFIGS
-            }
             Op::LogSumExp => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
+            _ => CONFIGS_PER_DTYPE + STRIDED_CONFIGS,
         }
     }
 
@@ -111,7 +144,7 @@ impl Op {
             if Op::ALL[i] as usize == self as usize {
                 return first;
             }
-            first += Dtype::ALL.len() * Op::ALL[i].configs_per_dtype();
+            first += Op::ALL[i].dtypes().len() * Op::ALL[i].configs_per_dtype();
             i += 1;
         }
         first
@@ -203,7 +236,7 @@ pub enum Family {
 pub struct KernelConfig {
     /// What the kernel computes.
     pub op: Op,
-    /// Storage type.
+    /// Storage type of the input (the output's is `op.output_dtype(dtype)`).
     pub dtype: Dtype,
     /// Family and tile configuration.
     pub family: Family,
@@ -266,7 +299,7 @@ impl KernelConfig {
         let mut count = 0;
         let mut i = 0;
         while i < Op::ALL.len() {
-            count += Dtype::ALL.len() * Op::ALL[i].configs_per_dtype();
+            count += Op::ALL[i].dtypes().len() * Op::ALL[i].configs_per_dtype();
             i += 1;
         }
         count
@@ -276,8 +309,8 @@ impl KernelConfig {
     /// names (the backends keep per-kernel state in slots by this index); `None` for a
     /// configuration `all()` does not list.
     pub fn index(&self) -> Option<usize> {
-        let dtype = Dtype::ALL.iter().position(|&d| d == self.dtype)?;
         let op = self.op;
+        let dtype = op.dtypes().iter().position(|&d| d == self.dtype)?;
         let blocks = if op.has_block_family() {
             BLOCK_THREADS.len()
         } else {
@@ -405,7 +438,7 @@ impl KernelConfig {
         let mut all = Vec::new();
         for (op, dtype) in Op::ALL
             .into_iter()
-            .flat_map(|op| Dtype::ALL.map(|d| (op, d)))
+            .flat_map(|op| op.dtypes().iter().map(move |&d| (op, d)))
         {
             let v = dtype.vector_width() as u32;
             let mut push = |family| all.push(KernelConfig { op, dtype, family });

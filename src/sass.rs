@@ -299,10 +299,17 @@ impl LoopCensus {
     }
 }
 
-/// Counts one loop of `f`; `element_bytes` is the storage size of the kernel's dtype and
-/// `inputs` the tensors it reads an element of (2 for a backward pass: y and dy), so that an
-/// element is counted once however many loads bring it in.
-pub fn census(f: &Function, l: Loop, element_bytes: u32, inputs: u32) -> LoopCensus {
+/// Counts one loop of `f`; `input_bytes` and `output_bytes` are the storage sizes of the
+/// kernel's input and output elements (2 and 4 for f32 output of 16-bit input) and `inputs` the
+/// tensors it reads an element of (2 for a backward pass: y and dy), so that an element is
+/// counted once however many loads bring it in. Shared memory holds the input's type.
+pub fn census(
+    f: &Function,
+    l: Loop,
+    input_bytes: u32,
+    output_bytes: u32,
+    inputs: u32,
+) -> LoopCensus {
     let mut c = LoopCensus::default();
     for ins in &f.instructions[l.first..=l.last] {
         if ins.opcode == "NOP" {
@@ -311,13 +318,17 @@ pub fn census(f: &Function, l: Loop, element_bytes: u32, inputs: u32) -> LoopCen
         *c.by_class.entry(classify(ins)).or_default() += 1;
         c.instructions += 1;
     }
-    let moved = [
-        c.sum_bytes(|k| matches!(k, Class::GlobalLoad(_))) / inputs.max(1),
-        c.sum_bytes(|k| matches!(k, Class::GlobalStore(_))),
-        c.sum_bytes(|k| matches!(k, Class::SharedLoad(_))),
-        c.sum_bytes(|k| matches!(k, Class::SharedStore(_))),
+    let (input, output) = (
+        f64::from(input_bytes.max(1)),
+        f64::from(output_bytes.max(1)),
+    );
+    let elements = [
+        f64::from(c.sum_bytes(|k| matches!(k, Class::GlobalLoad(_))) / inputs.max(1)) / input,
+        f64::from(c.sum_bytes(|k| matches!(k, Class::GlobalStore(_)))) / output,
+        f64::from(c.sum_bytes(|k| matches!(k, Class::SharedLoad(_)))) / input,
+        f64::from(c.sum_bytes(|k| matches!(k, Class::SharedStore(_)))) / input,
     ];
-    c.elements = f64::from(moved.into_iter().max().unwrap_or(0)) / f64::from(element_bytes.max(1));
+    c.elements = elements.into_iter().fold(0.0, f64::max);
     c
 }
 
@@ -460,7 +471,7 @@ mod tests {
             vec![Loop { first: 1, last: 5 }],
             "the self-branch trap is no loop"
         );
-        let c = census(f, ls[0], 4, 1);
+        let c = census(f, ls[0], 4, 4, 1);
         assert_eq!(c.instructions, 5);
         assert_eq!(c.elements, 4.0, "16 bytes of f32 per iteration");
         assert_eq!(c.narrow_global(), vec![(Class::GlobalStore(4), 1)]);

@@ -68,17 +68,22 @@ impl Rows {
         Rows { n, inner: 1 }
     }
 
-    /// The plan for `len` elements of such rows (`len`, `n` and `inner` non-zero) in tensors at
-    /// `addrs`.
+    /// The plan for `len` elements of such rows (`len`, `n` and `inner` non-zero) with inputs
+    /// of `dtype` at `inputs` and the output at `output`.
     fn plan(
         &self,
         op: Op,
         len: usize,
         dtype: Dtype,
-        addrs: &[u64],
+        (inputs, output): (&[u64], u64),
         limits: &DeviceLimits,
     ) -> LaunchPlan {
-        let aligned_to = |bytes: usize| addrs.iter().all(|a| a.is_multiple_of(bytes as u64));
+        let aligned_to = |bytes: usize| {
+            inputs
+                .iter()
+                .chain([&output])
+                .all(|a| a.is_multiple_of(bytes as u64))
+        };
         if self.inner == 1 {
             let problem = SoftmaxProblem {
                 op,
@@ -95,7 +100,11 @@ impl Rows {
                 n: self.n,
                 inner: self.inner,
                 dtype,
-                aligned_pairs: aligned_to(2 * dtype.size_bytes()),
+                // Two elements of each tensor move as one word of its own type.
+                aligned_pairs: inputs
+                    .iter()
+                    .all(|a| a.is_multiple_of(2 * dtype.size_bytes() as u64))
+                    && output.is_multiple_of(2 * op.output_dtype(dtype).size_bytes() as u64),
             };
             plan_strided(&problem, limits)
         }
@@ -161,10 +170,38 @@ pub(crate) fn forward_rows<T: Element>(
     x: &DeviceTensor<T>,
     y: &mut DeviceTensor<T>,
 ) -> Result<()> {
+    forward_rows_to(op, scale, shape, x, y)
+}
+
+/// A forward op whose output type `O` may differ from the input's: `op.output_dtype(T)` (f32
+/// for the `_to_f32` ops of 16-bit input). In place only when `T` and `O` are the same type.
+pub(crate) fn forward_rows_to<T: Element, O: Element>(
+    op: Op,
+    scale: f32,
+    shape: Rows,
+    x: &DeviceTensor<T>,
+    y: &mut DeviceTensor<O>,
+) -> Result<()> {
     if x.shape().is_empty() {
         return Err(Error::ScalarInput { op: op.name() });
     }
     check_scale(scale)?;
+    if op.output_dtype(T::DTYPE) != O::DTYPE || !op.dtypes().contains(&T::DTYPE) {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{} takes {} input to {} output, not {} to {}",
+                op.name(),
+                op.dtypes()
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                op.output_dtype(op.dtypes()[0]).name(),
+                T::DTYPE.name(),
+                O::DTYPE.name()
+            ),
+        });
+    }
     if !x.device().same_as(y.device()) {
         return Err(Error::DeviceMismatch);
     }
@@ -175,6 +212,7 @@ pub(crate) fn forward_rows<T: Element>(
             right: y.shape().to_vec(),
         });
     }
+    // Different element sizes never line up element for element: any overlap is partial.
     if x.overlap(y) == Overlap::Partial {
         return Err(Error::PartialOverlap);
     }
@@ -187,7 +225,7 @@ pub(crate) fn forward_rows<T: Element>(
         op,
         x.len(),
         T::DTYPE,
-        &[x_addr, y_addr],
+        (&[x_addr], y_addr),
         &x.device().limits(),
     );
     let both = [y.access_range(true), x.access_range(false)];
@@ -298,8 +336,13 @@ pub(crate) fn backward_rows<T: Element>(
         return Ok(());
     }
     let (y_addr, dy_addr, dx_addr) = (y.addr(), dy.addr(), dx.addr());
-    let addrs = [y_addr, dy_addr, dx_addr];
-    let plan = shape.plan(op, y.len(), T::DTYPE, &addrs, &y.device().limits());
+    let plan = shape.plan(
+        op,
+        y.len(),
+        T::DTYPE,
+        (&[y_addr, dy_addr], dx_addr),
+        &y.device().limits(),
+    );
     // dx (writable), then the inputs it is not the same view as.
     let mut ranges = [dx.access_range(true); 3];
     let mut n = 1;
@@ -463,12 +506,12 @@ mod strided_kernels {
             .collect();
         let dy: Vec<f64> = (0..rows * n).map(|_| rng.uniform() * 2.0 - 1.0).collect();
         match op {
-            Op::Softmax => Case {
+            Op::Softmax | Op::SoftmaxToF32 => Case {
                 want: reference::softmax_rows_scaled(&logits, n, scale),
                 a: logits,
                 b: Vec::new(),
             },
-            Op::LogSoftmax => Case {
+            Op::LogSoftmax | Op::LogSoftmaxToF32 => Case {
                 want: reference::log_softmax_rows(&logits, n, scale),
                 a: logits,
                 b: Vec::new(),
@@ -495,7 +538,8 @@ mod strided_kernels {
 
     /// Launches `kernel` directly on [outer, n, inner] with `grid` blocks (in place: y over x,
     /// or dx over dy) and checks it against the reference and its traffic.
-    fn check_kernel<T: Element>(
+    /// `O` is the output's storage type (f32 for the `_to_f32` ops); those have no in place.
+    fn check_kernel<T: Element, O: Element>(
         device: &Device,
         rng: &mut Rng,
         kernel: KernelConfig,
@@ -503,6 +547,15 @@ mod strided_kernels {
         grid: u32,
         in_place: bool,
     ) -> bool {
+        assert_eq!(
+            kernel.op.output_dtype(T::DTYPE),
+            O::DTYPE,
+            "{}",
+            kernel.name()
+        );
+        if in_place && O::DTYPE != T::DTYPE {
+            return false;
+        }
         let rows = outer * inner;
         let scale = 1.7;
         let c = case(rng, kernel.op, rows, n, scale);
@@ -526,13 +579,13 @@ mod strided_kernels {
         let x = upload(&c.a);
         let dy = if backward { upload(&c.b) } else { upload(&c.a) };
         let poisoned =
-            DeviceTensor::from_host(device, &vec![T::poison(); rows * n], &[outer, n, inner])
+            DeviceTensor::from_host(device, &vec![O::poison(); rows * n], &[outer, n, inner])
                 .unwrap();
         // The output: a poisoned tensor, or the input it overwrites.
-        let out = match (in_place, backward) {
-            (false, _) => &poisoned,
-            (true, false) => &x,
-            (true, true) => &dy,
+        let out_range = match (in_place, backward) {
+            (false, _) => poisoned.access_range(true),
+            (true, false) => x.access_range(true),
+            (true, true) => dy.access_range(true),
         };
         let Family::Strided {
             on_chip,
@@ -560,7 +613,7 @@ mod strided_kernels {
         }
         let params = SoftmaxParams {
             x: x.addr(),
-            y: out.addr(),
+            y: out_range.addr,
             dy: if backward { dy.addr() } else { 0 },
             rows: rows as i64,
             cols: n as i64,
@@ -568,11 +621,11 @@ mod strided_kernels {
             scale: scale as f32,
             ..SoftmaxParams::default()
         };
-        let mut ranges = vec![out.access_range(true)];
-        if out.addr() != x.addr() {
+        let mut ranges = vec![out_range];
+        if out_range.addr != x.addr() {
             ranges.push(x.access_range(false));
         }
-        if backward && out.addr() != dy.addr() {
+        if backward && out_range.addr != dy.addr() {
             ranges.push(dy.access_range(false));
         }
         device.launch(&[stage], params, &ranges, 0).unwrap();
@@ -580,6 +633,7 @@ mod strided_kernels {
         // twice by the two-pass kernels.
         let stats = device.last_launch_stats().unwrap();
         let tensor_bytes = (rows * n * T::DTYPE.size_bytes()) as u64;
+        let out_bytes = (rows * n * O::DTYPE.size_bytes()) as u64;
         let reads = if on_chip { 1 } else { 2 };
         assert_eq!(
             stats.kernel_bytes_read,
@@ -587,20 +641,25 @@ mod strided_kernels {
             "{}",
             kernel.name()
         );
-        assert_eq!(
-            stats.kernel_bytes_written,
-            tensor_bytes,
-            "{}",
-            kernel.name()
-        );
-        let got: Vec<f64> = out.to_host().unwrap().iter().map(|v| v.to_f64()).collect();
-        let got: Vec<T> = reference::gather_rows(&got, outer, n, inner)
+        assert_eq!(stats.kernel_bytes_written, out_bytes, "{}", kernel.name());
+        let to_f64 = |v: &[_]| -> Vec<f64> { v.iter().map(|v: &T| v.to_f64()).collect() };
+        let got: Vec<f64> = match (in_place, backward) {
+            (false, _) => poisoned
+                .to_host()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f64())
+                .collect(),
+            (true, false) => to_f64(&x.to_host().unwrap()),
+            (true, true) => to_f64(&dy.to_host().unwrap()),
+        };
+        let got: Vec<O> = reference::gather_rows(&got, outer, n, inner)
             .iter()
-            .map(|&v| T::from_f64(v))
+            .map(|&v| O::from_f64(v))
             .collect();
         let tol = match kernel.op {
-            Op::LogSoftmax => Tolerance::log_softmax(T::DTYPE),
-            _ => Tolerance::softmax(T::DTYPE),
+            Op::LogSoftmax | Op::LogSoftmaxToF32 => Tolerance::log_softmax(O::DTYPE),
+            _ => Tolerance::softmax(O::DTYPE),
         };
         // Backward: f32 arithmetic on the terms that cancel (dy against the row sum), as
         // tests/common/backward.rs allows: softmax 4e-6 s |y| (|dy| + sum|y dy|), log-softmax
@@ -634,20 +693,30 @@ mod strided_kernels {
 
     fn case_want(op: Op, a: &[f64], b: &[f64], n: usize, scale: f64) -> Vec<f64> {
         match op {
-            Op::Softmax => reference::softmax_rows_scaled(a, n, scale),
-            Op::LogSoftmax => reference::log_softmax_rows(a, n, scale),
+            Op::Softmax | Op::SoftmaxToF32 => reference::softmax_rows_scaled(a, n, scale),
+            Op::LogSoftmax | Op::LogSoftmaxToF32 => reference::log_softmax_rows(a, n, scale),
             Op::SoftmaxBackward => reference::softmax_backward_rows(a, b, n, scale),
             Op::LogSoftmaxBackward => reference::log_softmax_backward_rows(a, b, n, scale),
             Op::LogSumExp => unreachable!(),
         }
     }
 
-    fn every_kernel<T: Element>(device: &Device, rng: &mut Rng) {
+    /// Every strided kernel of input type T whose output type is O.
+    fn every_kernel<T: Element, O: Element>(device: &Device, rng: &mut Rng) {
         let kernels: Vec<KernelConfig> = KernelConfig::all()
             .into_iter()
             .filter(|k| k.dtype == T::DTYPE && matches!(k.family, Family::Strided { .. }))
+            .filter(|k| k.op.output_dtype(T::DTYPE) == O::DTYPE)
             .collect();
-        assert_eq!(kernels.len(), 4 * 12, "{} strided kernels", T::DTYPE.name());
+        // Four ops, and f32 output of softmax and log-softmax for 16-bit input.
+        let ops = if O::DTYPE == T::DTYPE { 4 } else { 2 };
+        assert_eq!(
+            kernels.len(),
+            ops * 12,
+            "{} -> {} strided kernels",
+            T::DTYPE.name(),
+            O::DTYPE.name()
+        );
         // Partial last tiles, rows shorter than the slices (idle warps), rows that are not a
         // whole number of batches, one row element, and a grid smaller than the tiles (the
         // kernel loops over tiles).
@@ -681,11 +750,13 @@ mod strided_kernels {
             for &(shape, grid) in shapes {
                 for in_place in [false, true] {
                     checked +=
-                        check_kernel::<T>(device, rng, kernel, shape, grid, in_place) as usize;
+                        check_kernel::<T, O>(device, rng, kernel, shape, grid, in_place) as usize;
                 }
             }
+            // (No in place for a wider output: half the cases.)
+            let least = if O::DTYPE == T::DTYPE { 8 } else { 4 };
             assert!(
-                checked >= 8,
+                checked >= least,
                 "{}: {checked} cases fit the emulator",
                 kernel.name()
             );
@@ -698,8 +769,10 @@ mod strided_kernels {
     fn every_strided_kernel_matches_the_reference() {
         let device = Device::emulator();
         let mut rng = Rng::new(Rng::seed_from_env());
-        every_kernel::<f32>(&device, &mut rng);
-        every_kernel::<f16>(&device, &mut rng);
-        every_kernel::<bf16>(&device, &mut rng);
+        every_kernel::<f32, f32>(&device, &mut rng);
+        every_kernel::<f16, f16>(&device, &mut rng);
+        every_kernel::<bf16, bf16>(&device, &mut rng);
+        every_kernel::<f16, f32>(&device, &mut rng);
+        every_kernel::<bf16, f32>(&device, &mut rng);
     }
 }

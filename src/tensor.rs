@@ -331,10 +331,13 @@ impl<T: Element> DeviceTensor<T> {
 
     /// How two views on one device relate in memory. Compared by address, so that buffers
     /// wrapped twice from the same cudarc memory are caught too.
-    pub(crate) fn overlap(&self, other: &Self) -> Overlap {
-        let bytes = |t: &Self| (t.len() * size_of::<T>()) as u64;
+    /// Views of different element types are never identical unless their bytes coincide.
+    pub(crate) fn overlap<U: Element>(&self, other: &DeviceTensor<U>) -> Overlap {
         let (a0, b0) = (self.addr(), other.addr());
-        let (a1, b1) = (a0 + bytes(self), b0 + bytes(other));
+        let (a1, b1) = (
+            a0 + (self.len() * size_of::<T>()) as u64,
+            b0 + (other.len() * size_of::<U>()) as u64,
+        );
         if self.is_empty() || other.is_empty() || a1 <= b0 || b1 <= a0 {
             Overlap::None
         } else if a0 == b0 && a1 == b1 {

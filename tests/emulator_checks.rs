@@ -5,7 +5,8 @@ mod common;
 
 use cuda_softmax::planner::{Family, KernelConfig};
 use cuda_softmax::{
-    Device, DeviceTensor, Element, EmulatorConfig, Error, Schedule, emulator_kernel_names, softmax,
+    Device, DeviceTensor, Element, EmulatorConfig, Error, Schedule, Softmax, emulator_kernel_names,
+    f16, softmax,
 };
 
 const SCHEDULES: [Schedule; 4] = [
@@ -527,6 +528,72 @@ fn global_traffic_matches_the_performance_model() {
             stats.kernel,
             (stats.kernel_bytes_read + stats.kernel_bytes_written) as f64 / (2.0 * min),
             100.0 * share
+        );
+    }
+}
+
+/// `forward_f32` reads the 16-bit input as often as `forward` does (once, or twice for the
+/// two-pass families) and writes 4 bytes an element once, in 16-byte accesses on aligned rows:
+/// no cast pass, no second write.
+#[test]
+fn forward_f32_reads_16_bit_once_and_writes_f32_once() {
+    let d = emulator(Schedule::Forward);
+    // (shape, dim, kernel name prefix, reads of x)
+    let cases: [(&[usize], isize, &str, u64); 7] = [
+        (&[6, 8], -1, "softmax_to_f32_warp_f16_w1_c8_v8", 1),
+        (&[6, 1024], -1, "softmax_to_f32_warp_f16_w32_c32_v8", 1),
+        (&[6, 8192], -1, "softmax_to_f32_block_f16", 1),
+        (&[8, 65536], -1, "softmax_to_f32_online_f16", 2),
+        (&[3, 65536], -1, "softmax_to_f32_split_stats_f16", 2),
+        (&[4, 64, 30], 1, "softmax_to_f32_strided_onchip_f16", 1),
+        (&[2, 64, 3000], 1, "softmax_to_f32_strided", 1),
+    ];
+    for (shape, dim, kernel, reads) in cases {
+        let n: usize = shape.iter().product();
+        let x = DeviceTensor::<f16>::from_host(&d, &vec![f16::from_f32(0.5); n], shape).unwrap();
+        let y = Softmax::new().dim(dim).forward_f32(&x).unwrap();
+        let stats = d.last_launch_stats().unwrap();
+        assert!(
+            stats.kernel.starts_with(kernel),
+            "{shape:?} ran {}",
+            stats.kernel
+        );
+        // Split-row also writes and reads its per-chunk states: a few bytes per block.
+        let states = if kernel.contains("split") {
+            2 * 8 * 1024
+        } else {
+            0
+        };
+        let read = stats.kernel_bytes_read;
+        assert!(
+            read >= reads * 2 * n as u64 && read <= reads * 2 * n as u64 + states,
+            "{}: read {read} bytes of {n} f16 elements",
+            stats.kernel
+        );
+        let written = stats.kernel_bytes_written;
+        assert!(
+            written >= 4 * n as u64 && written <= 4 * n as u64 + states,
+            "{}: wrote {written} bytes for {n} f32 elements",
+            stats.kernel
+        );
+        if dim == -1 {
+            let share = stats.accesses_16b as f64 / stats.accesses as f64;
+            assert!(
+                share >= 0.99,
+                "{}: {share} of accesses 16 bytes",
+                stats.kernel
+            );
+        }
+        let probabilities = y.to_host().unwrap();
+        let row = shape[if dim == -1 {
+            shape.len() - 1
+        } else {
+            dim as usize
+        }] as f32;
+        assert!(
+            probabilities.iter().all(|&p| p == 1.0 / row),
+            "{}",
+            stats.kernel
         );
     }
 }

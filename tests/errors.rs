@@ -1,6 +1,6 @@
 //! Bad input gets a clear error and changes nothing; missing hardware is an error, not a panic.
 
-use cuda_softmax::{Device, DeviceTensor, Error, softmax, softmax_into};
+use cuda_softmax::{Device, DeviceTensor, Error, Softmax, f16, softmax, softmax_into};
 
 fn poison(n: usize) -> Vec<f32> {
     vec![f32::from_bits(0x7fa5_5a5a); n]
@@ -41,6 +41,49 @@ fn tensors_on_different_devices_are_rejected() {
     let mut y = DeviceTensor::from_host(&b, &poison(4), &[4]).unwrap();
     assert_eq!(softmax_into(&x, &mut y).unwrap_err(), Error::DeviceMismatch);
     assert!(untouched(&y));
+}
+
+/// `forward_f32` (16-bit in, f32 out) checks its input like `forward`: each bad input is an
+/// error that writes nothing.
+#[test]
+fn forward_f32_rejects_bad_input_and_writes_nothing() {
+    let (d, other) = (Device::emulator(), Device::emulator());
+    let x = DeviceTensor::from_host(&d, &[f16::from_f32(0.5); 12], &[3, 4]).unwrap();
+    let mut y = DeviceTensor::from_host(&d, &poison(12), &[3, 4]).unwrap();
+    let mut wrong_shape = DeviceTensor::from_host(&d, &poison(12), &[4, 3]).unwrap();
+    let e = Softmax::new()
+        .forward_f32_into(&x, &mut wrong_shape)
+        .unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    let mut elsewhere = DeviceTensor::from_host(&other, &poison(12), &[3, 4]).unwrap();
+    let e = Softmax::new()
+        .forward_f32_into(&x, &mut elsewhere)
+        .unwrap_err();
+    assert_eq!(e, Error::DeviceMismatch);
+    for scale in [0.0, -2.0, f32::NAN, f32::INFINITY] {
+        let op = Softmax::new().scale(scale);
+        assert!(matches!(
+            op.forward_f32(&x).unwrap_err(),
+            Error::BadScale { .. }
+        ));
+        assert!(matches!(
+            op.forward_f32_into(&x, &mut y).unwrap_err(),
+            Error::BadScale { .. }
+        ));
+    }
+    for dim in [2, -3] {
+        let e = Softmax::new()
+            .dim(dim)
+            .forward_f32_into(&x, &mut y)
+            .unwrap_err();
+        assert!(matches!(e, Error::BadDim { .. }), "{e}");
+    }
+    let scalar = DeviceTensor::from_host(&d, &[f16::from_f32(1.0)], &[]).unwrap();
+    assert!(Softmax::new().forward_f32(&scalar).is_err());
+    assert!(untouched(&y) && untouched(&wrong_shape) && untouched(&elsewhere));
+    // And the valid call: rows of 4 equal logits.
+    Softmax::new().forward_f32_into(&x, &mut y).unwrap();
+    assert_eq!(y.to_host().unwrap(), vec![0.25f32; 12]);
 }
 
 #[test]

@@ -138,9 +138,17 @@ macro_rules! op_suite {
         fn $name() {
             let device = shuffled(stringify!($name));
             let mut rng = common::seeded_rng(stringify!($name));
-            let ops = [(true, 1.0), (false, 0.125), (true, 3.7), (false, 3.7)];
+            // Log-softmax below scale 1 too: x - max overflows f32 near the range's ends there
+            // while the result is finite.
+            let ops = [
+                (true, 1.0),
+                (false, 0.125),
+                (true, 3.7),
+                (false, 3.7),
+                (true, 0.125),
+            ];
             for (log, scale) in ops {
-                common::with_forward(common::Forward { log, scale }, || {
+                common::with_forward(common::Forward::new(log, scale), || {
                     common::edge_shapes::<$dtype>(&device, &mut rng);
                     common::family_sweep::<$dtype>(&device, &mut rng);
                     common::special_values::<$dtype>(&device, &mut rng);
@@ -155,6 +163,40 @@ macro_rules! op_suite {
 op_suite!(f32_log_softmax_and_scale, f32);
 op_suite!(f16_log_softmax_and_scale, f16);
 op_suite!(bf16_log_softmax_and_scale, bf16);
+
+/// `forward_f32`: f16/bf16 in, f32 out, held to f32's tolerance (a kernel that rounded through the
+/// input's type, or flushed the small probabilities it cannot hold, fails). Softmax and
+/// log-softmax at several scales through every family (the family sweep), edge shapes, special
+/// values, misaligned views, higher rank, and every dimension of rank-1 to rank-4 tensors (the
+/// strided family), in a shuffled thread order; f32 input takes the plain forward kernels.
+macro_rules! f32_output_suite {
+    ($name:ident, $dtype:ty) => {
+        #[test]
+        fn $name() {
+            let device = shuffled(stringify!($name));
+            let mut rng = common::seeded_rng(stringify!($name));
+            let ops = [(false, 1.0), (true, 1.0), (false, 3.7), (true, 0.125)];
+            for (log, scale) in ops {
+                let op = common::Forward {
+                    f32_out: true,
+                    ..common::Forward::new(log, scale)
+                };
+                common::with_forward(op, || {
+                    common::edge_shapes::<$dtype>(&device, &mut rng);
+                    common::family_sweep::<$dtype>(&device, &mut rng);
+                    common::special_values::<$dtype>(&device, &mut rng);
+                    common::misaligned_views::<$dtype>(&device, &mut rng);
+                    common::shapes_and_in_place::<$dtype>(&device, &mut rng);
+                    common::strided::forward_dims::<$dtype>(&device, &mut rng);
+                });
+            }
+        }
+    };
+}
+
+f32_output_suite!(f16_forward_f32, f16);
+f32_output_suite!(bf16_forward_f32, bf16);
+f32_output_suite!(f32_forward_f32, f32);
 
 /// Softmax and log-softmax backward: every family, masked elements and rows, views, in place.
 macro_rules! backward_suite {
@@ -199,7 +241,7 @@ macro_rules! dims_suite {
             let mut rng = common::seeded_rng(stringify!($name));
             let ops = [(false, 1.0), (true, 1.0), (false, 0.125), (true, 3.7)];
             for (log, scale) in ops {
-                common::with_forward(common::Forward { log, scale }, || {
+                common::with_forward(common::Forward::new(log, scale), || {
                     common::strided::forward_dims::<$dtype>(&device, &mut rng);
                 });
             }
@@ -223,15 +265,9 @@ fn every_dim_in_every_schedule() {
         common::with_forward(common::SOFTMAX, || {
             common::strided::forward_dims::<f32>(&device, &mut rng);
         });
-        common::with_forward(
-            common::Forward {
-                log: true,
-                scale: 3.7,
-            },
-            || {
-                common::strided::forward_dims::<bf16>(&device, &mut rng);
-            },
-        );
+        common::with_forward(common::Forward::new(true, 3.7), || {
+            common::strided::forward_dims::<bf16>(&device, &mut rng);
+        });
         common::strided::backward_dims::<f16>(&device, &mut rng);
     }
 }

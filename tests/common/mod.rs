@@ -35,23 +35,63 @@ pub const ALIGNED: Layout = Layout {
     y_offset: 0,
 };
 
-/// The forward op the shared checks run: softmax or log-softmax of `scale * x`. The suites are
-/// written once and run under each op with `with_forward`.
+/// The forward op the shared checks run: softmax or log-softmax of `scale * x`, with output in
+/// the input's type or (`f32_out`) in f32 through `forward_f32`. The suites are written once and
+/// run under each op with `with_forward`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Forward {
     pub log: bool,
     pub scale: f32,
+    pub f32_out: bool,
 }
 
 /// Plain softmax, scale 1: what `check_case` runs unless told otherwise.
 pub const SOFTMAX: Forward = Forward {
     log: false,
     scale: 1.0,
+    f32_out: false,
 };
 
 impl Forward {
+    /// Softmax or log-softmax at `scale`, output in the input's type.
+    pub const fn new(log: bool, scale: f32) -> Forward {
+        Forward {
+            log,
+            scale,
+            f32_out: false,
+        }
+    }
+
     pub fn op(&self) -> Softmax {
         Softmax::new().log(self.log).scale(self.scale)
+    }
+
+    /// Checks `got`, this op of the rows of `x` (rows of `cols`, in any storage type), against
+    /// the f64 reference in the output's own tolerance and rounding, panicking with `detail`
+    /// and the worst element on failure.
+    pub fn check_output<O: Element>(&self, x: &[f64], got: &[O], cols: usize, detail: &str) {
+        let want = self.expected::<O>(x, cols, got);
+        let c = compare(got, &want, self.tolerance(O::DTYPE));
+        assert!(
+            c.passed(),
+            "{detail}: {self:?} out {}: {c}",
+            O::DTYPE.name()
+        );
+        if std::env::var_os("CS_ROUNDING_STATS").is_some() {
+            eprintln!(
+                "rounding {} {detail}: {}",
+                O::DTYPE.name(),
+                rounding_stats(got, &want, cols)
+            );
+        }
+        // Probabilities are computed to a relative error far below the storage type's, so they
+        // must come out rounded once. Log-probabilities carry an absolute error (from log(sum)),
+        // which is a large relative error for values near 0: `compare` holds them to it instead.
+        if !self.log
+            && let Err(e) = check_storage_rounding(got, &want, cols)
+        {
+            panic!("{detail}: {self:?}: {e}");
+        }
     }
 
     /// What `got` (this op of `x`, rows of `cols`) is checked against: the f64 reference, each
@@ -118,18 +158,30 @@ pub fn run_softmax<T: Element>(
     cols: usize,
     layout: Layout,
 ) -> Vec<T> {
+    run_forward(device, x, rows, cols, layout, |x, y| {
+        forward().op().forward_into(x, y).expect("forward_into")
+    })
+}
+
+/// Runs `f(x, y)` on `x` (rows x cols) and a poisoned output of type O, laid out as `layout`
+/// says; returns the output as host values, after checking nothing outside it changed.
+pub fn run_forward<T: Element, O: Element>(
+    device: &Device,
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+    f: impl FnOnce(&DeviceTensor<T>, &mut DeviceTensor<O>),
+) -> Vec<O> {
     let n = rows * cols;
     let mut x_buf = vec![T::from_f64(0.0); n + layout.x_offset + 3];
     x_buf[layout.x_offset..layout.x_offset + n].copy_from_slice(x);
     let x_all = DeviceTensor::from_host(device, &x_buf, &[x_buf.len()]).expect("upload x");
     let x_view = x_all.view(layout.x_offset, &[rows, cols]).expect("x view");
-    let y_buf = vec![T::poison(); n + layout.y_offset + 3];
+    let y_buf = vec![O::poison(); n + layout.y_offset + 3];
     let y_all = DeviceTensor::from_host(device, &y_buf, &[y_buf.len()]).expect("upload poisoned y");
     let mut y_view = y_all.view(layout.y_offset, &[rows, cols]).expect("y view");
-    forward()
-        .op()
-        .forward_into(&x_view, &mut y_view)
-        .expect("forward_into");
+    f(&x_view, &mut y_view);
     let y_host = y_all.to_host().expect("download y");
     // Nothing outside the output view may change.
     let outside = y_host[..layout.y_offset]
@@ -153,42 +205,21 @@ pub fn check_case<T: Element>(
     layout: Layout,
     what: &str,
 ) {
-    let got = run_softmax(device, x, rows, cols, layout);
     let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
     let op = forward();
-    let want = op.expected::<T>(&x64, cols, &got);
-    let c = compare(&got, &want, op.tolerance(T::DTYPE));
-    assert!(
-        c.passed(),
-        "{what}: {op:?} {} [{}x{}] {:?} on {}: {c}",
+    let detail = format!(
+        "{what}: {} [{rows}x{cols}] {layout:?} on {}",
         T::DTYPE.name(),
-        rows,
-        cols,
-        layout,
         device.name()
     );
-    if std::env::var_os("CS_ROUNDING_STATS").is_some() {
-        eprintln!(
-            "rounding {} [{rows}x{cols}] {what}: {}",
-            T::DTYPE.name(),
-            rounding_stats(&got, &want, cols)
-        );
-    }
-    // Probabilities are computed to a relative error far below the storage type's, so they
-    // must come out rounded once. Log-probabilities carry an absolute error (from log(sum)),
-    // which is a large relative error for values near 0: `compare` holds them to it instead.
-    if op.log {
-        return;
-    }
-    if let Err(e) = check_storage_rounding(&got, &want, cols) {
-        panic!(
-            "{what}: {} [{}x{}] {:?} on {}: {e}",
-            T::DTYPE.name(),
-            rows,
-            cols,
-            layout,
-            device.name()
-        );
+    if op.f32_out {
+        let got = run_forward::<T, f32>(device, x, rows, cols, layout, |x, y| {
+            op.op().forward_f32_into(x, y).expect("forward_f32_into")
+        });
+        op.check_output(&x64, &got, cols, &detail);
+    } else {
+        let got = run_softmax(device, x, rows, cols, layout);
+        op.check_output(&x64, &got, cols, &detail);
     }
 }
 
@@ -467,10 +498,20 @@ pub fn shapes_and_in_place<T: Element>(device: &Device, rng: &mut Rng) {
     let x: Vec<T> = rng.logits(4 * 5 * 77, 5.0);
     let op = forward();
     let xt = DeviceTensor::from_host(device, &x, &[4, 5, 77]).unwrap();
+    let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+    if op.f32_out {
+        let y = op.op().forward_f32(&xt).unwrap();
+        assert_eq!(y.shape(), &[4, 5, 77]);
+        op.check_output(&x64, &y.to_host().unwrap(), 77, "rank 3");
+        // No in place with a wider output; an empty batch is still Ok.
+        let empty = DeviceTensor::<T>::from_host(device, &[], &[0, 5]).unwrap();
+        assert_eq!(op.op().forward_f32(&empty).unwrap().shape(), &[0, 5]);
+        return;
+    }
     let y = op.op().forward(&xt).unwrap();
     assert_eq!(y.shape(), &[4, 5, 77]);
     let got = y.to_host().unwrap();
-    let want = op.expected::<T>(&x.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), 77, &got);
+    let want = op.expected::<T>(&x64, 77, &got);
     let c = compare(&got, &want, op.tolerance(T::DTYPE));
     assert!(c.passed(), "rank 3: {c}");
 
