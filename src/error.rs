@@ -264,8 +264,8 @@ impl fmt::Display for Error {
             ),
             Error::BadScale { scale } => write!(
                 f,
-                "softmax scale {scale} is not a positive finite number; pass a scale > 0 (for a negative temperature, \
-                 negate the input instead)"
+                "softmax scale {scale} is not a positive number in [1e-30, 1e30]; pass such a scale (for a negative \
+                 temperature, negate the input instead)"
             ),
             Error::BadDim { dim, rank } => write!(
                 f,

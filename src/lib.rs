@@ -40,8 +40,8 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use op::Softmax;
 pub use softmax::{
-    log_softmax, log_softmax_backward, log_softmax_into, logsumexp, softmax, softmax_backward,
-    softmax_inplace, softmax_into,
+    SCALE_MAX, SCALE_MIN, log_softmax, log_softmax_backward, log_softmax_into, logsumexp, softmax,
+    softmax_backward, softmax_inplace, softmax_into,
 };
 pub use tensor::DeviceTensor;
 

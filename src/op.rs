@@ -50,8 +50,9 @@ impl Softmax {
         Softmax { dim, ..self }
     }
 
-    /// The op is taken of `scale * x` (default 1). Must be positive and finite
-    /// ([`Error::BadScale`] otherwise, at the call): for a negative temperature negate the input.
+    /// The op is taken of `scale * x` (default 1). Must lie in [1e-30, 1e30]
+    /// ([`crate::SCALE_MIN`], [`crate::SCALE_MAX`]; [`Error::BadScale`] otherwise, at the
+    /// call): for a negative temperature negate the input.
     /// The scale is folded into the exponent's factor, so it costs no pass and no instruction.
     pub fn scale(self, scale: f32) -> Softmax {
         Softmax { scale, ..self }
@@ -183,8 +184,9 @@ impl Softmax {
         Ok(y)
     }
 
-    /// [`forward_f32`](Self::forward_f32) into `y` (same shape and device, never overlapping
-    /// `x`: in place is not possible with a wider output). On error nothing is written.
+    /// [`forward_f32`](Self::forward_f32) into `y` (same shape and device). For 16-bit `x`, `y`
+    /// must not overlap `x` at all (in place is not possible with a wider output); for f32 `x`
+    /// this is `forward_into`, in place included. On error nothing is written.
     pub fn forward_f32_into<T: Element>(
         &self,
         x: &DeviceTensor<T>,
@@ -222,7 +224,17 @@ mod tests {
         let device = Device::emulator();
         let x = DeviceTensor::<f32>::from_host(&device, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
         let mut y = DeviceTensor::<f32>::from_host(&device, &[7.0; 4], &[2, 2]).unwrap();
-        for scale in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        // Also scales f32 cannot carry (NaN rows above 2.4e38, wrong sums below 2.6e-37).
+        for scale in [
+            0.0,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            9e-31,
+            1.1e30,
+            f32::MAX,
+            1e-38,
+        ] {
             let e = Softmax::new()
                 .scale(scale)
                 .forward_into(&x, &mut y)
@@ -237,6 +249,20 @@ mod tests {
             assert!(matches!(e, Error::BadDim { .. }), "{dim}: {e}");
         }
         assert_eq!(y.to_host().unwrap(), vec![7.0; 4]);
+        // The ends of the range work: at 1e30 a row of two logits 1 apart is one-hot; at 1e-30
+        // it is uniform.
+        let pair = DeviceTensor::<f32>::from_host(&device, &[0.0, 1.0], &[2]).unwrap();
+        let hot = Softmax::new()
+            .scale(crate::SCALE_MAX)
+            .forward(&pair)
+            .unwrap();
+        assert_eq!(hot.to_host().unwrap(), vec![0.0, 1.0]);
+        let flat = Softmax::new()
+            .scale(crate::SCALE_MIN)
+            .forward(&pair)
+            .unwrap();
+        assert_eq!(flat.to_host().unwrap(), vec![0.5, 0.5]);
+
         // dim 0 of [2, 1] is one row of 2; the last dimension is two rows of 1.
         let col = DeviceTensor::<f32>::from_host(&device, &[0.0, (3.0f32).ln()], &[2, 1]).unwrap();
         let y = Softmax::new()

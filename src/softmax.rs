@@ -43,9 +43,19 @@ pub fn log_softmax_into<T: Element>(x: &DeviceTensor<T>, y: &mut DeviceTensor<T>
     forward_rows_into(Op::LogSoftmax, 1.0, x, y)
 }
 
-/// Checks a scale: the ops take `scale * x` with `scale > 0` and finite.
+/// The scales the ops accept: `scale * x` is taken for scale in [SCALE_MIN, SCALE_MAX].
+/// Outside, f32 cannot carry the kernels' arithmetic: above about 2.4e38 the exponent's factor
+/// log2(e) * scale overflows (every row NaN); below about 2.6e-37, x - max overflows where
+/// scale * (x - max) is still a few units (wrong sums). Within, an overflowed x - max means an
+/// exponent below -3e8, whose exp is 0 exactly.
+pub const SCALE_MIN: f32 = 1e-30;
+/// See [`SCALE_MIN`].
+pub const SCALE_MAX: f32 = 1e30;
+
+/// Checks a scale: the ops take `scale * x` with `scale` in [SCALE_MIN, SCALE_MAX] (positive
+/// and finite, and far from f32's limits).
 pub(crate) fn check_scale(scale: f32) -> Result<()> {
-    if scale > 0.0 && scale.is_finite() {
+    if (SCALE_MIN..=SCALE_MAX).contains(&scale) {
         Ok(())
     } else {
         Err(Error::BadScale { scale })

@@ -4,10 +4,17 @@
 
 mod common;
 
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex, MutexGuard};
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::{Device, DeviceTensor, Dtype, EmulatorConfig, Error, Schedule, reference};
+
+/// The tests of this file run one at a time: each measures the whole process (its mappings,
+/// its resident memory) while it loads the emulator.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Memory mappings of this process (Linux allows about 65,530).
 fn mappings() -> usize {
@@ -63,6 +70,7 @@ fn check_softmax(device: &Device, rng: &mut Rng, rows: usize, cols: usize) {
 /// (each emulator worker used to map ~2,048 regions and keep them for the life of the process).
 #[test]
 fn many_workers_threads_and_devices_keep_mappings_bounded() {
+    let _one = one_at_a_time();
     let seed = Rng::seed_from_env();
     println!("seed {seed}");
     let before = mappings();
@@ -107,6 +115,7 @@ fn many_workers_threads_and_devices_keep_mappings_bounded() {
 /// sizes itself from faked high (EmulatorConfig::workers = 192 is clamped to 64).
 #[test]
 fn sixty_four_threads_launch_concurrently_on_one_device() {
+    let _one = one_at_a_time();
     let seed = Rng::seed_from_env();
     println!("seed {seed}");
     for workers in [0, 192] {
@@ -133,6 +142,7 @@ fn sixty_four_threads_launch_concurrently_on_one_device() {
 /// between its passes would show.
 #[test]
 fn operations_of_one_device_run_in_stream_order() {
+    let _one = one_at_a_time();
     let d = Device::emulator();
     let (rows, cols) = (8, 30_000); // the online family on the emulator's limits
     let mut rng = Rng::new(Rng::seed_from_env());
@@ -202,6 +212,7 @@ fn softmax_bits<T: cuda_softmax::Element>(d: &Device, x: &[T], cols: usize) -> V
 /// the results are bit-identical (both emulator flavours, f32 and f16).
 #[test]
 fn results_do_not_depend_on_the_callers_rounding_mode() {
+    let _one = one_at_a_time();
     let mut rng = Rng::new(Rng::seed_from_env());
     for fma_contraction in [false, true] {
         // One worker: the blocks run on the calling thread, whose mode is the one changed.
@@ -251,6 +262,7 @@ const RLIMIT_AS: i32 = 9; // Linux
 #[test]
 #[ignore = "run in a child process by a_host_resource_failure_is_its_own_error"]
 fn child_with_capped_address_space() {
+    let _one = one_at_a_time();
     if std::env::var_os("CS_RESOURCE_CHILD").is_none() {
         return;
     }
@@ -278,6 +290,7 @@ fn child_with_capped_address_space() {
 /// Error::EmulatorResources (not a kernel fault, not an abort), and the process goes on.
 #[test]
 fn a_host_resource_failure_is_its_own_error() {
+    let _one = one_at_a_time();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -309,6 +322,7 @@ fn a_host_resource_failure_is_its_own_error() {
 #[test]
 #[cfg(target_os = "linux")]
 fn idle_threads_of_a_users_process_stay_cheap() {
+    let _one = one_at_a_time();
     let tls = static_tls_bytes();
     println!("static thread-local storage: {tls} bytes");
 

@@ -186,6 +186,7 @@ macro_rules! f32_output_suite {
                     common::family_sweep::<$dtype>(&device, &mut rng);
                     common::special_values::<$dtype>(&device, &mut rng);
                     common::misaligned_views::<$dtype>(&device, &mut rng);
+                    common::misaligned_long_rows::<$dtype>(&device, &mut rng);
                     common::shapes_and_in_place::<$dtype>(&device, &mut rng);
                     common::strided::forward_dims::<$dtype>(&device, &mut rng);
                 });

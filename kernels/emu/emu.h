@@ -211,7 +211,10 @@ class StaticShared {
   StaticShared() = default;
   StaticShared(const StaticShared&) = delete;
   StaticShared& operator=(const StaticShared&) = delete;
-  ~StaticShared() { free_static_shared(storage_); }
+  ~StaticShared() {
+    free_static_shared(storage_);
+    storage_ = nullptr;  // a launch from a later thread-exit destructor allocates afresh
+  }
 
   SharedRef<T> operator[](long long i) {
     if (storage_ == nullptr)

@@ -77,6 +77,15 @@ impl Forward {
             "{detail}: {self:?} out {}: {c}",
             O::DTYPE.name()
         );
+        if std::env::var_os("CS_WORST_ERROR").is_some() {
+            eprintln!(
+                "worst log={} scale={} out={} ratio={:.4} {detail}",
+                self.log,
+                self.scale,
+                O::DTYPE.name(),
+                c.worst_ratio
+            );
+        }
         if std::env::var_os("CS_ROUNDING_STATS").is_some() {
             eprintln!(
                 "rounding {} {detail}: {}",
@@ -434,6 +443,20 @@ pub fn misaligned_views<T: Element>(device: &Device, rng: &mut Rng) {
                 y_offset: yo,
             };
             check_case(device, &x, rows, cols, layout, "misaligned view");
+        }
+    }
+}
+
+/// Rows past the block family (split-row for 2 rows, online for a row per SM) with x and y off
+/// 16-byte boundaries differently: the two-pass write loops' element-by-element path.
+pub fn misaligned_long_rows<T: Element>(device: &Device, rng: &mut Rng) {
+    let cols = block_family_max_cols::<T>(device) + 1;
+    let sm = device.limits().sm_count as usize;
+    for rows in [2, sm] {
+        let x: Vec<T> = rng.logits(rows * cols, 8.0);
+        for (x_offset, y_offset) in [(0, 1), (3, 0)] {
+            let layout = Layout { x_offset, y_offset };
+            check_case(device, &x, rows, cols, layout, "misaligned long rows");
         }
     }
 }
