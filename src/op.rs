@@ -178,10 +178,7 @@ impl Softmax {
     /// f32: no cast pass. For f32 `x` this is `forward`.
     pub fn forward_f32<T: Element>(&self, x: &DeviceTensor<T>) -> Result<DeviceTensor<f32>> {
         let rows = self.row_length(x.shape())?;
-        check_scale(self.scale)?;
-        let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
-        forward_rows_to(self.f32_output_op::<T>(), self.scale, rows, x, &mut y)?;
-        Ok(y)
+        forward_rows_new(self.f32_output_op::<T>(), self.scale, rows, x)
     }
 
     /// [`forward_f32`](Self::forward_f32) into `y` (same shape and device). For 16-bit `x`, `y`

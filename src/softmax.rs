@@ -147,15 +147,16 @@ fn forward_rows_inplace<T: Element>(op: Op, scale: f32, x: &mut DeviceTensor<T>)
 }
 
 /// A forward op over rows of `cols` contiguous elements, into a new tensor.
-pub(crate) fn forward_rows_new<T: Element>(
+/// The output's type `O` is `op.output_dtype(T)` (f32 for the `_to_f32` ops, else `T`).
+pub(crate) fn forward_rows_new<T: Element, O: Element>(
     op: Op,
     scale: f32,
     rows: Rows,
     x: &DeviceTensor<T>,
-) -> Result<DeviceTensor<T>> {
+) -> Result<DeviceTensor<O>> {
     check_scale(scale)?;
     let mut y = DeviceTensor::uninit(x.device(), x.shape())?;
-    forward_rows(op, scale, rows, x, &mut y)?;
+    forward_rows_to(op, scale, rows, x, &mut y)?;
     Ok(y)
 }
 
