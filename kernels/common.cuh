@@ -41,20 +41,23 @@ struct SoftmaxParams {
 // (On the emulator the entry is an internal function found by name, and its launch bounds are
 // recorded so that a launch a GPU would refuse is refused there too.)
 #ifdef CS_EMULATOR
-#define CS_ENTRY(name, max_threads, min_blocks, call)                                           \
-  static void name(cs::SoftmaxParams p) { call; }                                                \
-  static ::emu::KernelRegistrar cs_register_##name(                                              \
-      #name, [](const void* raw) { name(*static_cast<const cs::SoftmaxParams*>(raw)); },        \
-      sizeof(cs::SoftmaxParams), max_threads);
+#define CS_ENTRY_WITH(Params, name, max_threads, min_blocks, call)                               \
+  static void name(Params p) { call; }                                                          \
+  static ::emu::KernelRegistrar cs_register_##name(                                             \
+      #name, [](const void* raw) { name(*static_cast<const Params*>(raw)); }, sizeof(Params),   \
+      max_threads);
 #else
 // min_blocks (blocks per SM the register allocation must allow) sets ptxas's register budget:
 // 65536 / (max_threads * min_blocks) registers a thread. Left to itself, ptxas for sm_100/sm_120
 // picked budgets that spilled (a 4-byte spill at 32 registers, 16 bytes at 128).
-#define CS_ENTRY(name, max_threads, min_blocks, call)                                          \
-  extern "C" __global__ void __launch_bounds__(max_threads, min_blocks) name(cs::SoftmaxParams p) { \
-    call;                                                                                      \
-  }
+#define CS_ENTRY_WITH(Params, name, max_threads, min_blocks, call)                                 \
+  extern "C" __global__ void __launch_bounds__(max_threads, min_blocks) name(Params p) { call; }
 #endif
+// The softmax family's entry points take SoftmaxParams. (Cross-entropy's take a longer block
+// that starts with it: kernels/cross_entropy.cu. The host passes one block of the longer
+// layout to every kernel; a kernel reads the bytes its parameter declares, as the CUDA driver
+// copies them. A larger SoftmaxParams changed the softmax kernels' SASS: keep it as it is.)
+#define CS_ENTRY(name, max_threads, min_blocks, call) CS_ENTRY_WITH(cs::SoftmaxParams, name, max_threads, min_blocks, call)
 
 // Warp-family register budgets: 64 registers a thread up to 8 columns a lane, 128 up to 32,
 // 255 at 64 (a lane holds its columns in registers).

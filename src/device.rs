@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use crate::cuda::CudaBackend;
-use crate::element::Element;
+use crate::element::TensorElement;
 use crate::emulator::{EMULATOR_LIMITS, Emulator, EmulatorConfig, HostBuffer, LaunchStats};
 use crate::error::{Error, Result};
 use crate::kernel::{AccessRange, Launch, SoftmaxParams};
@@ -40,7 +40,7 @@ struct Workspace {
 }
 
 /// Access ranges one operation may pass to `Device::launch` (the workspace's is added to them).
-const MAX_RANGES: usize = 7;
+const MAX_RANGES: usize = 10;
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,13 +195,13 @@ impl Device {
     /// Allocates `len` elements (at least one, so that every buffer has a real address), zeroed
     /// when asked: a memset on the stream on a GPU. Uninitialised emulator memory is filled with
     /// `T::poison()`, so that an element no kernel wrote never passes for a result.
-    pub(crate) fn alloc<T: Element>(&self, len: usize, zeroed: bool) -> Result<Buffer<T>> {
+    pub(crate) fn alloc<T: TensorElement>(&self, len: usize, zeroed: bool) -> Result<Buffer<T>> {
         match &*self.backend {
             Backend::Cuda(c) => {
                 let slice = if zeroed {
                     c.stream.alloc_zeros::<T>(len.max(1))
                 } else {
-                    // SAFETY: any bit pattern is a valid f32/f16/bf16.
+                    // SAFETY: any bit pattern is a valid f32/f16/bf16/i32/i64.
                     unsafe { c.stream.alloc::<T>(len.max(1)) }
                 };
                 slice

@@ -141,6 +141,22 @@ pub enum Error {
         /// What was asked for and what works instead.
         what: String,
     },
+    /// An option or argument outside its range (cross-entropy's label smoothing, z-loss,
+    /// softcap, class weights, an empty vocabulary).
+    BadArgument {
+        /// What is wrong and what is allowed.
+        what: String,
+    },
+    /// A cross-entropy target outside `[0, classes)` that is not the ignored index. Reported by
+    /// the target check before anything is written (`CrossEntropy::check_targets`).
+    InvalidTarget {
+        /// The first row with such a target (rows count over the logits' leading dimensions).
+        row: usize,
+        /// Its target.
+        target: i64,
+        /// The number of classes (the logits' last dimension).
+        classes: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -272,6 +288,16 @@ impl fmt::Display for Error {
                 "dimension {dim} is out of range for a tensor of rank {rank}; use 0..{rank} or -{rank}..-1"
             ),
             Error::Unsupported { what } => write!(f, "{what}"),
+            Error::BadArgument { what } => write!(f, "{what}"),
+            Error::InvalidTarget {
+                row,
+                target,
+                classes,
+            } => write!(
+                f,
+                "cross-entropy target {target} of row {row} is not a class in [0, {classes}) nor the ignored index; \
+                 fix the targets (or set ignore_index to the padding value). Nothing was written."
+            ),
         }
     }
 }

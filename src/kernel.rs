@@ -26,12 +26,41 @@ pub(crate) struct SoftmaxParams {
     pub inner: i64,
     /// The op is taken of `scale * x` (> 0 and finite: checked before a launch).
     pub scale: f32,
-    /// Spells out the tail padding, so that the layout has none implicit.
+    /// Spells out the padding after `scale`, so that the layout has none implicit.
     pub pad: u32,
+    /// Cross-entropy only (0 for other ops): the targets' address (i32 or i64).
+    pub targets: u64,
+    /// Class weights (f32, one a class), or 0.
+    pub weight: u64,
+    /// The loss output (f32).
+    pub loss: u64,
+    /// Each row's logsumexp (f32): written by the forward, read by the backward.
+    pub lse: u64,
+    /// The z-loss output (f32).
+    pub z_loss: u64,
+    /// The upstream gradient of the loss (f32), or 0 for 1.
+    pub dloss: u64,
+    /// Where the prepare stage writes the first row with an invalid target (i64), or 0.
+    pub status: u64,
+    /// The ignored class (with the flag `crate::cross_entropy::FLAG_HAS_IGNORE`).
+    pub ignore_index: i64,
+    /// Label smoothing.
+    pub smoothing: f32,
+    /// z-loss coefficient.
+    pub z: f32,
+    /// Softcap, or 0 for none.
+    pub softcap: f32,
+    /// `crate::cross_entropy` flag bits.
+    pub ce_flags: i32,
 }
 
-// SAFETY: plain #[repr(C)] data with the same layout as the CUDA struct (pointers, 64-bit
-// integers, then two 32-bit fields; no padding), passed by value as the kernel's only parameter.
+// SAFETY: plain #[repr(C)] data with the same layout as the CUDA structs (pointers, 64-bit
+// integers, two 32-bit fields, the cross-entropy pointers and i64, four 32-bit fields; no
+// padding), passed by value as the kernel's only parameter. The softmax family's kernels
+// declare `cs::SoftmaxParams`, the fields up to `pad` (72 bytes): the driver (and the emulator)
+// copies the bytes the kernel's parameter declares, so they read that prefix. The cross-entropy
+// kernels declare `cs::CrossEntropyParams`, all of it. (The softmax kernels keep the short
+// struct: declaring the long one changed their SASS, 288 -> 304 instructions in one.)
 unsafe impl cudarc::driver::DeviceRepr for SoftmaxParams {}
 
 /// A memory range a launch may touch; the emulator rejects accesses outside every range.
@@ -88,4 +117,15 @@ pub(crate) fn name_str(name: &CStr) -> &str {
 /// GPU does (without a raised attribute a block gets 48 KiB of static + dynamic shared memory).
 pub(crate) fn dynamic_smem_to_allow(allowed: u32, requested: u32) -> Option<u32> {
     (requested > allowed).then_some(requested)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The block's layout matches kernels/cross_entropy.cu's static_assert: 72 bytes of
+    /// `cs::SoftmaxParams`, 152 of `cs::CrossEntropyParams`.
+    #[test]
+    fn parameter_block_layout() {
+        assert_eq!(std::mem::offset_of!(super::SoftmaxParams, targets), 72);
+        assert_eq!(std::mem::size_of::<super::SoftmaxParams>(), 152);
+    }
 }

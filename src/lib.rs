@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+mod cross_entropy;
 mod cuda;
 mod device;
 pub mod driver;
@@ -30,8 +31,9 @@ mod softmax;
 mod tensor;
 pub mod timing;
 
+pub use cross_entropy::{CrossEntropy, CrossEntropyOutput, Reduction};
 pub use device::Device;
-pub use element::{Dtype, Element};
+pub use element::{Dtype, Element, Index, TensorElement};
 pub use emulator::{
     EmulatorConfig, LaunchStats, Schedule, conversions as emulator_conversions,
     emulator_build_warnings, emulator_fma_kernel_names, emulator_kernel_names,

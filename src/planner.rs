@@ -47,11 +47,14 @@ pub enum Op {
     SoftmaxToF32,
     /// Log-softmax of f16/bf16 input with f32 output.
     LogSoftmaxToF32,
+    /// Fused softmax cross-entropy (`CrossEntropy`): the stages of
+    /// [`Family::CrossEntropy`], planned by `plan_cross_entropy`.
+    CrossEntropy,
 }
 
 impl Op {
     /// Every op, in the order of `KernelConfig::all()`.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Softmax,
         Op::LogSoftmax,
         Op::SoftmaxBackward,
@@ -59,6 +62,7 @@ impl Op {
         Op::LogSumExp,
         Op::SoftmaxToF32,
         Op::LogSoftmaxToF32,
+        Op::CrossEntropy,
     ];
 
     /// The prefix of its entry points' names.
@@ -71,6 +75,7 @@ impl Op {
             Op::LogSumExp => "logsumexp",
             Op::SoftmaxToF32 => "softmax_to_f32",
             Op::LogSoftmaxToF32 => "log_softmax_to_f32",
+            Op::CrossEntropy => "cross_entropy",
         }
     }
 
@@ -109,7 +114,7 @@ impl Op {
     /// Whether the op has a shared-memory block family (the row held on chip). logsumexp needs
     /// none: its block kernel reads x once without holding it.
     pub fn has_block_family(self) -> bool {
-        !matches!(self, Op::LogSumExp)
+        !matches!(self, Op::LogSumExp | Op::CrossEntropy)
     }
 
     /// Tensors of a row's shape the op reads: 2 (y and dy) for the backward ops, else 1.
@@ -120,7 +125,7 @@ impl Op {
     /// Whether the op has the strided-dimension family (rows `inner` apart: a softmax over a
     /// dimension other than the last). logsumexp is over the last dimension only.
     pub fn has_strided_family(self) -> bool {
-        !matches!(self, Op::LogSumExp)
+        !matches!(self, Op::LogSumExp | Op::CrossEntropy)
     }
 
     /// Whether the op writes one value a row rather than a row.
@@ -132,6 +137,7 @@ impl Op {
     const fn configs_per_dtype(self) -> usize {
         match self {
             Op::LogSumExp => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
+            Op::CrossEntropy => CrossEntropyStage::ALL.len(),
             _ => CONFIGS_PER_DTYPE + STRIDED_CONFIGS,
         }
     }
@@ -148,6 +154,100 @@ impl Op {
             i += 1;
         }
         first
+    }
+}
+
+/// What one cross-entropy launch computes (src/cross_entropy.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossEntropyMode {
+    /// The target check alone: the prepare stage, writing the first invalid row.
+    CheckTargets,
+    /// The loss and lse (`reduce`: Sum or Mean, one value; else a value a row).
+    Loss {
+        /// Whether the rows' losses are reduced to one.
+        reduce: bool,
+    },
+    /// The loss, lse and the gradient (`forward_backward`).
+    LossAndGradient {
+        /// Whether the rows' losses are reduced to one.
+        reduce: bool,
+    },
+    /// The gradient from the caller's lse and upstream gradient (`backward`).
+    GradientFromLse,
+}
+
+/// f32 elements of the cross-entropy workspace before the per-row states: the class-weight sum
+/// and the two Mean denominators (and one unused), as kernels/cross_entropy.cu lays it out.
+pub const CROSS_ENTROPY_GLOBALS: usize = 4;
+
+/// Picks the stages and geometry of a cross-entropy launch over `rows` rows of `cols` classes
+/// (both non-zero). A row is cut into chunks, a block each, when there are too few rows to fill
+/// the GPU (like split-row softmax): few rows of a huge vocabulary use every SM.
+pub fn plan_cross_entropy(
+    rows: usize,
+    cols: usize,
+    dtype: Dtype,
+    mode: CrossEntropyMode,
+    limits: &DeviceLimits,
+) -> LaunchPlan {
+    let rows = rows.max(1);
+    let cols = cols.max(1);
+    let sm_count = limits.sm_count.max(1) as usize;
+    // Enough (chunk, row) blocks for about four 256-thread blocks an SM, but no chunk shorter
+    // than SPLIT_MIN_CHUNK: a block's reduction and state write amortised over 8 elements a
+    // thread at least.
+    let wanted_chunks = (4 * sm_count).div_ceil(rows);
+    let chunks = wanted_chunks.min(cols.div_ceil(SPLIT_MIN_CHUNK)).max(1);
+    // Multiples of SPLIT_CHUNK_ALIGN: every chunk of an aligned row starts 16-byte aligned.
+    let chunk_cols = cols.div_ceil(chunks).next_multiple_of(SPLIT_CHUNK_ALIGN);
+    let chunks = cols.div_ceil(chunk_cols);
+    let row_blocks = rows.min(65535) as u32;
+    let stage = |stage: CrossEntropyStage, grid: (u32, u32)| Stage {
+        kernel: KernelConfig {
+            op: Op::CrossEntropy,
+            dtype,
+            family: Family::CrossEntropy { stage },
+        },
+        grid,
+        block: stage.threads(),
+        shared_mem_bytes: 0,
+    };
+    let per_chunk = (chunks as u32, row_blocks);
+    let grid_cap = sm_count * BLOCKS_PER_SM as usize;
+    // The whole row on chip (its storage type, plus a pack of lead-in for alignment), when the
+    // row would not be split anyway: forward_backward then reads the logits once.
+    let on_chip_bytes = block_smem_bytes(dtype, cols);
+    let on_chip = matches!(mode, CrossEntropyMode::LossAndGradient { .. })
+        && chunks == 1
+        && on_chip_bytes + STATIC_SMEM_RESERVE <= limits.max_shared_mem_per_block as usize;
+    let finish_blocks = rows
+        .div_ceil(CrossEntropyStage::Finish.threads() as usize)
+        .clamp(1, grid_cap) as u32;
+    let mut stages = vec![stage(CrossEntropyStage::Prepare, (1, 1))];
+    let (loss, grad, reduce) = match mode {
+        CrossEntropyMode::CheckTargets => (false, false, false),
+        CrossEntropyMode::Loss { reduce } => (true, false, reduce),
+        CrossEntropyMode::LossAndGradient { reduce } => (true, true, reduce),
+        CrossEntropyMode::GradientFromLse => (false, true, false),
+    };
+    if on_chip {
+        let mut s = stage(CrossEntropyStage::OnChip, (rows.min(grid_cap) as u32, 1));
+        s.shared_mem_bytes = on_chip_bytes as u32;
+        stages.push(s);
+    } else if loss {
+        stages.push(stage(CrossEntropyStage::Stats, per_chunk));
+        stages.push(stage(CrossEntropyStage::Finish, (finish_blocks, 1)));
+    }
+    if reduce {
+        stages.push(stage(CrossEntropyStage::Reduce, (1, 1)));
+    }
+    if grad && !on_chip {
+        stages.push(stage(CrossEntropyStage::Grad, per_chunk));
+    }
+    LaunchPlan {
+        stages,
+        workspace_floats: CROSS_ENTROPY_GLOBALS + 4 * rows + 4 * rows * chunks,
+        chunk_cols,
     }
 }
 
@@ -229,6 +329,61 @@ pub enum Family {
         /// Rows a lane (1, or 2 moved as one word: `inner` even and the tensors aligned).
         vec: u32,
     },
+    /// A stage of the fused cross-entropy (kernels/cross_entropy.cu).
+    CrossEntropy {
+        /// Which stage.
+        stage: CrossEntropyStage,
+    },
+}
+
+/// The stages of the fused cross-entropy, in the order a plan runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrossEntropyStage {
+    /// One block: the class-weight sum, the Mean denominators, the first invalid target.
+    Prepare,
+    /// A block per (chunk, row): the chunk's online (max, sum) and smoothing sum; one read.
+    Stats,
+    /// A thread per row: lse, the row's loss terms, the gradient's row state.
+    Finish,
+    /// One block: the Sum / Mean loss, in a fixed order.
+    Reduce,
+    /// A block per (chunk, row): the gradient (reads the chunk again, writes it).
+    Grad,
+    /// A block per row, the row in shared memory: stats, finish and grad in one kernel (one
+    /// read of the logits, one write of the gradient).
+    OnChip,
+}
+
+impl CrossEntropyStage {
+    /// Every stage, in entry-point order.
+    pub const ALL: [CrossEntropyStage; 6] = [
+        CrossEntropyStage::Prepare,
+        CrossEntropyStage::Stats,
+        CrossEntropyStage::Finish,
+        CrossEntropyStage::Reduce,
+        CrossEntropyStage::Grad,
+        CrossEntropyStage::OnChip,
+    ];
+
+    /// The stage's part of the entry-point name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrossEntropyStage::Prepare => "prepare",
+            CrossEntropyStage::Stats => "stats",
+            CrossEntropyStage::Finish => "finish",
+            CrossEntropyStage::Reduce => "reduce",
+            CrossEntropyStage::Grad => "grad",
+            CrossEntropyStage::OnChip => "on_chip",
+        }
+    }
+
+    /// Threads a block (the entry point's launch bounds).
+    pub fn threads(self) -> u32 {
+        match self {
+            CrossEntropyStage::Prepare | CrossEntropyStage::Reduce => 1024,
+            _ => 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -356,6 +511,9 @@ impl KernelConfig {
                     + STRIDED_VECS.len() * variant
                     + position(&STRIDED_VECS, vec)?
             }
+            Family::CrossEntropy { stage } if op == Op::CrossEntropy => {
+                CrossEntropyStage::ALL.iter().position(|&s| s == stage)?
+            }
             _ => return None,
         };
         Some(op.first_index() + dtype * op.configs_per_dtype() + within)
@@ -384,6 +542,9 @@ impl KernelConfig {
                 let variant = if on_chip { "onchip" } else { "twopass" };
                 format!("{op}_strided_{variant}_{dt}_s{slices}_v{vec}")
             }
+            Family::CrossEntropy { stage } => {
+                format!("{op}_{}_{dt}_b{}", stage.name(), stage.threads())
+            }
         }
     }
 
@@ -396,6 +557,7 @@ impl KernelConfig {
             | Family::SplitStats { threads }
             | Family::SplitWrite { threads } => threads,
             Family::Strided { slices, .. } => 32 * slices,
+            Family::CrossEntropy { stage } => stage.threads(),
         }
     }
 
@@ -442,6 +604,12 @@ impl KernelConfig {
         {
             let v = dtype.vector_width() as u32;
             let mut push = |family| all.push(KernelConfig { op, dtype, family });
+            if op == Op::CrossEntropy {
+                for stage in CrossEntropyStage::ALL {
+                    push(Family::CrossEntropy { stage });
+                }
+                continue;
+            }
             // Scalar (any alignment) and 16-byte packs (aligned rows), for every width at
             // MIN_LANE_COLS and for full warps with more elements per lane.
             let lane_shapes = WARP_WIDTHS
@@ -853,6 +1021,9 @@ mod tests {
                             Family::Strided { .. } => {
                                 panic!("rows over the last dimension are never strided")
                             }
+                            Family::CrossEntropy { .. } => {
+                                panic!("plan_softmax never plans cross-entropy")
+                            }
                         }
                     }
                 }
@@ -980,6 +1151,86 @@ mod tests {
         // Degenerate inputs still give a valid launch.
         let s = single(0, 0, Dtype::F32, true);
         assert!(s.grid.0 >= 1 && s.block >= 1);
+    }
+
+    /// Cross-entropy plans: the stages each mode needs, in order; chunks that tile a row
+    /// exactly, aligned, none empty; a split only when rows are too few to fill the GPU; row
+    /// grids within the 65535 limit; the workspace the kernels index.
+    #[test]
+    fn cross_entropy_plans_cover_every_row_and_chunk() {
+        use CrossEntropyStage::*;
+        let limits = DeviceLimits::H100;
+        let stages = |mode| {
+            plan_cross_entropy(4, 1000, Dtype::Bf16, mode, &limits)
+                .stages
+                .iter()
+                .map(|s| match s.kernel.family {
+                    Family::CrossEntropy { stage } => stage,
+                    f => panic!("{f:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stages(CrossEntropyMode::CheckTargets), [Prepare]);
+        assert_eq!(
+            stages(CrossEntropyMode::Loss { reduce: false }),
+            [Prepare, Stats, Finish]
+        );
+        assert_eq!(
+            stages(CrossEntropyMode::Loss { reduce: true }),
+            [Prepare, Stats, Finish, Reduce]
+        );
+        // Rows that fit on chip (and are not split): one kernel reads them once.
+        assert_eq!(
+            stages(CrossEntropyMode::LossAndGradient { reduce: true }),
+            [Prepare, OnChip, Reduce]
+        );
+        let long = plan_cross_entropy(
+            4,
+            128_256,
+            Dtype::Bf16,
+            CrossEntropyMode::LossAndGradient { reduce: false },
+            &limits,
+        );
+        let long: Vec<_> = long.stages.iter().map(|s| s.kernel.family).collect();
+        assert_eq!(
+            long,
+            [Prepare, Stats, Finish, Grad].map(|stage| Family::CrossEntropy { stage })
+        );
+        assert_eq!(stages(CrossEntropyMode::GradientFromLse), [Prepare, Grad]);
+        let all = KernelConfig::all();
+        for rows in [1, 3, 64, 132, 8192, 70001, 200_000] {
+            for cols in [1, 2, 31, 1000, 32000, 128_256, 262_147, 1 << 20] {
+                let mode = CrossEntropyMode::LossAndGradient { reduce: true };
+                let p = plan_cross_entropy(rows, cols, Dtype::F16, mode, &limits);
+                let chunks = cols.div_ceil(p.chunk_cols);
+                assert_eq!(p.chunk_cols % SPLIT_CHUNK_ALIGN, 0);
+                assert!((chunks - 1) * p.chunk_cols < cols, "no empty chunk");
+                if rows >= 4 * limits.sm_count as usize || cols <= SPLIT_MIN_CHUNK {
+                    assert_eq!(chunks, 1, "[{rows}, {cols}]: split needlessly");
+                } else {
+                    // Few rows of a long vocabulary: about four blocks an SM, or as many
+                    // chunks as SPLIT_MIN_CHUNK allows.
+                    let sm = limits.sm_count as usize;
+                    let most = rows * (cols / SPLIT_MIN_CHUNK);
+                    assert!(rows * chunks >= (2 * sm).min(most), "[{rows}, {cols}]");
+                }
+                assert_eq!(
+                    p.workspace_floats,
+                    CROSS_ENTROPY_GLOBALS + 4 * rows + 4 * rows * chunks
+                );
+                for s in &p.stages {
+                    assert!(all.contains(&s.kernel));
+                    assert_eq!(s.block, s.kernel.threads_per_block());
+                    assert!(s.grid.0 >= 1 && s.grid.1 >= 1 && s.grid.1 <= 65535);
+                    if let Family::CrossEntropy {
+                        stage: Stats | Grad,
+                    } = s.kernel.family
+                    {
+                        assert_eq!(s.grid, (chunks as u32, rows.min(65535) as u32));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   row's sum, so a masked position never makes NaN, whatever its dy;
 //! - [`gather_rows`] / [`scatter_rows`] lay out a softmax over any dimension as rows.
 
+pub mod cross_entropy;
+
 /// Softmax over rows of `cols` elements, in f64.
 pub fn softmax_rows(x: &[f64], cols: usize) -> Vec<f64> {
     // 1·v == v exactly, for every v including ±inf and NaN: this is the unscaled function.

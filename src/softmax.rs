@@ -543,7 +543,7 @@ mod strided_kernels {
                     b: dy,
                 }
             }
-            Op::LogSumExp => unreachable!("logsumexp has no strided family"),
+            Op::LogSumExp | Op::CrossEntropy => unreachable!("{op:?} has no strided family"),
         }
     }
 
@@ -708,7 +708,7 @@ mod strided_kernels {
             Op::LogSoftmax | Op::LogSoftmaxToF32 => reference::log_softmax_rows(a, n, scale),
             Op::SoftmaxBackward => reference::softmax_backward_rows(a, b, n, scale),
             Op::LogSoftmaxBackward => reference::log_softmax_backward_rows(a, b, n, scale),
-            Op::LogSumExp => unreachable!(),
+            Op::LogSumExp | Op::CrossEntropy => unreachable!(),
         }
     }
 

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaView};
 
 use crate::device::{Buffer, Device};
-use crate::element::Element;
+use crate::element::TensorElement;
 use crate::error::{Error, Result};
 use crate::kernel::AccessRange;
 
 /// A typed, shaped view of device memory (GPU memory, or host memory on the emulator).
 /// Views made from it share its memory; `softmax_into` checks how they overlap.
-pub struct DeviceTensor<T: Element> {
+pub struct DeviceTensor<T: TensorElement> {
     device: Device,
     buffer: Arc<Buffer<T>>,
     /// First element of this view within `buffer`.
@@ -20,12 +20,12 @@ pub struct DeviceTensor<T: Element> {
     shape: Vec<usize>,
 }
 
-impl<T: Element> std::fmt::Debug for DeviceTensor<T> {
+impl<T: TensorElement> std::fmt::Debug for DeviceTensor<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "DeviceTensor<{}>(shape {:?}, offset {}, on {:?})",
-            T::DTYPE.name(),
+            T::NAME,
             self.shape,
             self.offset,
             self.device
@@ -49,7 +49,7 @@ fn element_count(shape: &[usize]) -> Result<usize> {
     Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
-impl<T: Element> DeviceTensor<T> {
+impl<T: TensorElement> DeviceTensor<T> {
     /// Copies `data` to a new tensor of `shape` (any rank; `data.len()` must equal the product).
     pub fn from_host(device: &Device, data: &[T], shape: &[usize]) -> Result<Self> {
         let expected = element_count(shape)?;
@@ -332,7 +332,7 @@ impl<T: Element> DeviceTensor<T> {
     /// How two views on one device relate in memory. Compared by address, so that buffers
     /// wrapped twice from the same cudarc memory are caught too.
     /// Views of different element types are never identical unless their bytes coincide.
-    pub(crate) fn overlap<U: Element>(&self, other: &DeviceTensor<U>) -> Overlap {
+    pub(crate) fn overlap<U: TensorElement>(&self, other: &DeviceTensor<U>) -> Overlap {
         let (a0, b0) = (self.addr(), other.addr());
         let (a1, b1) = (
             a0 + (self.len() * size_of::<T>()) as u64,

@@ -5,8 +5,8 @@ mod common;
 
 use cuda_softmax::planner::{Family, KernelConfig};
 use cuda_softmax::{
-    Device, DeviceTensor, Element, EmulatorConfig, Error, Schedule, Softmax, emulator_kernel_names,
-    f16, softmax,
+    Device, DeviceTensor, EmulatorConfig, Error, Schedule, Softmax, TensorElement,
+    emulator_kernel_names, f16, softmax,
 };
 
 const SCHEDULES: [Schedule; 4] = [

@@ -1,6 +1,6 @@
 //! The same correctness suite on a real GPU (device 0). A plain harness (not libtest), so that a
 //! machine without a GPU reports the suites as skipped in its summary line ("0 passed, 0 failed,
-//! 4 skipped") instead of counting them as passed. CS_REQUIRE_GPU=1 (set by
+//! 5 skipped") instead of counting them as passed. CS_REQUIRE_GPU=1 (set by
 //! scripts/gpu-check.sh) turns a skip into a failure. Arguments that do not start with `--` select
 //! suites by name, like libtest filters.
 
@@ -19,15 +19,30 @@ fn every_entry_point_loads(d: &Device) {
     common::family_sweep::<f32>(d, &mut rng);
     common::family_sweep::<f16>(d, &mut rng);
     common::family_sweep::<bf16>(d, &mut rng);
+    common::cross_entropy::entry_point_sweep::<f32>(d, &mut rng);
+    common::cross_entropy::entry_point_sweep::<f16>(d, &mut rng);
+    common::cross_entropy::entry_point_sweep::<bf16>(d, &mut rng);
+}
+
+/// The cross-entropy suite (every option, mode, dtype and edge shape; logits near the dtype's
+/// maximum and with large offsets) against the f64 reference.
+fn cross_entropy(d: &Device) {
+    use common::cross_entropy::*;
+    suite::<f32>(d, "gpu_cross_entropy_f32");
+    suite::<f16>(d, "gpu_cross_entropy_f16");
+    suite::<bf16>(d, "gpu_cross_entropy_bf16");
+    values_near_the_dtype_maximum(d);
+    large_common_offset(d);
 }
 
 type Suite = (&'static str, fn(&Device));
 
-const SUITES: [Suite; 4] = [
+const SUITES: [Suite; 5] = [
     ("gpu_f32", |d| common::full_suite::<f32>(d, "gpu_f32")),
     ("gpu_f16", |d| common::full_suite::<f16>(d, "gpu_f16")),
     ("gpu_bf16", |d| common::full_suite::<bf16>(d, "gpu_bf16")),
     ("gpu_every_entry_point_loads", every_entry_point_loads),
+    ("gpu_cross_entropy", cross_entropy),
 ];
 
 fn main() -> ExitCode {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backward;
+pub mod cross_entropy;
 pub mod strided;
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
