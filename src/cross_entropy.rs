@@ -242,36 +242,17 @@ impl<'w> CrossEntropy<'w> {
         Ok(grad)
     }
 
-    /// The loss and its gradient for an upstream gradient of 1, into a new tensor: reads the
-    /// logits twice and writes the gradient once.
+    /// The loss and its gradient for an upstream gradient of 1, into a new tensor. Reads the
+    /// logits once and writes the gradient once where a row fits in shared memory (and is not
+    /// split across blocks); else reads them twice.
     pub fn forward_backward<T: Element, I: Index>(
         &self,
         logits: &DeviceTensor<T>,
         targets: &DeviceTensor<I>,
     ) -> Result<(CrossEntropyOutput, DeviceTensor<T>)> {
         let rows = self.check(logits, targets)?;
-        let out = self.outputs(logits, rows)?;
         let grad = DeviceTensor::<T>::uninit(logits.device(), logits.shape())?;
-        if rows.n == 0 {
-            return Ok((out, grad));
-        }
-        self.check_target_values(logits, targets, rows)?;
-        self.launch(
-            Launch {
-                mode: CrossEntropyMode::LossAndGradient {
-                    reduce: self.reduction != Reduction::None,
-                },
-                logits_addr: logits.addr(),
-                logits_range: logits.access_range(false),
-                grad: Some(grad.access_range(true)),
-                lse_in: None,
-                dloss: None,
-            },
-            targets,
-            rows,
-            Some(&out),
-            logits,
-        )?;
+        let out = self.loss_and_gradient(logits, targets, rows, grad.access_range(true))?;
         Ok((out, grad))
     }
 
@@ -284,19 +265,31 @@ impl<'w> CrossEntropy<'w> {
         targets: &DeviceTensor<I>,
     ) -> Result<CrossEntropyOutput> {
         let rows = self.check(logits, targets)?;
+        self.loss_and_gradient(logits, targets, rows, logits.access_range(true))
+    }
+
+    /// The loss, and the gradient into `grad` (a new tensor, or the logits themselves).
+    fn loss_and_gradient<T: Element, I: Index>(
+        &self,
+        logits: &DeviceTensor<T>,
+        targets: &DeviceTensor<I>,
+        rows: Rows,
+        grad: AccessRange,
+    ) -> Result<CrossEntropyOutput> {
         let out = self.outputs(logits, rows)?;
         if rows.n == 0 {
             return Ok(out);
         }
         self.check_target_values(logits, targets, rows)?;
+        let in_place = grad.addr == logits.addr();
         self.launch(
             Launch {
                 mode: CrossEntropyMode::LossAndGradient {
                     reduce: self.reduction != Reduction::None,
                 },
                 logits_addr: logits.addr(),
-                logits_range: logits.access_range(true),
-                grad: Some(logits.access_range(true)),
+                logits_range: logits.access_range(in_place),
+                grad: Some(grad),
                 lse_in: None,
                 dloss: None,
             },
