@@ -1,13 +1,20 @@
 //! Builds the two images of kernels/*.cu:
 //! - the CPU SIMT emulator: the kernels compiled for the host with the system C++ compiler
 //!   (always; needs no CUDA toolkit);
-//! - the GPU image: one fatbin from nvcc (SASS for each architecture plus compute_75 PTX as the
-//!   forward-compatible fallback), embedded in the crate. Built when nvcc is found; otherwise a
-//!   cargo warning says how to get one, and `Device::cuda` reports that the image is missing.
+//! - the GPU image: one fatbin (SASS for each architecture plus compute_75 PTX as the
+//!   forward-compatible fallback), embedded in the crate. Built by, in order of preference:
+//!   a CUDA toolkit the user has (NVCC, CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda), with a
+//!   warning when its image needs a driver newer than 525; else the pinned CUDA 12 toolchain of
+//!   scripts/install-nvcc.sh (NVRTC 12.0 + ptxas 12.9 + nvFatbin: drivers >= 525); else the
+//!   pinned CUDA 13.0 nvcc of older installs. Without any, a cargo warning says how to get one,
+//!   and `Device::cuda` reports that the image is missing.
 //!
-//! Outputs in OUT_DIR: softmax.fatbin, softmax.ptx (compute_75, for the image checks),
-//! ptxas.txt (`ptxas -v` for every kernel and architecture). cfg `cs_cuda_image` is set when the
-//! GPU image was built; CS_TOOLKIT_VERSION, CS_PTX_VERSION and CS_IMAGE_ARCHS describe it.
+//! The image is cached by content hash (sources, compiler, targets, flags) in
+//! ~/.cache/cuda-softmax/images (CUDA_SOFTMAX_CACHE_DIR), so clippy, doc, test and release
+//! builds share one compile. Outputs in OUT_DIR: softmax.fatbin, softmax.ptx (compute_75, for
+//! the image checks), ptxas.txt (`ptxas -v` for every kernel and architecture). cfg
+//! `cs_cuda_image` is set when the GPU image was built; CS_TOOLKIT_VERSION, CS_PTX_VERSION,
+//! CS_IMAGE_ARCHS, CS_IMAGE_MIN_DRIVER and CS_IMAGE_DIR describe it.
 
 use std::env;
 use std::fs;
@@ -17,6 +24,13 @@ use std::process::Command;
 #[path = "build/nvcc.rs"]
 mod nvcc;
 use nvcc::{find_nvcc, parse_compute_cap};
+#[path = "build/image_cache.rs"]
+mod image_cache;
+#[path = "build/nvrtc.rs"]
+mod nvrtc;
+#[path = "build/toolchain12.rs"]
+mod toolchain12;
+use toolchain12::Toolchain12;
 
 /// SASS targets always built (CUDA 13 dropped everything below sm_75).
 const BASE_ARCHS: [u32; 5] = [75, 80, 86, 89, 90];
@@ -27,23 +41,26 @@ const PTX_ARCH: u32 = 75;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(cs_cuda_image)");
+    println!("cargo::rustc-check-cfg=cfg(cs_image_incbin)");
     println!("cargo::rerun-if-changed=kernels");
     println!("cargo::rerun-if-changed=build");
+    // (PATH only when it found the compiler: below.)
     for var in [
         "NVCC",
         "CUDA_HOME",
         "CUDA_PATH",
-        "PATH",
         "CUDA_COMPUTE_CAP",
         "NVCC_CCBIN",
         "DOCS_RS",
         "CUDA_SOFTMAX_NVCC_DIR",
+        "CUDA_SOFTMAX_CU12_DIR",
+        "CUDA_SOFTMAX_CACHE_DIR",
+        "CUDA_SOFTMAX_LINEINFO",
         "CUDA_SOFTMAX_NO_NVCC",
+        "XDG_CACHE_HOME",
+        "HOME",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
-    }
-    if env::var_os("DOCS_RS").is_some() {
-        return;
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // The run-time variable, not env!(): a build script binary shared through one target dir by
@@ -52,6 +69,15 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let kernels = manifest_dir.join("kernels");
     let sources = kernel_sources(&kernels);
+    // The sources the run-time fallback compiles (src/jit.rs): written even for docs.rs, since
+    // the crate embeds them.
+    if let Err(message) = write_kernel_bundle(&kernels, &sources, &out) {
+        println!("cargo::error={}", message.replace('\n', " | "));
+        return;
+    }
+    if env::var_os("DOCS_RS").is_some() {
+        return;
+    }
 
     // Find nvcc first: a broken toolkit named explicitly stops the build at once, with one error.
     let nvcc = match find_nvcc(&|name: &str| env::var_os(name)) {
@@ -64,15 +90,27 @@ fn main() {
 
     build_emulator(&kernels, &sources, &out);
 
-    let result = match nvcc {
-        Some(nvcc) => build_gpu_image(&nvcc, &sources, &out),
+    let lookup = |name: &str| env::var_os(name);
+    let pinned12 = Toolchain12::find(&lookup);
+    let compiler = match nvcc {
+        // The user's own toolkit wins over the pinned ones.
+        Some(nvcc) if !is_pinned_nvcc(&nvcc) => Some(Compiler::Nvcc(nvcc)),
+        older => pinned12.map(Compiler::Nvrtc).or(older.map(Compiler::Nvcc)),
+    };
+    if let Some(Compiler::Nvcc(nvcc)) = &compiler {
+        if found_on_path(nvcc) {
+            println!("cargo::rerun-if-env-changed=PATH");
+        }
+    }
+    let result = match compiler {
+        Some(compiler) => build_gpu_image(&compiler, &kernels, &sources, &out),
         None if env::var_os("CUDA_SOFTMAX_NO_NVCC").is_some_and(|v| v == "1") => Ok(()),
         None => {
             println!(
-                "cargo::warning=nvcc not found: the CUDA image is not built, so Device::cuda() will return an error \
-                 (the CPU emulator still works). Install a CUDA toolkit, or run scripts/install-nvcc.sh \
-                 (pinned CUDA 13.0 from PyPI, no root needed), then rebuild; CUDA_SOFTMAX_NO_NVCC=1 builds \
-                 without the GPU image and without this warning."
+                "cargo::warning=no CUDA compiler found: the CUDA image is not built, so Device::cuda() will return an \
+                 error (the CPU emulator still works). Run scripts/install-nvcc.sh (pinned CUDA 12 NVRTC/ptxas from \
+                 PyPI, no root needed; the image then loads on drivers >= 525) or install a CUDA toolkit, then \
+                 rebuild; CUDA_SOFTMAX_NO_NVCC=1 builds without the GPU image and without this warning."
             );
             Ok(())
         }
@@ -81,6 +119,77 @@ fn main() {
         // One clear error (cargo fails the build after the script exits), not a panic.
         println!("cargo::error={}", message.replace('\n', " | "));
     }
+}
+
+/// What builds the GPU image.
+enum Compiler {
+    /// A CUDA toolkit's nvcc.
+    Nvcc(PathBuf),
+    /// The pinned CUDA 12 toolchain: NVRTC + ptxas + nvFatbin.
+    Nvrtc(Toolchain12),
+}
+
+/// Whether `nvcc` is the pinned CUDA 13.0 one of scripts/install-nvcc.sh (found by the search,
+/// not named by the user): the pinned CUDA 12 toolchain is preferred to it.
+fn is_pinned_nvcc(nvcc: &Path) -> bool {
+    let named = ["NVCC", "CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .any(|v| env::var_os(v).is_some_and(|x| !x.is_empty()));
+    !named && nvcc.components().any(|c| c.as_os_str() == "cuda-softmax")
+        && nvcc.ends_with("nvidia/cu13/bin/nvcc")
+}
+
+/// Whether the search found `nvcc` through PATH (so a PATH change may change the compiler).
+fn found_on_path(nvcc: &Path) -> bool {
+    let named = ["NVCC", "CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .any(|v| env::var_os(v).is_some_and(|x| !x.is_empty()));
+    !named
+        && env::var_os("PATH").is_some_and(|path| {
+            env::split_paths(&path).any(|dir| nvcc.parent() == Some(dir.as_path()))
+        })
+}
+
+/// OUT_DIR/kernels_bundle.cu: every kernel source, with `#include "x"` of a header in kernels/
+/// replaced by the header's text (once: they are all `#pragma once`), so that NVRTC needs no
+/// include files of ours. Includes under a folder (the emulator's, in `#ifdef CS_EMULATOR`
+/// branches) and `<...>` includes stay as they are.
+fn write_kernel_bundle(kernels: &Path, sources: &[PathBuf], out: &Path) -> Result<(), String> {
+    fn inline(
+        path: &Path,
+        kernels: &Path,
+        seen: &mut Vec<PathBuf>,
+        text: &mut String,
+    ) -> Result<(), String> {
+        if seen.iter().any(|p| p == path) {
+            return Ok(());
+        }
+        seen.push(path.to_path_buf());
+        let source = fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        for line in source.lines() {
+            let header = line
+                .trim()
+                .strip_prefix("#include \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+                .filter(|name| !name.contains('/'));
+            match header {
+                Some(name) => inline(&kernels.join(name), kernels, seen, text)?,
+                None if line.trim() == "#pragma once" => {}
+                None => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut text = String::from("// Generated by build.rs from kernels/*.cu: the run-time fallback's source.\n");
+    let mut seen = Vec::new();
+    for s in sources {
+        inline(s, kernels, &mut seen, &mut text)?;
+    }
+    let path = out.join("kernels_bundle.cu");
+    fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// kernels/*.cu, sorted so that the generated unity files are stable.
@@ -136,6 +245,11 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
             .flag_if_supported("-Wno-unknown-pragmas")
             // The emulator must be fast even in debug builds of the crate.
             .opt_level(2)
+            // One text section, not one per function: a third fewer bytes in the rlib (the
+            // section headers, names and relocations of ~3800 sections), and nothing to
+            // garbage-collect anyway (every kernel is registered, so every kernel is used).
+            .flag_if_supported("-fno-function-sections")
+            .flag_if_supported("-fno-data-sections")
             .debug(false)
             // (warnings(false) would add -w and silence the flags below.)
             .warnings(true)
@@ -239,20 +353,229 @@ fn run(cmd: &mut Command, what: &str) -> Result<(String, String), String> {
 }
 
 /// A file the compiler should have written, non-empty.
-fn produced(path: &Path, what: &str, nvcc: &Path) -> Result<(), String> {
+fn produced(path: &Path, what: &str, compiler: &Path) -> Result<(), String> {
     match fs::metadata(path) {
         Ok(m) if m.len() > 0 => Ok(()),
         _ => Err(format!(
-            "{what}: {} exited successfully but did not write {}; check that it is a working nvcc (NVCC, CUDA_HOME)",
-            nvcc.display(),
+            "{what}: {} exited successfully but did not write {}; check that it is a working compiler (NVCC, \
+             CUDA_HOME, or rerun scripts/install-nvcc.sh)",
+            compiler.display(),
             path.display()
         )),
     }
 }
 
-fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) -> Result<(), String> {
+/// What an image is (OUT_DIR/image.txt, cached with it): `key=value` lines.
+struct ImageInfo {
+    /// "nvcc 13.0" or "NVRTC 12.0, ptxas 12.9".
+    toolkit: String,
+    ptx_version: String,
+    /// e.g. sm_75,...,sm_120,compute_75
+    archs: String,
+    /// The oldest driver (e.g. 525) that loads the image on every GPU it has SASS for.
+    min_driver: u32,
+    /// The nvcc that built it (the SASS gate looks for cuobjdump beside it), if any.
+    nvcc: String,
+}
+
+impl ImageInfo {
+    fn to_text(&self) -> String {
+        format!(
+            "toolkit={}\nptx_version={}\narchs={}\nmin_driver={}\nnvcc={}\n",
+            self.toolkit, self.ptx_version, self.archs, self.min_driver, self.nvcc
+        )
+    }
+
+    fn from_text(text: &str) -> Option<ImageInfo> {
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        Some(ImageInfo {
+            toolkit: get("toolkit")?,
+            ptx_version: get("ptx_version")?,
+            archs: get("archs")?,
+            min_driver: get("min_driver")?.parse().ok()?,
+            nvcc: get("nvcc")?,
+        })
+    }
+}
+
+/// The oldest driver for an image whose newest part needs CUDA `major.minor` (the PTX's
+/// toolkit for the JIT; cubins need the driver's major version only: minor version
+/// compatibility).
+fn driver_for_cuda(major: u32, minor: u32) -> u32 {
+    match (major, minor) {
+        (..=11, _) => 450,
+        (12, 0) => 525,
+        (12, 1) => 530,
+        (12, 2) => 535,
+        (12, 3) => 545,
+        (12, 4) => 550,
+        (12, 5) => 555,
+        (12, 6) => 560,
+        (12, 7..=8) => 570,
+        (12, _) => 575,
+        (13, 0) => 580,
+        _ => 580 + 5 * minor,
+    }
+}
+
+/// The CUDA release a PTX ISA version belongs to (ISA 8.x is CUDA 12.x, 9.x is 13.x).
+fn cuda_for_ptx_isa(isa: &str) -> Option<(u32, u32)> {
+    let (major, minor) = isa.split_once('.')?;
+    let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    Some((major + 4, minor))
+}
+
+/// `.version` of a PTX text.
+fn ptx_isa(ptx: &str) -> String {
+    ptx.lines()
+        .find_map(|l| l.trim().strip_prefix(".version "))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string()
+}
+
+/// The image's targets: (SASS architectures with their suffix, the PTX architecture). Every
+/// base architecture, plus the newer ones the compiler knows; or one, from CUDA_COMPUTE_CAP.
+fn image_targets(newer_known: &dyn Fn(u32) -> bool) -> Result<(Vec<(u32, String)>, u32), String> {
+    Ok(match env::var("CUDA_COMPUTE_CAP") {
+        Ok(cap) => {
+            let (n, suffix) = parse_compute_cap(&cap)?;
+            (vec![(n, suffix)], n)
+        }
+        Err(_) => (
+            BASE_ARCHS
+                .into_iter()
+                .chain(NEWER_ARCHS.into_iter().filter(|&a| newer_known(a)))
+                .map(|a| (a, String::new()))
+                .collect(),
+            PTX_ARCH,
+        ),
+    })
+}
+
+fn build_gpu_image(
+    compiler: &Compiler,
+    kernels: &Path,
+    sources: &[PathBuf],
+    out: &Path,
+) -> Result<(), String> {
+    let lineinfo = env::var_os("CUDA_SOFTMAX_LINEINFO").is_some_and(|v| v == "1");
+    let mut key = image_cache::Key::new();
+    image_cache::add_sources(&mut key, kernels)?;
+    key.add(if lineinfo { b"lineinfo" } else { b"" });
+    for var in ["CUDA_COMPUTE_CAP", "NVCC_CCBIN"] {
+        key.add(env::var(var).unwrap_or_default().as_bytes());
+    }
+    // The compiler's identity: its path and what its --version / nvrtcVersion say.
+    match compiler {
+        Compiler::Nvcc(nvcc) => {
+            let (version, _) = run(Command::new(nvcc).arg("--version"), "nvcc --version")?;
+            key.add(b"nvcc").add(nvcc.as_os_str().as_encoded_bytes()).add(version.as_bytes());
+        }
+        Compiler::Nvrtc(t) => {
+            key.add(b"nvrtc")
+                .add(t.root.as_os_str().as_encoded_bytes())
+                .add(t.describe()?.as_bytes());
+        }
+    }
+    let key = key.hex();
+    let cache = image_cache::dir(&|name: &str| env::var_os(name));
+    let cached = cache
+        .as_deref()
+        .is_some_and(|c| image_cache::fetch(c, &key, out));
+    if !cached {
+        let info = match compiler {
+            Compiler::Nvcc(nvcc) => build_with_nvcc(nvcc, sources, out, lineinfo)?,
+            Compiler::Nvrtc(t) => build_with_nvrtc(t, sources, out, lineinfo)?,
+        };
+        compress_image(out)?;
+        fs::write(out.join("image.txt"), info.to_text())
+            .map_err(|e| format!("write image.txt: {e}"))?;
+        if let Some(cache) = &cache {
+            if let Err(e) = image_cache::store(cache, &key, out) {
+                println!("cargo::warning=the GPU image was built but not cached ({e}); the next profile's build compiles it again");
+            }
+        }
+    }
+    let text = fs::read_to_string(out.join("image.txt")).map_err(|e| format!("read image.txt: {e}"))?;
+    let info = ImageInfo::from_text(&text).ok_or("image.txt is incomplete: remove the image cache entry")?;
+    if info.min_driver > 525 {
+        let who = match compiler {
+            Compiler::Nvcc(nvcc) => format!("{} ({})", info.toolkit, nvcc.display()),
+            Compiler::Nvrtc(_) => info.toolkit.clone(),
+        };
+        println!(
+            "cargo::warning=the GPU image is built with {who}: it loads only on NVIDIA drivers >= {} (PTX ISA {}). \
+             For drivers >= 525, unset NVCC/CUDA_HOME/CUDA_PATH (or take nvcc off PATH) and run \
+             scripts/install-nvcc.sh: build.rs then uses its pinned CUDA 12 toolchain.",
+            info.min_driver, info.ptx_version
+        );
+    }
+    println!("cargo::rustc-cfg=cs_cuda_image");
+    // On ELF targets the image is assembled into the object file (src/image.rs): a Rust static
+    // would also copy it into the crate's metadata. Its symbols are named by the image and the
+    // OUT_DIR, so two builds of the crate in one program cannot clash.
+    let out_text = out.display().to_string();
+    let elf = env::var("CARGO_CFG_TARGET_OBJECT_FORMAT").is_ok_and(|f| f == "elf")
+        || env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    if elf && !out_text.contains(['"', '\\', '\n']) {
+        let mut symbol = image_cache::Key::new();
+        symbol.add(key.as_bytes()).add(out_text.as_bytes());
+        println!("cargo::rustc-cfg=cs_image_incbin");
+        println!("cargo::rustc-env=CS_IMAGE_SYMBOL=cuda_softmax_image_{}", symbol.hex());
+    }
+    println!("cargo::rustc-env=CS_TOOLKIT_VERSION={}", info.toolkit);
+    println!("cargo::rustc-env=CS_PTX_VERSION={}", info.ptx_version);
+    println!("cargo::rustc-env=CS_IMAGE_ARCHS={}", info.archs);
+    println!("cargo::rustc-env=CS_IMAGE_MIN_DRIVER={}", info.min_driver);
+    println!("cargo::rustc-env=CS_IMAGE_DIR={}", out.display());
+    println!("cargo::rustc-env=CS_NVCC={}", info.nvcc);
+    println!("cargo::rustc-env=CS_IMAGE_CACHE_HIT={}", cached);
+    Ok(())
+}
+
+/// zstd level the image is compressed with: 17 with a 128 MiB window keeps all seven
+/// architectures and the PTX (about 110 MB as the driver reads them) under 9 MB. The seven
+/// cubins are mostly alike, so one long-window stream finds what they share; fatbin compression
+/// a 525 driver reads (LZ4) left 31.6 MB.
+const IMAGE_ZSTD_LEVEL: i32 = 17;
+const IMAGE_ZSTD_WINDOW_LOG: u32 = 27;
+
+/// OUT_DIR/softmax.fatbin -> OUT_DIR/softmax.fatbin.zst (what the crate embeds; src/image.rs
+/// inflates it once per process). The raw fatbin is removed: it is large, and not cached.
+fn compress_image(out: &Path) -> Result<(), String> {
+    let raw_path = out.join("softmax.fatbin");
+    let raw = fs::read(&raw_path).map_err(|e| format!("read {}: {e}", raw_path.display()))?;
+    let mut compressed = Vec::new();
+    let mut encoder = zstd::stream::Encoder::new(&mut compressed, IMAGE_ZSTD_LEVEL)
+        .map_err(|e| format!("zstd: {e}"))?;
+    encoder
+        .long_distance_matching(true)
+        .and_then(|_| encoder.window_log(IMAGE_ZSTD_WINDOW_LOG))
+        .and_then(|_| encoder.set_pledged_src_size(Some(raw.len() as u64)))
+        .and_then(|_| encoder.include_contentsize(true))
+        .map_err(|e| format!("zstd parameters: {e}"))?;
+    std::io::Write::write_all(&mut encoder, &raw).map_err(|e| format!("zstd: {e}"))?;
+    encoder.finish().map_err(|e| format!("zstd: {e}"))?;
+    let path = out.join("softmax.fatbin.zst");
+    fs::write(&path, &compressed).map_err(|e| format!("write {}: {e}", path.display()))?;
+    fs::remove_file(&raw_path).map_err(|e| format!("remove {}: {e}", raw_path.display()))?;
+    Ok(())
+}
+
+/// The image with a CUDA toolkit's nvcc.
+fn build_with_nvcc(
+    nvcc: &Path,
+    sources: &[PathBuf],
+    out: &Path,
+    lineinfo: bool,
+) -> Result<ImageInfo, String> {
     let (version_text, _) = run(Command::new(nvcc).arg("--version"), "nvcc --version")?;
-    let toolkit = version_text
+    let release = version_text
         .split("release ")
         .nth(1)
         .and_then(|s| s.split(',').next())
@@ -263,27 +586,9 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) -> Result<(), S
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-
     // (architecture, suffix): SASS for each; PTX for ptx_arch (never an `a`/`f` PTX, which is
     // not forward compatible).
-    let (archs, ptx_arch): (Vec<(u32, String)>, u32) = match env::var("CUDA_COMPUTE_CAP") {
-        Ok(cap) => {
-            let (n, suffix) = parse_compute_cap(&cap)?;
-            (vec![(n, suffix)], n)
-        }
-        Err(_) => (
-            BASE_ARCHS
-                .into_iter()
-                .chain(
-                    NEWER_ARCHS
-                        .into_iter()
-                        .filter(|a| listed.lines().any(|l| l.trim() == format!("compute_{a}"))),
-                )
-                .map(|a| (a, String::new()))
-                .collect(),
-            PTX_ARCH,
-        ),
-    };
+    let (archs, ptx_arch) = image_targets(&|a| listed.lines().any(|l| l.trim() == format!("compute_{a}")))?;
 
     let mut unity = String::new();
     for s in sources {
@@ -293,7 +598,10 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) -> Result<(), S
     fs::write(&unity_path, unity).map_err(|e| format!("write {}: {e}", unity_path.display()))?;
 
     let common = |cmd: &mut Command| {
-        cmd.arg("-std=c++17").arg("-O3").arg("-lineinfo");
+        cmd.arg("-std=c++17").arg("-O3");
+        if lineinfo {
+            cmd.arg("-lineinfo");
+        }
         if let Some(ccbin) = env::var_os("NVCC_CCBIN") {
             cmd.arg("-ccbin").arg(ccbin);
         }
@@ -341,22 +649,208 @@ fn build_gpu_image(nvcc: &Path, sources: &[PathBuf], out: &Path) -> Result<(), S
     run(&mut cmd, "nvcc (ptx)")?;
     produced(&ptx, "nvcc (ptx)", nvcc)?;
     let ptx_text = fs::read_to_string(&ptx).map_err(|e| format!("read {}: {e}", ptx.display()))?;
-    let ptx_version = ptx_text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(".version "))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
+    let ptx_version = ptx_isa(&ptx_text);
 
+    // SASS of toolkit major M needs a driver of major M; the PTX needs the toolkit's own release.
+    let (major, minor) = release
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .unwrap_or((99, 0));
+    let min_driver = driver_for_cuda(major, 0).max(
+        cuda_for_ptx_isa(&ptx_version).map_or(driver_for_cuda(major, minor), |(a, b)| driver_for_cuda(a, b)),
+    );
     let arch_list: Vec<String> = archs
         .iter()
         .map(|(a, suffix)| format!("sm_{a}{suffix}"))
         .chain([format!("compute_{ptx_arch}")])
         .collect();
-    println!("cargo::rustc-cfg=cs_cuda_image");
-    println!("cargo::rustc-env=CS_TOOLKIT_VERSION={toolkit}");
-    println!("cargo::rustc-env=CS_PTX_VERSION={ptx_version}");
-    println!("cargo::rustc-env=CS_IMAGE_ARCHS={}", arch_list.join(","));
-    println!("cargo::rustc-env=CS_NVCC={}", nvcc.display());
-    Ok(())
+    Ok(ImageInfo {
+        toolkit: format!("nvcc {release}"),
+        ptx_version,
+        archs: arch_list.join(","),
+        min_driver,
+        nvcc: nvcc.display().to_string(),
+    })
+}
+
+/// The PTX NVRTC 12.0 compiles for SASS architecture `sm`: (architecture, variant). The
+/// kernels (and the fp16/bf16 headers) choose code by __CUDA_ARCH__ at 800 (L2 eviction
+/// policies) and 900, and NVRTC 12.0 knows nothing above compute_90, whose PTX ptxas 12.9
+/// assembles for sm_100/sm_120. sm_120's PTX is a variant with CS_TARGET_SM120 defined (a
+/// register budget: kernels/softmax_backward.cu), named "+sm120".
+fn nvrtc_ptx_arch(sm: u32) -> (u32, String) {
+    match sm {
+        ..80 => (75, String::new()),
+        80..90 => (80, String::new()),
+        120.. => (90, "+sm120".to_string()),
+        _ => (90, String::new()),
+    }
+}
+
+/// The image with the pinned CUDA 12 toolchain: NVRTC -> PTX per PTX architecture, ptxas ->
+/// SASS per architecture (in parallel), nvFatbin -> one fatbin.
+fn build_with_nvrtc(
+    t: &Toolchain12,
+    sources: &[PathBuf],
+    out: &Path,
+    lineinfo: bool,
+) -> Result<ImageInfo, String> {
+    let toolkit = t.describe()?;
+    // ptxas 12.8+ assembles for sm_100 and sm_120.
+    let ptxas_release: (u32, u32) = toolkit
+        .rsplit("ptxas ")
+        .next()
+        .and_then(|v| v.split_once('.'))
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .unwrap_or((0, 0));
+    let (archs, ptx_arch) = image_targets(&|_| ptxas_release >= (12, 8))?;
+    let mut ptx_archs: Vec<(u32, String)> = archs
+        .iter()
+        .map(|(a, suffix)| {
+            if suffix.is_empty() {
+                nvrtc_ptx_arch(*a)
+            } else {
+                (*a, suffix.clone())
+            }
+        })
+        .chain([(ptx_arch.min(90), String::new())])
+        .collect();
+    ptx_archs.sort();
+    ptx_archs.dedup();
+
+    let mut unity = String::new();
+    for s in sources {
+        unity += &format!("#include \"{}\"\n", s.display());
+    }
+    let kernels_dir = sources
+        .first()
+        .and_then(|s| s.parent())
+        .ok_or("no kernel sources")?;
+    let threads = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+
+    // NVRTC: one program per PTX architecture, compiled in parallel (programs are independent).
+    let compile_ptx = |(arch, suffix): &(u32, String)| -> Result<String, String> {
+        let nvrtc = nvrtc::Nvrtc::open(&t.nvrtc)?;
+        // "+variant": a define on the plain architecture; else an arch suffix (90a).
+        let (arch_suffix, define) = match suffix.strip_prefix('+') {
+            Some(variant) => ("", Some(format!("-DCS_TARGET_{}", variant.to_uppercase()))),
+            None => (suffix.as_str(), None),
+        };
+        let mut options = vec![
+            format!("--gpu-architecture=compute_{arch}{arch_suffix}"),
+            "-std=c++17".to_string(),
+            // Lambdas and helpers without __device__ are device code (nvcc infers it).
+            "-default-device".to_string(),
+            format!("-I{}", kernels_dir.display()),
+            format!("-I{}", t.include.display()),
+        ];
+        options.extend(define);
+        if lineinfo {
+            options.push("-lineinfo".into());
+        }
+        nvrtc.compile_to_ptx(&unity, "cuda_softmax_kernels.cu", &options)
+    };
+    let ptx_texts = parallel_map(&ptx_archs, threads, compile_ptx)?;
+
+    // ptxas: one cubin per SASS architecture, from its PTX architecture's text.
+    let mut ptx_files = Vec::new();
+    for ((arch, suffix), text) in ptx_archs.iter().zip(&ptx_texts) {
+        let path = out.join(format!("compute_{arch}{suffix}.ptx"));
+        fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        ptx_files.push(((*arch, suffix.clone()), path));
+    }
+    let assemble = |(sm, suffix): &(u32, String)| -> Result<(Vec<u8>, String), String> {
+        let want = if suffix.is_empty() {
+            nvrtc_ptx_arch(*sm)
+        } else {
+            (*sm, suffix.clone())
+        };
+        let ptx = &ptx_files
+            .iter()
+            .find(|(a, _)| *a == want)
+            .ok_or("no PTX for an architecture")?
+            .1;
+        let cubin = out.join(format!("sm_{sm}{suffix}.cubin"));
+        let mut cmd = Command::new(&t.ptxas);
+        cmd.arg(format!("-arch=sm_{sm}{suffix}")).arg("-O3").arg("-v");
+        if lineinfo {
+            cmd.arg("-lineinfo");
+        }
+        cmd.arg(ptx).arg("-o").arg(&cubin);
+        let (stdout, stderr) = run(&mut cmd, &format!("ptxas (sm_{sm}{suffix})"))?;
+        produced(&cubin, "ptxas", &t.ptxas)?;
+        let bytes = fs::read(&cubin).map_err(|e| format!("read {}: {e}", cubin.display()))?;
+        Ok((bytes, stdout + &stderr))
+    };
+    let cubins = parallel_map(&archs, threads, assemble)?;
+
+    let shipped_ptx = ptx_texts[ptx_archs
+        .iter()
+        .position(|(a, s)| *a == ptx_arch.min(90) && s.is_empty())
+        .ok_or("no PTX for the shipped architecture")?]
+    .clone();
+    let numbered: Vec<(String, Vec<u8>)> = archs
+        .iter()
+        .zip(&cubins)
+        .map(|((a, suffix), (bytes, _))| (format!("{a}{suffix}"), bytes.clone()))
+        .collect();
+    let fatbin = toolchain12::fatbin(&t.nvfatbin, &numbered, (ptx_arch.min(90), &shipped_ptx))?;
+    fs::write(out.join("softmax.fatbin"), fatbin).map_err(|e| format!("write softmax.fatbin: {e}"))?;
+    fs::write(out.join("softmax.ptx"), &shipped_ptx).map_err(|e| format!("write softmax.ptx: {e}"))?;
+    let report: String = cubins.iter().map(|(_, r)| r.as_str()).collect();
+    fs::write(out.join("ptxas.txt"), report).map_err(|e| format!("write ptxas.txt: {e}"))?;
+
+    let ptx_version = ptx_isa(&shipped_ptx);
+    // ptxas 12.x SASS loads on any 12.x driver (minor version compatibility); the PTX needs the
+    // driver of its ISA (8.0: CUDA 12.0, driver 525).
+    let min_driver = driver_for_cuda(12, 0).max(
+        cuda_for_ptx_isa(&ptx_version).map_or(u32::MAX, |(a, b)| driver_for_cuda(a, b)),
+    );
+    let arch_list: Vec<String> = archs
+        .iter()
+        .map(|(a, suffix)| format!("sm_{a}{suffix}"))
+        .chain([format!("compute_{}", ptx_arch.min(90))])
+        .collect();
+    Ok(ImageInfo {
+        toolkit,
+        ptx_version,
+        archs: arch_list.join(","),
+        min_driver,
+        nvcc: String::new(),
+    })
+}
+
+/// `f` over `items` on up to `threads` threads, results in order; the first error wins.
+fn parallel_map<I: Sync, R: Send>(
+    items: &[I],
+    threads: usize,
+    f: impl Fn(&I) -> Result<R, String> + Sync,
+) -> Result<Vec<R>, String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<R, String>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(items.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err("a compile step did not run".into()))
+        })
+        .collect()
 }

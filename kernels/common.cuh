@@ -15,9 +15,58 @@
 #include <cuda_fp16.h>
 #endif
 
+#ifdef __CUDACC_RTC__
+// NVRTC (the default image's compiler, and the run-time fallback) has no C library headers:
+// the fixed-width types the kernels use, for the LP64 targets CUDA supports.
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+typedef unsigned long uintptr_t;
+static_assert(sizeof(uintptr_t) == sizeof(void*), "uintptr_t must hold a pointer");
+#else
 #include <stdint.h>
+#endif
 
 namespace cs {
+
+// ---- The few type traits the kernels need, here rather than from <type_traits>: NVRTC has no
+// C++ standard library headers.
+template <bool B>
+struct BoolConstant {
+  static constexpr bool value = B;
+};
+using TrueType = BoolConstant<true>;
+using FalseType = BoolConstant<false>;
+template <typename A, typename B>
+struct IsSame : FalseType {};
+template <typename A>
+struct IsSame<A, A> : TrueType {};
+template <bool C, typename IfTrue, typename IfFalse>
+struct Conditional {
+  using type = IfTrue;
+};
+template <typename IfTrue, typename IfFalse>
+struct Conditional<false, IfTrue, IfFalse> {
+  using type = IfFalse;
+};
+template <typename T>
+struct MakeUnsigned;
+template <>
+struct MakeUnsigned<int> {
+  using type = unsigned;
+};
+template <>
+struct MakeUnsigned<long long> {
+  using type = unsigned long long;
+};
+template <>
+struct MakeUnsigned<unsigned> {
+  using type = unsigned;
+};
+template <>
+struct MakeUnsigned<unsigned long long> {
+  using type = unsigned long long;
+};
 
 // ---- Kernel parameters: one struct for every softmax entry point (mirrored in src/kernel.rs).
 struct SoftmaxParams {
@@ -112,7 +161,9 @@ inline uint32_t storage_bits(__nv_bfloat16 v) { return v.bits; }
 #else
 __device__ __forceinline__ uint32_t storage_bits(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ uint32_t storage_bits(__half v) { return __half_as_ushort(v); }
-__device__ __forceinline__ uint32_t storage_bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+// (bf16 through the raw struct: CUDA 12.0's headers, which NVRTC 12.0 uses, declare
+// __bfloat16_as_ushort only for sm_80 and up.)
+__device__ __forceinline__ uint32_t storage_bits(__nv_bfloat16 v) { return static_cast<__nv_bfloat16_raw>(v).x; }
 #endif
 
 // One 16-byte global store of four 32-bit words. NVVM splits a 16-byte struct store into
@@ -150,7 +201,9 @@ __device__ __forceinline__ __half from_storage_bits<__half>(uint32_t b) {
 }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_storage_bits<__nv_bfloat16>(uint32_t b) {
-  return __ushort_as_bfloat16(static_cast<unsigned short>(b));
+  __nv_bfloat16_raw raw;
+  raw.x = static_cast<unsigned short>(b);
+  return raw;
 }
 #endif
 
@@ -314,7 +367,16 @@ __device__ __forceinline__ long long head_elements(const T* p, long long n) {
 // formed first (not fma(x, log2e, -m*log2e)) so that large-magnitude logits keep their
 // precision and x*log2e cannot overflow near the f32 maximum.
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kNegInf = -__builtin_huge_valf();
+#ifdef __CUDACC_RTC__
+// NVRTC has no __builtin_huge_valf/__builtin_nanf; it folds IEEE division by zero to the same
+// constants (checked in the PTX: 0f7F800000 and a quiet NaN).
+constexpr float kPosInf = 1.0f / 0.0f;
+constexpr float kNaN = -(0.0f / 0.0f);
+#else
+constexpr float kPosInf = __builtin_huge_valf();
+constexpr float kNaN = __builtin_nanf("");
+#endif
+constexpr float kNegInf = -kPosInf;
 
 // 2^x on the special-function unit: ex2.approx.ftz.f32, one MUFU.EX2 (exp2f adds a denormal
 // rescaling sequence around it). Relative error about 2^-22; subnormal inputs count as 0 and

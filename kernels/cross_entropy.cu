@@ -27,8 +27,6 @@
 //
 // Invalid targets (outside [0, V), not ignore_index) are never used as an address: their row's
 // loss and gradient are NaN. Ignored rows: loss 0, gradient 0 (written without reading).
-#include <type_traits>
-
 #include "common.cuh"
 
 namespace cs {
@@ -61,8 +59,6 @@ constexpr int kCeReductionShift = 2;   // bits 2-3: 0 None, 1 Sum, 2 Mean
 constexpr int kCeGradFromLse = 16;     // grad: start from the caller's lse (backward), not the
                                        // row state finish left in the workspace
 constexpr int kCeNone = 0, kCeMean = 2;  // (1: Sum)
-constexpr float kPosInf = __builtin_huge_valf();
-constexpr float kNaN = __builtin_nanf("");
 
 // Workspace layout (f32): globals, then 4 a row, then 4 a (row, chunk).
 constexpr long long kCeGlobals = 4;  // W, D_w, D_n, unused
@@ -207,8 +203,8 @@ __device__ __forceinline__ void ce_prepare(const CrossEntropyParams& p) {
 }
 
 // ---- The per-element work of each pass, shared by the chunked and the on-chip kernels.
-using CeYes = std::true_type;
-using CeNo = std::false_type;
+using CeYes = TrueType;
+using CeNo = FalseType;
 
 // A row's (or chunk's) online state: the (max, sum) of the softmax and, for the smoothing term,
 // sx = sum_j w_j (x_j - shift) / V and sw = sum_j w_j / V over the elements folded so far,
@@ -362,7 +358,7 @@ __device__ __forceinline__ void ce_grad_values(const CrossEntropyParams& p, cons
     v[i] = fmaf(r.a, prob, -s_j);
   }
   // The target's column: one compare a pack (it is in at most one pack of the row).
-  if (static_cast<typename std::make_unsigned<Off>::type>(t_off) < static_cast<unsigned>(N)) {
+  if (static_cast<typename MakeUnsigned<Off>::type>(t_off) < static_cast<unsigned>(N)) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       if (t_off == static_cast<Off>(i)) v[i] -= r.b;

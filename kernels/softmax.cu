@@ -12,8 +12,6 @@
 //                   the row's states and writes its chunk. Fills the GPU when rows < SMs.
 // Every loop over rows is uniform across the warp/block (inactive rows still take part in the
 // reductions), because the reductions use full-mask shuffles and block barriers.
-#include <type_traits>
-
 #include "common.cuh"
 #include "ops.cuh"
 
@@ -205,7 +203,7 @@ __device__ __forceinline__ void for_each_on_chip(SmemPtr<T> buf, long long lead,
 // 32 bytes of y, so y + head aligned is enough.)
 template <typename T, typename TO>
 __device__ __forceinline__ bool packs_line_up(const T* xr, const TO* yr, long long head) {
-  if constexpr (std::is_same<T, TO>::value) {
+  if constexpr (IsSame<T, TO>::value) {
     return ((reinterpret_cast<uintptr_t>(xr) ^ reinterpret_cast<uintptr_t>(yr)) & 15u) == 0;
   } else {
     static_assert(sizeof(TO) * Vec16<T>::n % 16 == 0, "an x pack is whole 16-byte stores of y");

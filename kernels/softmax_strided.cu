@@ -20,8 +20,6 @@
 //   (backward); for rows too long for 32 of them to fit in shared memory.
 //
 // In place is safe: every element is read and written by one thread only, read before written.
-#include <type_traits>
-
 #include "common.cuh"
 #include "ops.cuh"
 
@@ -105,9 +103,9 @@ template <typename T, int P>
 struct RowWord {
   static_assert(P == 1 || P == 2, "one or two rows a lane");
   static constexpr int kBits = 8 * static_cast<int>(sizeof(T));
-  using Type = typename std::conditional<
+  using Type = typename Conditional<
       P * sizeof(T) == 8, unsigned long long,
-      typename std::conditional<P * sizeof(T) == 4, uint32_t, unsigned short>::type>::type;
+      typename Conditional<P * sizeof(T) == 4, uint32_t, unsigned short>::type>::type;
   __device__ __forceinline__ static void unpack(Type w, float (&out)[P]) {
 #pragma unroll
     for (int q = 0; q < P; ++q) out[q] = to_f32(from_storage_bits<T>(static_cast<uint32_t>(w >> (q * kBits))));

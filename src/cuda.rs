@@ -46,10 +46,37 @@ pub(crate) fn driver_version() -> i32 {
     v
 }
 
+/// The embedded image on `ctx`. When the driver refuses it (its PTX is newer than the driver
+/// and it has no SASS for this GPU), or CUDA_SOFTMAX_FORCE_JIT=1: the kernels compiled for this
+/// GPU by the user's NVRTC (src/jit.rs), else an error naming both failures.
+fn load_image(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Arc<CudaModule>> {
+    let refused = if crate::jit::forced() {
+        format!("{}=1", crate::jit::FORCE_VAR)
+    } else {
+        match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image::fatbin()?)) {
+            Ok(module) => return Ok(module),
+            Err(e) => format!("{e:?}"),
+        }
+    };
+    let failed = |detail: String| Error::ImageLoad {
+        driver_version: driver_version(),
+        compute_capability: cc,
+        detail,
+    };
+    let cubin = crate::jit::cubin_for(cc)
+        .map_err(|why| failed(format!("{refused}; run-time fallback: {why}")))?;
+    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .map_err(|e| {
+            failed(format!(
+                "{refused}; the cubin NVRTC compiled for this GPU did not load either: {e:?}"
+            ))
+        })
+}
+
 impl CudaBackend {
     /// Opens device `ordinal` on its default stream (no extra per-launch event work).
     pub fn open(ordinal: usize) -> Result<CudaBackend> {
-        if image::FATBIN.is_none() {
+        if !image::has_image() {
             return Err(Error::NoCudaImage);
         }
         // Nothing below may reach a driver function the library lacks (cudarc would panic).
@@ -80,7 +107,9 @@ impl CudaBackend {
 
     /// Uses a stream the caller already has (and its context).
     pub fn on_stream(stream: Arc<CudaStream>) -> Result<CudaBackend> {
-        let fatbin = image::FATBIN.ok_or(Error::NoCudaImage)?;
+        if !image::has_image() {
+            return Err(Error::NoCudaImage);
+        }
         crate::driver::check()?;
         let ctx = stream.context().clone();
         let attr = |a| {
@@ -91,13 +120,7 @@ impl CudaBackend {
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
-            .map_err(|e| Error::ImageLoad {
-                driver_version: driver_version(),
-                compute_capability: cc,
-                detail: format!("{e:?}"),
-            })?;
+        let module = load_image(&ctx, cc)?;
         let limits = DeviceLimits {
             sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1)
                 as u32,

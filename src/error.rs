@@ -38,6 +38,11 @@ pub enum Error {
         /// The driver's error.
         detail: String,
     },
+    /// The embedded image does not inflate (a damaged build): rebuild the crate.
+    CorruptImage {
+        /// What the decompressor said.
+        detail: String,
+    },
     /// A CUDA driver call failed.
     Driver {
         /// The driver entry point.
@@ -164,8 +169,8 @@ impl fmt::Display for Error {
         match self {
             Error::NoCudaImage => write!(
                 f,
-                "this build of cuda-softmax has no GPU image because nvcc was not found at build time; \
-                 install a CUDA toolkit or run scripts/install-nvcc.sh, then rebuild (Device::emulator() works without one)"
+                "this build of cuda-softmax has no GPU image because no CUDA compiler was found at build time; \
+                 run scripts/install-nvcc.sh (or install a CUDA toolkit), then rebuild (Device::emulator() works without one)"
             ),
             Error::DriverNotFound => write!(
                 f,
@@ -194,8 +199,9 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "the driver could not load the kernel image ({detail}). Driver supports CUDA {}.{}; GPU is sm_{}{}; \
-                 the image was built by CUDA toolkit {} (PTX ISA {}) for {}. Update the driver to one that supports the \
-                 toolkit, or rebuild with an older toolkit (CUDA_HOME / NVCC) or with CUDA_COMPUTE_CAP set to this GPU",
+                 the image was built by {} (PTX ISA {}) for {} and needs driver >= {}. Update the driver, or rebuild \
+                 without CUDA_HOME/NVCC so that build.rs uses the pinned CUDA 12 toolchain of scripts/install-nvcc.sh \
+                 (drivers >= 525), or with CUDA_COMPUTE_CAP set to this GPU",
                 driver_version / 1000,
                 (driver_version % 1000) / 10,
                 compute_capability.0,
@@ -203,6 +209,12 @@ impl fmt::Display for Error {
                 crate::image::TOOLKIT_VERSION,
                 crate::image::PTX_VERSION,
                 crate::image::ARCHS,
+                crate::image::MIN_DRIVER,
+            ),
+            Error::CorruptImage { detail } => write!(
+                f,
+                "the GPU image embedded in this build does not inflate ({detail}); the build is damaged: \
+                 run `cargo clean -p cuda-softmax` and rebuild"
             ),
             Error::Driver {
                 call: "cuInit",

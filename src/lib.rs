@@ -21,6 +21,7 @@ mod element;
 mod emulator;
 mod error;
 pub mod image;
+mod jit;
 mod kernel;
 pub mod occupancy;
 mod op;

@@ -102,7 +102,7 @@ fn run_probe(dir: &Path, env: &[(&str, &str)], args: &[&str], code: i32) -> Stri
 /// Without a GPU image `Device::cuda` ends at `NoCudaImage` (driver-probe's own driver check
 /// still runs first).
 fn image_missing() -> bool {
-    if cuda_softmax::image::FATBIN.is_some() {
+    if cuda_softmax::image::has_image() {
         return false;
     }
     eprintln!("SKIPPED: no GPU image in this build, so Device::cuda stops before the driver");

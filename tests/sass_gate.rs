@@ -38,12 +38,24 @@ fn required() -> bool {
     std::env::var("CS_REQUIRE_CUDA_IMAGE").is_ok_and(|v| v == "1")
 }
 
-/// cuobjdump beside the nvcc that built the image, else on PATH.
+/// cuobjdump beside the nvcc that built the image, else where scripts/install-nvcc.sh puts it
+/// (the pinned CUDA 12 toolchain has none: cuobjdump 13.2 reads its cubins), else on PATH.
 fn cuobjdump() -> Option<PathBuf> {
     let beside = option_env!("CS_NVCC")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .and_then(|nvcc| Some(nvcc.parent()?.join("cuobjdump")));
-    beside.filter(|p| p.is_file()).or_else(|| {
+    let cache = std::env::var_os("CUDA_SOFTMAX_NVCC_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache")))?;
+            Some(cache.join("cuda-softmax/cuda-13.0"))
+        })
+        .map(|d| d.join("nvidia/cu13/bin/cuobjdump"));
+    beside.filter(|p| p.is_file()).or(cache.filter(|p| p.is_file())).or_else(|| {
         Command::new("cuobjdump")
             .arg("--version")
             .output()
@@ -55,7 +67,7 @@ fn cuobjdump() -> Option<PathBuf> {
 
 /// The SASS of every kernel for `arch`, or None (with a notice) when the gate cannot run here.
 fn sass_for(arch: &str) -> Option<Vec<Function>> {
-    let Some(fatbin) = image::FATBIN else {
+    let Some(fatbin) = image::fatbin().ok() else {
         assert!(
             !required(),
             "CS_REQUIRE_CUDA_IMAGE=1 but the crate was built without nvcc"
@@ -582,10 +594,11 @@ fn plans_keep_enough_loads_in_flight() {
     let Some(functions) = sass_for("sm_90") else {
         return;
     };
-    let Some(report) = image::PTXAS_REPORT else {
+    let Some(report) = image::ptxas_report() else {
+        assert!(!required(), "the build's ptxas report is missing");
         return;
     };
-    let resources = sass::ptxas_resources(report, "sm_90");
+    let resources = sass::ptxas_resources(&report, "sm_90");
     let h100 = DeviceLimits::H100;
     // Bytes per SM a stream needs in flight: bandwidth / SMs x ~0.8 us latency (H100 about
     // 3.0 TB/s, H200 about 4.3 TB/s, 132 SMs each).
