@@ -166,8 +166,8 @@ pub fn draw(
                     dashed,
                 ))
                 .map_err(err)?
-                .label(format!("{} model", dtype.name()))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], dashed));
+                .label(format!("{} model (dashed)", dtype.name()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], dashed));
         } else {
             chart
                 .draw_series(LineSeries::new(
@@ -185,12 +185,13 @@ pub fn draw(
             .collect();
         if !t.is_empty() {
             t.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let dotted = color.mix(0.6).stroke_width(1);
+            let dotted = color.stroke_width(2);
+            let thin = color.stroke_width(1);
             chart
-                .draw_series(DashedLineSeries::new(t, 2, 3, dotted))
+                .draw_series(DashedLineSeries::new(t, 2, 4, dotted))
                 .map_err(err)?
-                .label(format!("{} torch", dtype.name()))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 3, y)], dotted));
+                .label(format!("{} torch (dotted)", dtype.name()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], thin));
         }
     }
     chart

@@ -136,10 +136,6 @@ pub fn parse(args: &[String]) -> std::result::Result<Options, String> {
             "--cols" => opts.cols = Some(parse_cols(&value("--cols")?)?),
             "--quick" => opts.quick = true,
             "--emulator" => opts.emulator = true,
-            "--seed" => {
-                // Accepted for symmetry with the main job; the sweep's inputs use fixed seeds.
-                value("--seed")?;
-            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -200,7 +196,10 @@ impl Point {
 /// with `bytes_moved` the traffic the plan really makes (1.0x the minimum for one-pass plans,
 /// about 1.5x for the two-pass online and split-row plans) and the copy rate measured on the
 /// GPU, or [`NOMINAL_COPY_GBS`] without one. It ignores launch overhead, occupancy and L2 hits
-/// (docs/performance.md has the finer static model of bytes in flight).
+/// (docs/performance.md has the finer static model of bytes in flight). The traffic is always
+/// the emulator's count, so its plan is the one the emulator's limits pick (8 SMs, 96 KiB of
+/// shared memory a block): on a GPU with more shared memory the block family reaches longer
+/// rows (f32 rows of 24K-57K columns are one pass on an H100 but two on the emulator).
 pub fn predicted_gbs(copy_gbs: f64, bytes_min: usize, bytes_moved: usize) -> f64 {
     copy_gbs * bytes_min as f64 / bytes_moved.max(1) as f64
 }
@@ -411,6 +410,15 @@ impl Progress {
         let _ = err.flush();
     }
 
+    /// Clears the progress line before a table row goes to the same terminal.
+    fn clear(&self) {
+        if self.tty {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        }
+    }
+
     fn finish(&self) {
         if self.tty {
             let _ = writeln!(std::io::stderr());
@@ -500,6 +508,7 @@ fn run_inner(opts: &Options) -> std::result::Result<(), String> {
                 progress.step(&format!("{} {} {rows}x{c}", op.name(), dtype.name()));
                 let p = measure_dtype(&emu, gpu.as_ref(), op, dtype, c, opts.quick, copy_gbs)
                     .map_err(|e| format!("{} {} {rows}x{c}: {e}", op.name(), dtype.name()))?;
+                progress.clear();
                 println!("{}", table_row(&p));
                 points.push(p);
             }
