@@ -233,40 +233,62 @@ struct Buffers<T: Element> {
     targets: Option<DeviceTensor<i64>>,
 }
 
-fn buffers<T: Element>(
-    device: &Device,
-    op: SweepOp,
+/// Host data of one shape, made once and uploaded to every rotated set (the sets exist to
+/// defeat L2 by their addresses; their values may repeat).
+struct HostInputs<T> {
     rows: usize,
     cols: usize,
-    rng: &mut Rng,
-) -> Result<Buffers<T>> {
-    let shape = [rows, cols];
-    let mut x = DeviceTensor::from_host(device, &rng.logits::<T>(rows * cols, 4.0), &shape)?;
-    let mut b = Buffers {
-        x: DeviceTensor::uninit(device, &shape)?,
-        dy: None,
-        out: None,
-        targets: None,
-    };
-    match op {
-        SweepOp::Softmax | SweepOp::LogSoftmax => {
-            b.out = Some(DeviceTensor::uninit(device, &shape)?)
-        }
-        SweepOp::SoftmaxBackward => {
-            // A real forward output, so the backward sees probabilities.
-            softmax_inplace(&mut x)?;
-            let dy = rng.logits::<T>(rows * cols, 1.0);
-            b.dy = Some(DeviceTensor::from_host(device, &dy, &shape)?);
-            b.out = Some(DeviceTensor::uninit(device, &shape)?);
-        }
-        SweepOp::LogSumExp => {}
-        SweepOp::CrossEntropy => {
-            let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
-            b.targets = Some(DeviceTensor::from_host(device, &t, &[rows])?);
+    x: Vec<T>,
+    /// Upstream gradient (backward only).
+    dy: Option<Vec<T>>,
+    /// One class a row (cross-entropy only).
+    targets: Option<Vec<i64>>,
+}
+
+impl<T: Element> HostInputs<T> {
+    fn new(op: SweepOp, rows: usize, cols: usize) -> Self {
+        let mut rng = Rng::new(7);
+        let x = rng.logits::<T>(rows * cols, 4.0);
+        let dy = (op == SweepOp::SoftmaxBackward).then(|| rng.logits::<T>(rows * cols, 1.0));
+        let targets = (op == SweepOp::CrossEntropy)
+            .then(|| (0..rows).map(|_| rng.below(cols) as i64).collect());
+        HostInputs {
+            rows,
+            cols,
+            x,
+            dy,
+            targets,
         }
     }
-    b.x = x;
-    Ok(b)
+}
+
+fn buffers<T: Element>(device: &Device, op: SweepOp, host: &HostInputs<T>) -> Result<Buffers<T>> {
+    let shape = [host.rows, host.cols];
+    let mut x = DeviceTensor::from_host(device, &host.x, &shape)?;
+    if op == SweepOp::SoftmaxBackward {
+        // A real forward output, so the backward sees probabilities.
+        softmax_inplace(&mut x)?;
+    }
+    let out = match op {
+        SweepOp::Softmax | SweepOp::LogSoftmax | SweepOp::SoftmaxBackward => {
+            Some(DeviceTensor::uninit(device, &shape)?)
+        }
+        SweepOp::LogSumExp | SweepOp::CrossEntropy => None,
+    };
+    let dy = match &host.dy {
+        Some(dy) => Some(DeviceTensor::from_host(device, dy, &shape)?),
+        None => None,
+    };
+    let targets = match &host.targets {
+        Some(t) => Some(DeviceTensor::from_host(device, t, &[host.rows])?),
+        None => None,
+    };
+    Ok(Buffers {
+        x,
+        dy,
+        out,
+        targets,
+    })
 }
 
 fn run_op<T: Element>(op: SweepOp, b: &mut Buffers<T>) -> Result<()> {
@@ -304,7 +326,7 @@ fn count_on_emulator<T: Element>(
     rows: usize,
     cols: usize,
 ) -> Result<Counted> {
-    let mut b = buffers::<T>(emu, op, rows, cols, &mut Rng::new(7))?;
+    let mut b = buffers(emu, op, &HostInputs::<T>::new(op, rows, cols))?;
     let start = Instant::now();
     run_op(op, &mut b)?;
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -324,10 +346,11 @@ fn count_on_emulator<T: Element>(
 
 fn time_on_gpu<T: Element>(gpu: &Device, op: SweepOp, rows: usize, cols: usize) -> Result<f64> {
     let count = rotation_count(op.min_bytes(rows, cols, size_of::<T>()));
-    let mut rng = Rng::new(7);
+    let host = HostInputs::<T>::new(op, rows, cols);
     let mut sets = (0..count)
-        .map(|_| buffers::<T>(gpu, op, rows, cols, &mut rng))
+        .map(|_| buffers(gpu, op, &host))
         .collect::<Result<Vec<_>>>()?;
+    drop(host);
     median_ms(gpu, 3, 7, 10, |i| run_op(op, &mut sets[i % count]))
 }
 
