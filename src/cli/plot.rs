@@ -113,7 +113,7 @@ pub fn draw(
         format!("{}: measured GB/s on {label}", op.name())
     } else {
         format!(
-            "{}: PREDICTED GB/s, no GPU (emulator traffic x copy of an {NOMINAL_CARD})",
+            "{}: PREDICTED GB/s, no GPU: emulator traffic, copy of an {NOMINAL_CARD}",
             op.name()
         )
     };

@@ -36,8 +36,8 @@ pub const QUICK_COLS: [usize; 5] = [16, 1024, 4096, 16384, 65536];
 /// On a GPU every shape holds 64 MiB of input, as in docs/performance.md's predicted table.
 const GPU_INPUT_BYTES: usize = 64 << 20;
 
-/// On the emulator a shape holds about this many elements (a few seconds for the whole sweep);
-/// `--quick` uses a quarter. Rows are at least 1, so the longest rows hold more.
+/// On the emulator a shape holds about this many elements (about 12 s for the whole sweep);
+/// `--quick` uses a quarter. Rows are at least EMULATOR_MIN_ROWS, so long rows hold more.
 const EMULATOR_ELEMENTS: usize = 1 << 16;
 
 /// The emulator reports 8 SMs to its planner (src/emulator.rs, EMULATOR_LIMITS).
@@ -47,7 +47,7 @@ const EMULATOR_MIN_ROWS: usize = 8;
 /// (3.35 TB/s read + write). A measured device-to-device copy reaches less; the plot's title
 /// and the table's header say which figure was used.
 pub const NOMINAL_COPY_GBS: f64 = 3350.0;
-pub const NOMINAL_CARD: &str = "H100 SXM, 3350 GB/s peak, nominal";
+pub const NOMINAL_CARD: &str = "H100 SXM (3350 GB/s peak, nominal)";
 
 /// The ops the sweep covers: every public operation over the last dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,13 +479,14 @@ fn pick_device(opts: &Options) -> std::result::Result<(Option<Device>, f64, Stri
         }
         None => {
             println!(
-                "Without a GPU every GB/s below is PREDICTED, not measured: copy bandwidth of an \
-                 {NOMINAL_CARD} x minimum bytes / bytes the plan moves (traffic counted by the emulator)."
+                "Without a GPU every GB/s below is PREDICTED, not measured: copy bandwidth of \
+                 an {NOMINAL_CARD} x minimum bytes / bytes the plan moves (traffic counted by \
+                 the emulator)."
             );
             Ok((
                 None,
                 NOMINAL_COPY_GBS,
-                format!("the emulator (GB/s predicted for the copy of an {NOMINAL_CARD})"),
+                format!("the emulator; GB/s predicted for the copy of an {NOMINAL_CARD}"),
             ))
         }
     }
@@ -602,7 +603,8 @@ fn table_row(p: &Point) -> String {
     )
 }
 
-pub const CSV_HEADER: &str = "op,dtype,rows,cols,bytes_min,bytes_moved,ms,gbs,copy_gbs,ratio_to_copy,predicted_gbs,source,emulator_ms,kernel";
+pub const CSV_HEADER: &str = "op,dtype,rows,cols,bytes_min,bytes_moved,ms,gbs,copy_gbs,\
+                              ratio_to_copy,predicted_gbs,source,emulator_ms,kernel";
 
 fn to_csv(points: &[Point]) -> String {
     let mut s = String::from(CSV_HEADER);
