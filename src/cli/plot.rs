@@ -68,6 +68,16 @@ fn dtype_color(dtype: Dtype) -> RGBColor {
     }
 }
 
+/// Line widths that narrow in drawing order, so that dtypes with the same numbers (common:
+/// the traffic ratios of f16 and bf16 are equal) show as nested stripes instead of one line.
+fn dtype_width(dtype: Dtype) -> u32 {
+    match dtype {
+        Dtype::F32 => 6,
+        Dtype::F16 => 4,
+        Dtype::Bf16 => 2,
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     format!("plot: {e}")
 }
@@ -134,23 +144,9 @@ pub fn draw(
         .draw()
         .map_err(err)?;
 
-    let copy_style = BLACK.stroke_width(1);
-    chart
-        .draw_series(LineSeries::new(
-            [(x_range.start, copy), (x_range.end, copy)],
-            copy_style,
-        ))
-        .map_err(err)?
-        .label(if on_gpu {
-            format!("device-to-device copy {copy:.0} GB/s")
-        } else {
-            format!("copy {copy:.0} GB/s (nominal)")
-        })
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], copy_style));
-
     for dtype in Dtype::ALL {
         let color = dtype_color(dtype);
-        let solid = color.stroke_width(2);
+        let solid = color.stroke_width(dtype_width(dtype));
         let dashed = color.stroke_width(1);
         if on_gpu {
             chart
@@ -194,6 +190,21 @@ pub fn draw(
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], thin));
         }
     }
+    // Last, so that the copy stays visible where a dtype reaches it.
+    let copy_style = BLACK.stroke_width(1);
+    chart
+        .draw_series(LineSeries::new(
+            [(x_range.start, copy), (x_range.end, copy)],
+            copy_style,
+        ))
+        .map_err(err)?
+        .label(if on_gpu {
+            format!("device-to-device copy {copy:.0} GB/s")
+        } else {
+            format!("copy {copy:.0} GB/s (nominal)")
+        })
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], copy_style));
+
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerLeft)
@@ -212,7 +223,8 @@ fn draw_traffic<DB: DrawingBackend>(
     points: &[&Point],
     x_range: std::ops::Range<f64>,
 ) -> Result<(), String> {
-    let t_max = points.iter().map(|p| p.traffic()).fold(2.0, f64::max) * 1.05;
+    // Headroom above the lines for the legend in the upper right corner.
+    let t_max = points.iter().map(|p| p.traffic()).fold(2.0, f64::max) * 1.35;
     let mut chart = ChartBuilder::on(area)
         .caption(
             "traffic: bytes moved / minimum bytes (emulator count)",
@@ -233,7 +245,7 @@ fn draw_traffic<DB: DrawingBackend>(
         .draw()
         .map_err(err)?;
     for dtype in Dtype::ALL {
-        let style = dtype_color(dtype).stroke_width(2);
+        let style = dtype_color(dtype).stroke_width(dtype_width(dtype));
         chart
             .draw_series(LineSeries::new(
                 series(points, dtype, Point::traffic),
