@@ -6,7 +6,9 @@
 #   1. the GPU correctness suite (CS_REQUIRE_GPU=1: a skip is a failure) and the image checks;
 #   2. compute-sanitizer memcheck and racecheck over every entry point;
 #   3. the main job: self-check and the bandwidth table against a device-to-device copy;
-#   4. torch.softmax on the same shapes, when PyTorch is installed, for comparison.
+#   4. torch on the sweep's shapes, when PyTorch is installed, for comparison (torch.csv);
+#   5. `cuda-softmax sweep`: every op x dtype x column, with torch's numbers, to $OUT/sweep
+#      (CSV, JSON and an SVG plot per op).
 # Prints a summary last. Exit status is non-zero if any step failed.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -44,9 +46,15 @@ if [ -s "$b/predicted.txt" ]; then
   cat "$b/predicted.txt"
 fi
 step "main job (self-check + bandwidth)" 120 "$b/cuda-softmax"
+results=${OUT:-gpu-results}
+mkdir -p "$results"
+torch_arg=()
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-  step "torch.softmax on the same shapes" 90 python3 scripts/torch_softmax_bandwidth.py
+  step "torch on the sweep's shapes" 150 python3 scripts/torch_softmax_bandwidth.py --sweep \
+    --csv "$results/torch.csv"
+  [ -s "$results/torch.csv" ] && torch_arg=(--torch "$results/torch.csv")
 fi
+step "sweep (CSV, JSON, plots)" 240 "$b/cuda-softmax" sweep --out "$results/sweep" ${torch_arg[@]+"${torch_arg[@]}"}
 
 echo; echo "=== summary"
 printf '%s\n' "${summary[@]}"

@@ -5,6 +5,13 @@
 //! speed and traffic counts, and a plain statement that no GPU was found.
 //!
 //! Options: --emulator (skip the GPU even if present), --seed N.
+//!
+//! `cuda-softmax sweep --out DIR`: the benchmark sweep with plots (src/cli/sweep.rs).
+
+#[path = "cli/plot.rs"]
+mod plot;
+#[path = "cli/sweep.rs"]
+mod sweep;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -171,6 +178,15 @@ fn emulator_report() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "sweep") {
+        return match sweep::parse(&args[2..]) {
+            Ok(opts) => sweep::run(&opts),
+            Err(e) => {
+                eprintln!("{e}\n{}", sweep::USAGE);
+                ExitCode::from(2)
+            }
+        };
+    }
     let force_emulator = args.iter().any(|a| a == "--emulator");
     let seed = args
         .iter()
