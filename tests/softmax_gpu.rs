@@ -69,11 +69,22 @@ fn interop(d: &Device) {
     y.with_mut(|y| softmax_into(&x, y)).unwrap();
     let owned = DeviceTensor::from_host(&d1, &data, &[rows, cols]).unwrap();
     let want = cuda_softmax::softmax(&owned).unwrap().to_host().unwrap();
-    assert_eq!(y.to_host().unwrap(), want);
+    // The borrow starts 20 bytes into its allocation: another access path than the owned
+    // copy's, so the sums may round differently.
+    let got = y.to_host().unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst < 1e-6,
+        "borrowed result differs from the owned one by {worst}"
+    );
     drop(y);
     assert_eq!(
         s1.clone_dtoh(&ys).unwrap(),
-        want,
+        got,
         "written in the caller's memory"
     );
 
