@@ -56,8 +56,8 @@ impl Softmax {
         let device = self.device_for(dev.cuda_stream())?;
         let input = storage.as_cuda_slice::<T>()?;
         let dims = layout.dims();
-        let x = DeviceTensor::borrow_cuda(&device, input, layout.start_offset(), dims)
-            .map_err(err)?;
+        let x =
+            DeviceTensor::borrow_cuda(&device, input, layout.start_offset(), dims).map_err(err)?;
         // SAFETY: every element is written by the softmax below before anyone reads it.
         let mut output = unsafe { dev.alloc::<T>(layout.shape().elem_count()) }?;
         DeviceTensor::borrow_cuda_mut(&device, &mut output, 0, dims)
@@ -111,7 +111,9 @@ fn main() -> Result<()> {
     let gpu = match Device::new_cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            println!("no CUDA device, nothing to run ({e}); the example builds, which is what CI checks");
+            println!(
+                "no CUDA device, nothing to run ({e}); the example builds, which is what CI checks"
+            );
             return Ok(());
         }
     };
@@ -128,7 +130,11 @@ fn main() -> Result<()> {
         assert_eq!(x.layout().start_offset(), 50);
         let y = x.apply_op1_no_bwd(&op)?.to_dtype(DType::F32)?;
         let want = reference(&x)?;
-        let diff = (y - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = (y - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         let tolerance = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
         println!("{dtype:?}: largest difference from candle's ops {diff:e}");
         if diff > tolerance {
