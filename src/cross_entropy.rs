@@ -432,7 +432,7 @@ impl<'w> CrossEntropy<'w> {
         }
         let row = bad as usize;
         let target = targets
-            .view(row, &[1])
+            .view_any(row, &[1])
             .and_then(|t| t.to_host())
             .map(|t| t[0].to_i64())?;
         Err(Error::InvalidTarget {

@@ -1,9 +1,10 @@
-//! The CUDA backend: a cudarc context and stream, the embedded image loaded once, and kernel
-//! functions cached in one slot per entry point (by `KernelConfig::index`): resolved once, then
-//! read without locks, lookups or name formatting.
+//! The CUDA backend: a cudarc context and stream, the embedded image loaded once per CUDA context
+//! (shared by every `Device` on that context, whichever stream it uses), and kernel functions
+//! cached in one slot per entry point (by `KernelConfig::index`): resolved once, then read
+//! without locks, lookups or name formatting.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -25,8 +26,12 @@ struct FunctionSlot {
     smem_allowed: AtomicU32,
 }
 
-pub(crate) struct CudaBackend {
-    pub stream: Arc<CudaStream>,
+/// What every backend on one CUDA context shares: the loaded image and its resolved functions.
+/// A function handle and its shared memory attribute belong to the module, not to a stream, so
+/// backends on different streams of one context can share them.
+struct ContextModule {
+    /// Keeps the context alive too (a `CudaModule` holds its `CudaContext`), so that the cache
+    /// key (the raw `CUcontext`) cannot be reused by another context while this entry lives.
     module: Arc<CudaModule>,
     /// `KernelConfig::COUNT` slots, by `KernelConfig::index`.
     functions: Box<[FunctionSlot]>,
@@ -34,6 +39,56 @@ pub(crate) struct CudaBackend {
     /// launch that needs more), so that two threads raising it at once cannot leave the
     /// attribute below what the slot records.
     smem_raise: Mutex<()>,
+}
+
+/// The modules loaded so far, by raw `CUcontext`. Weak: the module (and, through it, the
+/// context) is released when the last backend on the context goes; a later backend loads it
+/// again. Locked only while a backend is made, never on the launch path.
+static MODULES: Mutex<Vec<(usize, Weak<ContextModule>)>> = Mutex::new(Vec::new());
+
+/// Images loaded so far in this process (see `module_loads`).
+static MODULE_LOADS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has loaded the GPU image into a context: once per context while
+/// a `Device` on it lives, however many `Device`s (streams) use it. For tests.
+pub(crate) fn module_loads() -> u64 {
+    MODULE_LOADS.load(Ordering::Relaxed)
+}
+
+/// The shared module of `ctx`: the cached one while any backend on the context holds it, else a
+/// freshly loaded one (then cached).
+fn context_module(
+    ctx: &Arc<CudaContext>,
+    compute_capability: (i32, i32),
+) -> Result<Arc<ContextModule>> {
+    let key = ctx.cu_ctx() as usize;
+    // Held across the load, so that two threads opening the same context load it once.
+    let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+    modules.retain(|(_, weak)| weak.strong_count() > 0);
+    if let Some(shared) = modules
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, weak)| weak.upgrade())
+    {
+        return Ok(shared);
+    }
+    let module = load_image(ctx, compute_capability)?;
+    MODULE_LOADS.fetch_add(1, Ordering::Relaxed);
+    let shared = Arc::new(ContextModule {
+        module,
+        functions: (0..KernelConfig::COUNT)
+            .map(|_| FunctionSlot::default())
+            .collect(),
+        smem_raise: Mutex::new(()),
+    });
+    modules.push((key, Arc::downgrade(&shared)));
+    Ok(shared)
+}
+
+pub(crate) struct CudaBackend {
+    pub stream: Arc<CudaStream>,
+    /// Shared with every backend on the same context.
+    shared: Arc<ContextModule>,
     pub limits: DeviceLimits,
     pub name: String,
     pub compute_capability: (i32, i32),
@@ -46,9 +101,10 @@ pub(crate) fn driver_version() -> i32 {
     v
 }
 
-/// The embedded image on `ctx`. When the driver refuses it (its PTX is newer than the driver
-/// and it has no SASS for this GPU), or CUDA_SOFTMAX_FORCE_JIT=1: the kernels compiled for this
-/// GPU by the user's NVRTC (src/jit.rs), else an error naming both failures.
+/// Loads the GPU image into `ctx`: the one place that turns "this context" into a module. When
+/// the driver refuses the embedded image (its PTX is newer than the driver and it has no SASS
+/// for this GPU), or CUDA_SOFTMAX_FORCE_JIT=1: the kernels compiled for this GPU by the user's
+/// NVRTC (src/jit.rs), else an error naming both failures.
 fn load_image(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Arc<CudaModule>> {
     let refused = if crate::jit::forced() {
         format!("{}=1", crate::jit::FORCE_VAR)
@@ -120,7 +176,7 @@ impl CudaBackend {
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
-        let module = load_image(&ctx, cc)?;
+        let shared = context_module(&ctx, cc)?;
         let limits = DeviceLimits {
             sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1)
                 as u32,
@@ -132,31 +188,37 @@ impl CudaBackend {
         let name = ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());
         Ok(CudaBackend {
             stream,
-            module,
-            functions: (0..KernelConfig::COUNT)
-                .map(|_| FunctionSlot::default())
-                .collect(),
-            smem_raise: Mutex::new(()),
+            shared,
             limits,
             name,
             compute_capability: cc,
         })
     }
 
+    /// True when both backends use the same loaded module (the same CUDA context).
+    pub fn shares_module_with(&self, other: &CudaBackend) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// The function of entry point `index` (named `name`), resolved in the image on first use.
     fn function(&self, index: usize, name: &std::ffi::CStr) -> Result<&FunctionSlot> {
-        let slot = self.functions.get(index).ok_or_else(|| Error::Launch {
-            kernel: name_str(name).into(),
-            detail: "no function slot for this entry point".into(),
-        })?;
+        let slot = self
+            .shared
+            .functions
+            .get(index)
+            .ok_or_else(|| Error::Launch {
+                kernel: name_str(name).into(),
+                detail: "no function slot for this entry point".into(),
+            })?;
         if slot.function.get().is_none() {
-            let function =
-                self.module
-                    .load_function(name_str(name))
-                    .map_err(|e| Error::Launch {
-                        kernel: name_str(name).into(),
-                        detail: format!("entry point missing from the image: {e:?}"),
-                    })?;
+            let function = self
+                .shared
+                .module
+                .load_function(name_str(name))
+                .map_err(|e| Error::Launch {
+                    kernel: name_str(name).into(),
+                    detail: format!("entry point missing from the image: {e:?}"),
+                })?;
             // Another thread may have resolved it meanwhile: either handle is the same function.
             slot.function.get_or_init(|| function);
         }
@@ -193,7 +255,11 @@ impl CudaBackend {
         let smem = stage.shared_mem_bytes;
         let allowed = slot.smem_allowed.load(Ordering::Acquire);
         if crate::kernel::dynamic_smem_to_allow(allowed, smem).is_some() {
-            let _raising = self.smem_raise.lock().unwrap_or_else(|e| e.into_inner());
+            let _raising = self
+                .shared
+                .smem_raise
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let allowed = slot.smem_allowed.load(Ordering::Acquire);
             if let Some(allow) = crate::kernel::dynamic_smem_to_allow(allowed, smem) {
                 function

@@ -52,6 +52,19 @@ impl std::fmt::Debug for Device {
 pub(crate) enum Buffer<T> {
     Cuda(CudaSlice<T>),
     Host(HostBuffer),
+    /// Memory the caller owns (a cudarc view, a raw device pointer, or host memory standing in
+    /// for device memory on the emulator). Only `TensorRef`/`TensorMut` make tensors over it,
+    /// and no owning tensor can be derived from those (see `crate::borrow`).
+    Borrowed(Borrowed),
+}
+
+/// Caller memory a borrowed tensor works on in place.
+pub(crate) struct Borrowed {
+    /// Address of element 0 in the device's address space.
+    pub addr: u64,
+    /// What keeps the memory's CUDA context alive for the borrow's lifetime (the view's stream;
+    /// `None` for raw pointers and the emulator, where the caller's obligations cover it).
+    pub _context: Option<Arc<CudaStream>>,
 }
 
 impl<T> Buffer<T> {
@@ -63,7 +76,13 @@ impl<T> Buffer<T> {
                 ptr
             }
             Buffer::Host(memory) => memory.addr(),
+            Buffer::Borrowed(b) => b.addr,
         }
+    }
+
+    /// True for caller memory (see `Buffer::Borrowed`).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self, Buffer::Borrowed(_))
     }
 }
 
@@ -169,6 +188,22 @@ impl Device {
     /// True when both handles refer to the same opened device.
     pub fn same_as(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.backend, &other.backend)
+    }
+
+    /// True when both are CUDA devices on one context and so share one loaded image and its
+    /// resolved functions (the image is loaded once per context, not once per `Device`).
+    pub fn shares_module_with(&self, other: &Device) -> bool {
+        match (&*self.backend, &*other.backend) {
+            (Backend::Cuda(a), Backend::Cuda(b)) => a.shares_module_with(b),
+            _ => false,
+        }
+    }
+
+    /// How many times this process has loaded the GPU image into a CUDA context (once per
+    /// context while a `Device` on it lives). For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn cuda_module_loads() -> u64 {
+        crate::cuda::module_loads()
     }
 
     /// Resolves every kernel entry point the planner can choose, so that a broken or partial

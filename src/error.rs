@@ -129,6 +129,25 @@ pub enum Error {
     },
     /// A CUDA buffer handed in does not belong to the device's context.
     ForeignBuffer,
+    /// An owning view (`view`, `rows`, `row`, `reshape` on a `DeviceTensor`) of memory the
+    /// caller lent: it could outlive the borrow. Views from the `TensorRef`/`TensorMut` work.
+    BorrowedView {
+        /// The call.
+        what: &'static str,
+    },
+    /// Borrowed memory not aligned for its element type.
+    Misaligned {
+        /// The address of the first element.
+        addr: u64,
+        /// The alignment the element type needs, in bytes.
+        align: usize,
+    },
+    /// Borrowed memory that the device cannot use in place (another stream, a null pointer,
+    /// host memory on a GPU device, device memory on the emulator).
+    BadBorrow {
+        /// What is wrong and what to do.
+        what: String,
+    },
     /// A softmax scale that is not a positive finite number.
     BadScale {
         /// The scale given.
@@ -290,6 +309,17 @@ impl fmt::Display for Error {
                 "the CUDA buffer belongs to another context than this device's; wrap it with a Device made from the same \
                  stream (Device::cuda_on_stream)"
             ),
+            Error::BorrowedView { what } => write!(
+                f,
+                "{what} of a tensor over borrowed memory would outlive the borrow; call {what} on the TensorRef or \
+                 TensorMut instead (its views keep the borrow's lifetime)"
+            ),
+            Error::Misaligned { addr, align } => write!(
+                f,
+                "borrowed memory at {addr:#x} is not aligned to {align} bytes as its element type needs; pass an \
+                 aligned pointer or element offset"
+            ),
+            Error::BadBorrow { what } => write!(f, "{what}"),
             Error::BadScale { scale } => write!(
                 f,
                 "softmax scale {scale} is not a positive number in [1e-30, 1e30]; pass such a scale (for a negative \

@@ -12,6 +12,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod borrow;
 pub mod check;
 mod cross_entropy;
 mod cuda;
@@ -32,6 +33,7 @@ mod softmax;
 mod tensor;
 pub mod timing;
 
+pub use borrow::{TensorMut, TensorRef};
 pub use cross_entropy::{CrossEntropy, CrossEntropyOutput, Reduction};
 pub use device::Device;
 pub use element::{Dtype, Element, Index, TensorElement};

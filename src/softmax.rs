@@ -168,7 +168,7 @@ pub(crate) fn forward_inplace_rows<T: Element>(
     x: &mut DeviceTensor<T>,
 ) -> Result<()> {
     // A second view of exactly the same elements: identical views are the in-place case.
-    let input = x.view(0, x.shape())?;
+    let input = x.view_any(0, x.shape())?;
     forward_rows(op, scale, rows, &input, x)
 }
 

@@ -36,7 +36,7 @@ impl<T: TensorElement> std::fmt::Debug for DeviceTensor<T> {
 /// The number of elements of `shape`. Every product of its non-zero dimensions must fit, in
 /// bytes too, so that all stride and offset arithmetic on the shape fits: `[0, MAX, MAX]` is
 /// rejected like `[MAX, MAX, 0]` (a zero dimension does not make the others meaningful).
-fn element_count(shape: &[usize]) -> Result<usize> {
+pub(crate) fn element_count(shape: &[usize]) -> Result<usize> {
     let too_large = || Error::ShapeTooLarge {
         shape: shape.to_vec(),
     };
@@ -116,7 +116,7 @@ impl<T: TensorElement> DeviceTensor<T> {
         }
         match Arc::try_unwrap(self.buffer) {
             Ok(Buffer::Cuda(slice)) => Ok(slice),
-            Ok(Buffer::Host(_)) => unreachable!("checked above"),
+            Ok(Buffer::Host(_) | Buffer::Borrowed(_)) => unreachable!("checked above"),
             Err(buffer) => Err(DeviceTensor {
                 device: self.device,
                 buffer,
@@ -126,11 +126,12 @@ impl<T: TensorElement> DeviceTensor<T> {
         }
     }
 
-    /// The elements of this view as a cudarc view (`None` on the emulator).
+    /// The elements of this view as a cudarc view (`None` on the emulator and over borrowed
+    /// memory, whose owner has its own view of it).
     pub fn cuda_view(&self) -> Option<CudaView<'_, T>> {
         match &*self.buffer {
             Buffer::Cuda(s) => Some(s.slice(self.offset..self.offset + self.len())),
-            Buffer::Host(_) => None,
+            Buffer::Host(_) | Buffer::Borrowed(_) => None,
         }
     }
 
@@ -154,13 +155,57 @@ impl<T: TensorElement> DeviceTensor<T> {
         self.len() == 0
     }
 
+    /// The address of this view's first element on its device (a `CUdeviceptr` on a GPU, a
+    /// host address on the emulator): for handing the memory to other code, in stream order.
+    pub fn device_addr(&self) -> u64 {
+        self.addr()
+    }
+
     /// First element of this view within its buffer.
     pub fn offset(&self) -> usize {
         self.offset
     }
 
     /// A view of `shape` starting `offset` elements into this view (within its extent).
+    /// Refused (`Error::BorrowedView`) on a tensor over borrowed memory: a view from a
+    /// `TensorRef`/`TensorMut` keeps the borrow's lifetime; one from here would not.
     pub fn view(&self, offset: usize, shape: &[usize]) -> Result<Self> {
+        self.owned_only("view")?;
+        self.view_any(offset, shape)
+    }
+
+    /// The same elements with another shape (refused on borrowed memory, as `view` is).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        self.owned_only("reshape")?;
+        self.reshape_any(shape)
+    }
+
+    /// Rows `start..end` along the first dimension (refused on borrowed memory, as `view` is).
+    pub fn rows(&self, start: usize, end: usize) -> Result<Self> {
+        self.owned_only("rows")?;
+        self.rows_any(start, end)
+    }
+
+    /// Row `i` along the first dimension, with the first dimension dropped (refused on borrowed
+    /// memory, as `view` is).
+    pub fn row(&self, i: usize) -> Result<Self> {
+        self.owned_only("row")?;
+        self.row_any(i)
+    }
+
+    /// Errors when this tensor is over borrowed memory: an owned view of it could outlive the
+    /// borrow (see `crate::borrow`).
+    fn owned_only(&self, what: &'static str) -> Result<()> {
+        if self.buffer.is_borrowed() {
+            return Err(Error::BorrowedView { what });
+        }
+        Ok(())
+    }
+
+    /// `view` without the borrowed-memory check: for the crate's own short-lived views (which
+    /// never leave the call that makes them) and for the borrow wrappers (which give the result
+    /// the borrow's lifetime).
+    pub(crate) fn view_any(&self, offset: usize, shape: &[usize]) -> Result<Self> {
         let len = element_count(shape)?;
         if offset.checked_add(len).is_none_or(|end| end > self.len()) {
             return Err(Error::OutOfRange {
@@ -178,8 +223,7 @@ impl<T: TensorElement> DeviceTensor<T> {
         })
     }
 
-    /// The same elements with another shape.
-    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+    pub(crate) fn reshape_any(&self, shape: &[usize]) -> Result<Self> {
         if element_count(shape)? != self.len() {
             return Err(Error::ShapeMismatch {
                 what: "reshape",
@@ -187,11 +231,10 @@ impl<T: TensorElement> DeviceTensor<T> {
                 right: shape.to_vec(),
             });
         }
-        self.view(0, shape)
+        self.view_any(0, shape)
     }
 
-    /// Rows `start..end` along the first dimension.
-    pub fn rows(&self, start: usize, end: usize) -> Result<Self> {
+    pub(crate) fn rows_any(&self, start: usize, end: usize) -> Result<Self> {
         let (&n, rest) = self
             .shape
             .split_first()
@@ -220,11 +263,10 @@ impl<T: TensorElement> DeviceTensor<T> {
             })?;
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        self.view(offset, &shape)
+        self.view_any(offset, &shape)
     }
 
-    /// Row `i` along the first dimension, with the first dimension dropped.
-    pub fn row(&self, i: usize) -> Result<Self> {
+    pub(crate) fn row_any(&self, i: usize) -> Result<Self> {
         let n = self.shape.first().copied().unwrap_or(0);
         let end = i
             .checked_add(1)
@@ -235,8 +277,30 @@ impl<T: TensorElement> DeviceTensor<T> {
                 len: 1,
                 available: n,
             })?;
-        let r = self.rows(i, end)?;
-        r.reshape(&self.shape[1..])
+        let r = self.rows_any(i, end)?;
+        r.reshape_any(&self.shape[1..])
+    }
+
+    /// A tensor over caller memory (`Buffer::Borrowed`) at `addr`, holding `len` elements of
+    /// which this tensor covers the first `shape`'s. Only `crate::borrow` calls it; the caller
+    /// checked the shape, range, alignment and context.
+    pub(crate) fn over_borrowed(
+        device: &Device,
+        borrowed: crate::device::Borrowed,
+        shape: &[usize],
+    ) -> Self {
+        DeviceTensor {
+            device: device.clone(),
+            buffer: Arc::new(Buffer::Borrowed(borrowed)),
+            offset: 0,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// The address of the buffer this tensor shares with its views: the same for every view
+    /// of one borrow (for `TensorMut::with_mut`'s check that the borrowed tensor stayed put).
+    pub(crate) fn buffer_id(&self) -> *const Buffer<T> {
+        Arc::as_ptr(&self.buffer)
     }
 
     /// Overwrites this view's elements with `data` (same length).
@@ -262,6 +326,7 @@ impl<T: TensorElement> DeviceTensor<T> {
                     .synchronize()
                     .map_err(|e| Error::driver("cuStreamSynchronize", e))
             }
+            Buffer::Borrowed(_) => self.copy_borrowed(HostSide::From(data)),
             Buffer::Host(memory) => {
                 // In stream order with the device's other operations: a kernel that reads this
                 // memory never sees it change under it.
@@ -299,6 +364,7 @@ impl<T: TensorElement> DeviceTensor<T> {
                     .synchronize()
                     .map_err(|e| Error::driver("cuStreamSynchronize", e))?;
             }
+            Buffer::Borrowed(_) => self.copy_borrowed(HostSide::Into(&mut out))?,
             Buffer::Host(memory) => {
                 self.device.on_emulator_stream(|| {
                     // SAFETY: offset + len is within the buffer (view invariant); the stream
@@ -314,6 +380,54 @@ impl<T: TensorElement> DeviceTensor<T> {
             }
         }
         Ok(out)
+    }
+
+    /// Copies between the host and this view of borrowed memory (`data` holds `self.len()`
+    /// elements). On a GPU on the device's stream, which the borrow is ordered with (then waits
+    /// for it); on the emulator under its stream lock.
+    fn copy_borrowed(&self, data: HostSide<'_, T>) -> Result<()> {
+        let addr = self.addr();
+        match (self.device.cuda_stream(), data) {
+            (Some(stream), HostSide::From(src)) => {
+                // SAFETY: the range lies inside the borrowed memory (view invariant; the borrow
+                // constructors checked it), which stays valid for the borrow.
+                unsafe { cudarc::driver::result::memcpy_htod_async(addr, src, stream.cu_stream()) }
+                    .map_err(|e| Error::driver("cuMemcpyHtoDAsync", e))?;
+                stream
+                    .synchronize()
+                    .map_err(|e| Error::driver("cuStreamSynchronize", e))
+            }
+            (Some(stream), HostSide::Into(dst)) => {
+                // SAFETY: as above.
+                unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, addr, stream.cu_stream()) }
+                    .map_err(|e| Error::driver("cuMemcpyDtoHAsync", e))?;
+                stream
+                    .synchronize()
+                    .map_err(|e| Error::driver("cuStreamSynchronize", e))
+            }
+            (None, data) => {
+                self.device.on_emulator_stream(|| {
+                    // SAFETY: on the emulator the borrowed memory is host memory the borrow
+                    // holds, these elements within it (checked by the constructors); the stream
+                    // lock keeps every kernel of the device away from it meanwhile.
+                    unsafe {
+                        match data {
+                            HostSide::From(src) => std::ptr::copy_nonoverlapping(
+                                src.as_ptr(),
+                                addr as *mut T,
+                                src.len(),
+                            ),
+                            HostSide::Into(dst) => std::ptr::copy_nonoverlapping(
+                                addr as *const T,
+                                dst.as_mut_ptr(),
+                                dst.len(),
+                            ),
+                        }
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Address of this view's first element on its device.
@@ -346,6 +460,12 @@ impl<T: TensorElement> DeviceTensor<T> {
             Overlap::Partial
         }
     }
+}
+
+/// The host side of a copy to or from borrowed memory.
+enum HostSide<'s, T> {
+    From(&'s [T]),
+    Into(&'s mut [T]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The same correctness suite on a real GPU (device 0). A plain harness (not libtest), so that a
 //! machine without a GPU reports the suites as skipped in its summary line ("0 passed, 0 failed,
-//! 5 skipped") instead of counting them as passed. CS_REQUIRE_GPU=1 (set by
+//! 6 skipped") instead of counting them as passed. CS_REQUIRE_GPU=1 (set by
 //! scripts/gpu-check.sh) turns a skip into a failure. Arguments that do not start with `--` select
 //! suites by name, like libtest filters.
 
@@ -35,14 +35,99 @@ fn cross_entropy(d: &Device) {
     large_common_offset(d);
 }
 
+/// Zero-copy interop on cudarc memory: the image is loaded once per context (two `Device`s on
+/// two streams of one context share it), softmax reads a borrowed `CudaView` and writes a
+/// borrowed `CudaSlice` in place, overlapping borrows are refused, and memory on another stream
+/// or context is refused.
+fn interop(d: &Device) {
+    use cuda_softmax::{DeviceTensor, Error, softmax_inplace, softmax_into};
+    let ctx = d.cuda_stream().expect("a GPU device").context().clone();
+    let loads = Device::cuda_module_loads();
+    let s1 = ctx.new_stream().unwrap();
+    let s2 = ctx.new_stream().unwrap();
+    let d1 = Device::cuda_on_stream(s1.clone()).unwrap();
+    let d2 = Device::cuda_on_stream(s2.clone()).unwrap();
+    assert!(d1.shares_module_with(&d2) && d1.shares_module_with(d));
+    assert_eq!(
+        Device::cuda_module_loads(),
+        loads,
+        "no new load for a known context"
+    );
+
+    let (rows, cols) = (3usize, 40usize);
+    let data: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 37) % 23) as f32 * 0.25)
+        .collect();
+    // Input padded with 5 elements in front: the borrow starts at element offset 5.
+    let mut padded = vec![0.0f32; 5];
+    padded.extend_from_slice(&data);
+    let xs = s1.clone_htod(&padded).unwrap();
+    let mut ys = s1.alloc_zeros::<f32>(rows * cols).unwrap();
+    let view = xs.slice(5..);
+    let x = DeviceTensor::borrow_cuda(&d1, &view, 0, &[rows, cols]).unwrap();
+    let mut y = DeviceTensor::borrow_cuda_mut(&d1, &mut ys, 0, &[rows, cols]).unwrap();
+    y.with_mut(|y| softmax_into(&x, y)).unwrap();
+    let owned = DeviceTensor::from_host(&d1, &data, &[rows, cols]).unwrap();
+    let want = cuda_softmax::softmax(&owned).unwrap().to_host().unwrap();
+    // The borrow starts 20 bytes into its allocation: another access path than the owned
+    // copy's, so the sums may round differently.
+    let got = y.to_host().unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst < 1e-6,
+        "borrowed result differs from the owned one by {worst}"
+    );
+    drop(y);
+    assert_eq!(
+        s1.clone_dtoh(&ys).unwrap(),
+        got,
+        "written in the caller's memory"
+    );
+
+    // Two borrows of the same memory that partly overlap are refused; identical is in place.
+    {
+        let mut xm = DeviceTensor::borrow_cuda_mut(&d1, &mut ys, 0, &[rows * cols]).unwrap();
+        // SAFETY: the same memory as `xm`, used on d1's stream only, within this block.
+        let shifted = unsafe {
+            DeviceTensor::<f32>::from_raw_parts(&d1, xm.device_addr() + 4, &[rows * cols - 1])
+        }
+        .unwrap();
+        let mut tail = xm.view_mut(0, &[rows * cols - 1]).unwrap();
+        assert_eq!(
+            tail.with_mut(|t| softmax_into(&shifted, t)),
+            Err(Error::PartialOverlap)
+        );
+        xm.with_mut(softmax_inplace).unwrap();
+    }
+    // Another stream of the context is refused by the safe borrow (ordering), another device kind too.
+    assert!(matches!(
+        DeviceTensor::borrow_cuda(&d2, &xs, 0, &[4]),
+        Err(Error::BadBorrow { .. })
+    ));
+    assert!(matches!(
+        DeviceTensor::borrow_cuda(&Device::emulator(), &xs, 0, &[4]),
+        Err(Error::BadBorrow { .. })
+    ));
+    assert!(matches!(
+        DeviceTensor::borrow_cuda(&d1, &xs, 3, &[rows * cols + 3]),
+        Err(Error::OutOfRange { .. })
+    ));
+    d1.synchronize().unwrap();
+}
+
 type Suite = (&'static str, fn(&Device));
 
-const SUITES: [Suite; 5] = [
+const SUITES: [Suite; 6] = [
     ("gpu_f32", |d| common::full_suite::<f32>(d, "gpu_f32")),
     ("gpu_f16", |d| common::full_suite::<f16>(d, "gpu_f16")),
     ("gpu_bf16", |d| common::full_suite::<bf16>(d, "gpu_bf16")),
     ("gpu_every_entry_point_loads", every_entry_point_loads),
     ("gpu_cross_entropy", cross_entropy),
+    ("gpu_interop", interop),
 ];
 
 fn main() -> ExitCode {
