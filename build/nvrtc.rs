@@ -136,7 +136,11 @@ impl Nvrtc {
                 Ok(buf)
             };
             let log = read(log_size, get_log)
-                .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\0').to_string())
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
                 .unwrap_or_default();
             if compiled != 0 {
                 let tail: Vec<&str> = log.lines().take(40).collect();
@@ -154,4 +158,3 @@ impl Nvrtc {
         result
     }
 }
-

@@ -124,7 +124,13 @@ pub fn fatbin(
             for (arch, cubin) in cubins {
                 let a = CString::new(arch.as_str()).map_err(|_| "NUL in an architecture")?;
                 let id = CString::new(format!("cuda_softmax_sm_{arch}")).expect("no NUL");
-                let r = add_cubin(handle, cubin.as_ptr().cast(), cubin.len(), a.as_ptr(), id.as_ptr());
+                let r = add_cubin(
+                    handle,
+                    cubin.as_ptr().cast(),
+                    cubin.len(),
+                    a.as_ptr(),
+                    id.as_ptr(),
+                );
                 if r != 0 {
                     return Err(format!("nvFatbinAddCubin (sm_{arch}) failed ({r})"));
                 }

@@ -193,15 +193,17 @@ impl fmt::Display for Error {
             ),
             Error::DriverNotFound => write!(
                 f,
-                "the NVIDIA driver library (libcuda.so) was not found: install an NVIDIA driver (580 or newer for the \
-                 CUDA 13.0 image) or use Device::emulator()"
+                "the NVIDIA driver library (libcuda.so) was not found: install an NVIDIA driver ({} or newer for \
+                 this build's image) or use Device::emulator()",
+                crate::image::MIN_DRIVER.max(525)
             ),
             Error::DriverUnusable { library, problem } => write!(
                 f,
                 "the NVIDIA driver library {library} cannot be used: {problem}. It is not a working driver, or one \
                  too old (a partial install, a damaged file, a stand-in first on LD_LIBRARY_PATH): install or \
-                 repair the NVIDIA driver (580 or newer for the CUDA 13.0 image), check that nvidia-smi works and that \
-                 LD_LIBRARY_PATH puts no other libcuda first, or use Device::emulator()"
+                 repair the NVIDIA driver ({} or newer for this build's image), check that nvidia-smi works and that \
+                 LD_LIBRARY_PATH puts no other libcuda first, or use Device::emulator()",
+                crate::image::MIN_DRIVER.max(525)
             ),
             Error::NoGpu => write!(
                 f,

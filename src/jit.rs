@@ -48,7 +48,9 @@ pub fn cubin_for(cc: (i32, i32)) -> Result<Vec<u8>, String> {
         notice(&format!(
             "cuda-softmax: the embedded GPU image does not load here; using the {arch} cubin that NVRTC \
              {major}.{minor} compiled earlier ({})",
-            cache.as_deref().map_or(String::new(), |c| c.display().to_string())
+            cache
+                .as_deref()
+                .map_or(String::new(), |c| c.display().to_string())
         ));
         return Ok(bytes);
     }
@@ -69,7 +71,9 @@ pub fn cubin_for(cc: (i32, i32)) -> Result<Vec<u8>, String> {
     let start = Instant::now();
     let cubin = nvrtc
         .compile(SOURCE, "cuda_softmax_kernels.cu", &options, Output::Cubin)
-        .map_err(|e| format!("NVRTC {major}.{minor} could not compile the kernels for {arch}: {e}"))?;
+        .map_err(|e| {
+            format!("NVRTC {major}.{minor} could not compile the kernels for {arch}: {e}")
+        })?;
     let stored = cache.as_deref().map(|c| store(c, &cubin));
     notice(&format!(
         "cuda-softmax: the embedded GPU image does not load here; compiled the kernels for {arch} with NVRTC \
@@ -97,14 +101,23 @@ fn open_nvrtc(lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<Nvrtc, String
     if let Some(path) = lookup(NVRTC_VAR).filter(|p| !p.is_empty()) {
         return Nvrtc::open(Path::new(&path)).map_err(|e| format!("{NVRTC_VAR}: {e}"));
     }
-    let names = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", "libnvrtc.so.11.2"];
+    let names = [
+        "libnvrtc.so.13",
+        "libnvrtc.so.12",
+        "libnvrtc.so",
+        "libnvrtc.so.11.2",
+    ];
     let mut candidates: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(home) = lookup(var).filter(|h| !h.is_empty()) {
             candidates.extend(names.iter().map(|n| Path::new(&home).join("lib64").join(n)));
         }
     }
-    candidates.extend(names.iter().map(|n| Path::new("/usr/local/cuda/lib64").join(n)));
+    candidates.extend(
+        names
+            .iter()
+            .map(|n| Path::new("/usr/local/cuda/lib64").join(n)),
+    );
     if let Some(dir) = pinned_toolchain(lookup) {
         candidates.push(dir.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12"));
     }
@@ -212,7 +225,11 @@ mod tests {
                 assert!(rest.starts_with("emu/"), "left in the bundle: {l}");
             }
         }
-        for marker in ["struct SoftmaxParams", "struct CrossEntropyParams", "CS_ENTRY("] {
+        for marker in [
+            "struct SoftmaxParams",
+            "struct CrossEntropyParams",
+            "CS_ENTRY(",
+        ] {
             assert!(SOURCE.contains(marker), "{marker} missing from the bundle");
         }
     }
@@ -225,6 +242,9 @@ mod tests {
             _ => None,
         };
         let err = open_nvrtc(&lookup).err().expect("no library at that path");
-        assert!(err.contains(NVRTC_VAR) && err.contains("/nonexistent"), "{err}");
+        assert!(
+            err.contains(NVRTC_VAR) && err.contains("/nonexistent"),
+            "{err}"
+        );
     }
 }

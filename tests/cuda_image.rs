@@ -29,7 +29,9 @@ fn image_or_skip(test: &str) -> Option<(String, String)> {
         _ => {
             // The image is embedded, but its build folder (PTX text, ptxas report) is gone.
             assert!(!required, "{test}: the image's build folder is gone");
-            skip_notice(&format!("{test}: SKIPPED, the image's build folder is gone"));
+            skip_notice(&format!(
+                "{test}: SKIPPED, the image's build folder is gone"
+            ));
             None
         }
     }
@@ -200,7 +202,11 @@ fn the_fatbin_holds_every_target() {
         .output()
         .expect("run cuobjdump");
     let _ = std::fs::remove_file(&path);
-    assert!(out.status.success(), "cuobjdump failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cuobjdump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     println!("{listing}");
     let elf_archs: Vec<&str> = listing
@@ -221,7 +227,10 @@ fn the_fatbin_holds_every_target() {
     sorted_elf.sort();
     let mut sorted_claimed = claimed_sass.clone();
     sorted_claimed.sort();
-    assert_eq!(sorted_elf, sorted_claimed, "SASS in the fatbin vs image::ARCHS");
+    assert_eq!(
+        sorted_elf, sorted_claimed,
+        "SASS in the fatbin vs image::ARCHS"
+    );
     let claimed_ptx: Vec<String> = image::ARCHS
         .split(',')
         .filter_map(|a| a.strip_prefix("compute_"))
@@ -232,7 +241,11 @@ fn the_fatbin_holds_every_target() {
         for want in ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90"] {
             assert!(elf_archs.contains(&want), "no {want} SASS in the fatbin");
         }
-        assert_eq!(ptx_archs, ["sm_75"], "the default image's PTX is compute_75");
+        assert_eq!(
+            ptx_archs,
+            ["sm_75"],
+            "the default image's PTX is compute_75"
+        );
     }
 }
 

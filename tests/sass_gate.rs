@@ -55,14 +55,17 @@ fn cuobjdump() -> Option<PathBuf> {
             Some(cache.join("cuda-softmax/cuda-13.0"))
         })
         .map(|d| d.join("nvidia/cu13/bin/cuobjdump"));
-    beside.filter(|p| p.is_file()).or(cache.filter(|p| p.is_file())).or_else(|| {
-        Command::new("cuobjdump")
-            .arg("--version")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| PathBuf::from("cuobjdump"))
-    })
+    beside
+        .filter(|p| p.is_file())
+        .or(cache.filter(|p| p.is_file()))
+        .or_else(|| {
+            Command::new("cuobjdump")
+                .arg("--version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| PathBuf::from("cuobjdump"))
+        })
 }
 
 /// The SASS of every kernel for `arch`, or None (with a notice) when the gate cannot run here.
