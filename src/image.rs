@@ -142,3 +142,35 @@ const fn const_u32(s: &str) -> u32 {
     }
     n
 }
+
+/// The cuobjdump that reads this image (for the image checks and the SASS gate): beside the nvcc
+/// that built it, else where scripts/install-nvcc.sh puts CUDA 13.0's (cuobjdump 13.2 reads the
+/// CUDA 12 toolchain's cubins too; that toolchain has none of its own), else on PATH.
+pub fn cuobjdump() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let beside = option_env!("CS_NVCC")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .and_then(|nvcc| Some(nvcc.parent()?.join("cuobjdump")));
+    let pinned = std::env::var_os("CUDA_SOFTMAX_NVCC_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache")))?;
+            Some(cache.join("cuda-softmax/cuda-13.0"))
+        })
+        .map(|d| d.join("nvidia/cu13/bin/cuobjdump"));
+    beside
+        .filter(|p| p.is_file())
+        .or(pinned.filter(|p| p.is_file()))
+        .or_else(|| {
+            std::process::Command::new("cuobjdump")
+                .arg("--version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| PathBuf::from("cuobjdump"))
+        })
+}

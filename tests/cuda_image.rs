@@ -6,7 +6,6 @@
 //! installs the pinned toolchains first). CS_REQUIRE_IMAGE_DRIVER=525 (also set by .ci/run)
 //! requires the image to load on that driver.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use cuda_softmax::image;
@@ -185,7 +184,7 @@ fn the_fatbin_holds_every_target() {
     else {
         return;
     };
-    let Some(tool) = cuobjdump() else {
+    let Some(tool) = image::cuobjdump() else {
         assert!(
             std::env::var("CS_REQUIRE_CUDA_IMAGE").map_or(true, |v| v != "1"),
             "cuobjdump not found (scripts/install-nvcc.sh installs it)"
@@ -247,36 +246,6 @@ fn the_fatbin_holds_every_target() {
             "the default image's PTX is compute_75"
         );
     }
-}
-
-/// cuobjdump beside the nvcc that built the image, else where scripts/install-nvcc.sh puts it,
-/// else on PATH.
-fn cuobjdump() -> Option<PathBuf> {
-    let beside = option_env!("CS_NVCC")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .and_then(|nvcc| Some(nvcc.parent()?.join("cuobjdump")));
-    let cache = std::env::var_os("CUDA_SOFTMAX_NVCC_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache")))?;
-            Some(cache.join("cuda-softmax/cuda-13.0"))
-        })
-        .map(|d| d.join("nvidia/cu13/bin/cuobjdump"));
-    beside
-        .filter(|p| p.is_file())
-        .or(cache.filter(|p| p.is_file()))
-        .or_else(|| {
-            Command::new("cuobjdump")
-                .arg("--version")
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|_| PathBuf::from("cuobjdump"))
-        })
 }
 
 #[test]

@@ -25,7 +25,6 @@
 //!
 //! `cargo test --release --test sass_gate -- --nocapture` prints the census table.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use cuda_softmax::image;
@@ -36,36 +35,6 @@ const ARCHS: [&str; 2] = ["sm_90", "sm_80"];
 
 fn required() -> bool {
     std::env::var("CS_REQUIRE_CUDA_IMAGE").is_ok_and(|v| v == "1")
-}
-
-/// cuobjdump beside the nvcc that built the image, else where scripts/install-nvcc.sh puts it
-/// (the pinned CUDA 12 toolchain has none: cuobjdump 13.2 reads its cubins), else on PATH.
-fn cuobjdump() -> Option<PathBuf> {
-    let beside = option_env!("CS_NVCC")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .and_then(|nvcc| Some(nvcc.parent()?.join("cuobjdump")));
-    let cache = std::env::var_os("CUDA_SOFTMAX_NVCC_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache")))?;
-            Some(cache.join("cuda-softmax/cuda-13.0"))
-        })
-        .map(|d| d.join("nvidia/cu13/bin/cuobjdump"));
-    beside
-        .filter(|p| p.is_file())
-        .or(cache.filter(|p| p.is_file()))
-        .or_else(|| {
-            Command::new("cuobjdump")
-                .arg("--version")
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|_| PathBuf::from("cuobjdump"))
-        })
 }
 
 /// The SASS of every kernel for `arch`, or None (with a notice) when the gate cannot run here.
@@ -86,7 +55,7 @@ fn sass_for(arch: &str) -> Option<Vec<Function>> {
         eprintln!("SKIPPED: the image has no {arch} SASS (CUDA_COMPUTE_CAP narrowed it)");
         return None;
     }
-    let Some(tool) = cuobjdump() else {
+    let Some(tool) = image::cuobjdump() else {
         assert!(
             !required(),
             "cuobjdump not found (scripts/install-nvcc.sh installs it)"
