@@ -24,6 +24,8 @@ use std::process::Command;
 #[path = "build/nvcc.rs"]
 mod nvcc;
 use nvcc::{find_nvcc, parse_compute_cap};
+#[path = "build/cache_paths.rs"]
+mod cache_paths;
 #[path = "build/image_cache.rs"]
 mod image_cache;
 #[path = "build/nvrtc.rs"]
@@ -129,23 +131,24 @@ enum Compiler {
     Nvrtc(Toolchain12),
 }
 
+/// Whether the user named a toolkit (NVCC, CUDA_HOME or CUDA_PATH), rather than it being found.
+fn toolkit_named() -> bool {
+    ["NVCC", "CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .any(|v| env::var_os(v).is_some_and(|x| !x.is_empty()))
+}
+
 /// Whether `nvcc` is the pinned CUDA 13.0 one of scripts/install-nvcc.sh (found by the search,
 /// not named by the user): the pinned CUDA 12 toolchain is preferred to it.
 fn is_pinned_nvcc(nvcc: &Path) -> bool {
-    let named = ["NVCC", "CUDA_HOME", "CUDA_PATH"]
-        .iter()
-        .any(|v| env::var_os(v).is_some_and(|x| !x.is_empty()));
-    !named
+    !toolkit_named()
         && nvcc.components().any(|c| c.as_os_str() == "cuda-softmax")
         && nvcc.ends_with("nvidia/cu13/bin/nvcc")
 }
 
 /// Whether the search found `nvcc` through PATH (so a PATH change may change the compiler).
 fn found_on_path(nvcc: &Path) -> bool {
-    let named = ["NVCC", "CUDA_HOME", "CUDA_PATH"]
-        .iter()
-        .any(|v| env::var_os(v).is_some_and(|x| !x.is_empty()));
-    !named
+    !toolkit_named()
         && env::var_os("PATH").is_some_and(|path| {
             env::split_paths(&path).any(|dir| nvcc.parent() == Some(dir.as_path()))
         })
@@ -468,7 +471,7 @@ fn build_gpu_image(
     out: &Path,
 ) -> Result<(), String> {
     let lineinfo = env::var_os("CUDA_SOFTMAX_LINEINFO").is_some_and(|v| v == "1");
-    let mut key = image_cache::Key::new();
+    let mut key = cache_paths::ContentHash::new();
     image_cache::add_sources(&mut key, kernels)?;
     key.add(if lineinfo { b"lineinfo" } else { b"" });
     for var in ["CUDA_COMPUTE_CAP", "NVCC_CCBIN"] {
@@ -533,7 +536,7 @@ fn build_gpu_image(
     let elf = env::var("CARGO_CFG_TARGET_OBJECT_FORMAT").is_ok_and(|f| f == "elf")
         || env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     if elf && !out_text.contains(['"', '\\', '\n']) {
-        let mut symbol = image_cache::Key::new();
+        let mut symbol = cache_paths::ContentHash::new();
         symbol.add(key.as_bytes()).add(out_text.as_bytes());
         println!("cargo::rustc-cfg=cs_image_incbin");
         println!(

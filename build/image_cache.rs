@@ -11,6 +11,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::cache_paths::{ContentHash, user_cache};
+
 /// The files an entry holds (all written by the compiler step into OUT_DIR).
 pub const FILES: [&str; 4] = [
     "softmax.fatbin.zst",
@@ -19,37 +21,8 @@ pub const FILES: [&str; 4] = [
     "image.txt",
 ];
 
-/// 128-bit FNV-1a (two 64-bit lanes with different offsets): stable across Rust versions,
-/// unlike std's hasher, and plenty for a cache key.
-pub struct Key {
-    a: u64,
-    b: u64,
-}
-
-impl Key {
-    pub fn new() -> Key {
-        Key {
-            a: 0xcbf2_9ce4_8422_2325,
-            b: 0x6c62_272e_07bb_0142,
-        }
-    }
-
-    /// Adds `bytes`, length-prefixed so that ("ab", "c") and ("a", "bc") differ.
-    pub fn add(&mut self, bytes: &[u8]) -> &mut Key {
-        for &byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-            self.a = (self.a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            self.b = (self.b ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self
-    }
-
-    pub fn hex(&self) -> String {
-        format!("{:016x}{:016x}", self.a, self.b)
-    }
-}
-
 /// The GPU-relevant kernel sources: every file in kernels/ (not kernels/emu/), sorted by name.
-pub fn add_sources(key: &mut Key, kernels: &Path) -> Result<(), String> {
+pub fn add_sources(key: &mut ContentHash, kernels: &Path) -> Result<(), String> {
     let mut files: Vec<PathBuf> = fs::read_dir(kernels)
         .map_err(|e| format!("read {}: {e}", kernels.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -69,11 +42,7 @@ pub fn dir(lookup: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     if let Some(d) = lookup("CUDA_SOFTMAX_CACHE_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d));
     }
-    let cache = lookup("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| lookup("HOME").map(|h| Path::new(&h).join(".cache")))?;
-    Some(cache.join("cuda-softmax/images"))
+    Some(user_cache(lookup)?.join("cuda-softmax/images"))
 }
 
 /// Copies entry `key` into `out`; false when there is no complete entry.

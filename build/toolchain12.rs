@@ -8,6 +8,7 @@
 
 use std::ffi::{CString, OsString, c_char, c_int, c_void};
 
+use super::cache_paths::user_cache;
 use super::nvrtc::Nvrtc;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,13 +45,7 @@ impl Toolchain12 {
         let root = lookup("CUDA_SOFTMAX_CU12_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
-            .or_else(|| {
-                let cache = lookup("XDG_CACHE_HOME")
-                    .filter(|d| !d.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| lookup("HOME").map(|h| Path::new(&h).join(".cache")))?;
-                Some(cache.join("cuda-softmax/cuda-12-nvrtc"))
-            })?;
+            .or_else(|| Some(user_cache(lookup)?.join("cuda-softmax/cuda-12-nvrtc")))?;
         Toolchain12::at(&root)
     }
 

@@ -155,11 +155,10 @@ pub fn cuobjdump() -> Option<std::path::PathBuf> {
     let pinned = std::env::var_os("CUDA_SOFTMAX_NVCC_DIR")
         .map(PathBuf::from)
         .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache")))?;
-            Some(cache.join("cuda-softmax/cuda-13.0"))
+            Some(
+                crate::cache_paths::user_cache(&|n| std::env::var_os(n))?
+                    .join("cuda-softmax/cuda-13.0"),
+            )
         })
         .map(|d| d.join("nvidia/cu13/bin/cuobjdump"));
     beside

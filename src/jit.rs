@@ -15,6 +15,7 @@ use std::time::Instant;
 #[path = "../build/nvrtc.rs"]
 mod nvrtc;
 
+use crate::cache_paths::{ContentHash, user_cache};
 use nvrtc::{Nvrtc, Output};
 
 /// Every GPU kernel source in one text: kernels/*.cu with the project's own headers inlined
@@ -37,12 +38,12 @@ pub fn cubin_for(cc: (i32, i32)) -> Result<Vec<u8>, String> {
     let nvrtc = open_nvrtc(&lookup)?;
     let (major, minor) = nvrtc.version()?;
     let arch = format!("sm_{}{}", cc.0, cc.1);
-    let key = cache_key(&[
-        SOURCE.as_bytes(),
-        arch.as_bytes(),
-        format!("{major}.{minor}").as_bytes(),
-        nvrtc.path.as_os_str().as_encoded_bytes(),
-    ]);
+    let key = ContentHash::new()
+        .add(SOURCE.as_bytes())
+        .add(arch.as_bytes())
+        .add(format!("{major}.{minor}").as_bytes())
+        .add(nvrtc.path.as_os_str().as_encoded_bytes())
+        .hex();
     let cache = cache_dir(&lookup).map(|d| d.join(format!("{key}.cubin")));
     if let Some(bytes) = cache.as_deref().and_then(|c| std::fs::read(c).ok()) {
         notice(&format!(
@@ -149,13 +150,6 @@ fn pinned_toolchain(lookup: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf
     Some(user_cache(lookup)?.join("cuda-softmax/cuda-12-nvrtc"))
 }
 
-fn user_cache(lookup: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
-    lookup("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| Some(Path::new(&lookup("HOME")?).join(".cache")))
-}
-
 /// Folders holding cuda_fp16.h: beside the library (a toolkit's include/, or the PyPI layout
 /// nvidia/cuda_nvrtc/lib -> nvidia/cuda_runtime/include), CUDA_HOME, /usr/local/cuda, and the
 /// pinned toolchain's.
@@ -197,18 +191,6 @@ fn store(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("rename into {}: {e}", path.display())
     })
-}
-
-/// FNV-1a over length-prefixed parts, 128 bits (two lanes).
-fn cache_key(parts: &[&[u8]]) -> String {
-    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x6c62_272e_07bb_0142u64);
-    for part in parts {
-        for &byte in (part.len() as u64).to_le_bytes().iter().chain(part.iter()) {
-            a = (a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            b = (b ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{a:016x}{b:016x}")
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ mod emulator;
 mod error;
 pub mod image;
 mod jit;
+// (shared with build.rs: the user cache folder and the cache-key hash)
+#[path = "../build/cache_paths.rs"]
+mod cache_paths;
 mod kernel;
 pub mod occupancy;
 mod op;
