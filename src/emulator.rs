@@ -50,8 +50,9 @@ struct CsEmuLaunch {
     first_block: u64,
 }
 
-/// The C entry points of one build flavour of the emulator (build.rs compiles the kernels twice:
-/// as written, and with FMA contraction under the `cs_emu_fma_` prefix).
+/// The C entry points of one build flavour of the emulator (build.rs compiles the kernels as
+/// written and, with the `emulator-fma` feature, with FMA contraction under the `cs_emu_fma_`
+/// prefix).
 macro_rules! emulator_flavour {
     ($module:ident, $launch:ident, $count:ident, $name:ident) => {
         mod $module {
@@ -78,6 +79,7 @@ emulator_flavour!(
     cs_emu_kernel_count,
     cs_emu_kernel_name
 );
+#[cfg(feature = "emulator-fma")]
 emulator_flavour!(
     contracted,
     cs_emu_fma_launch,
@@ -122,6 +124,11 @@ pub struct EmulatorConfig {
     /// Run the build of the kernels in which the host compiler contracts `a * b + c` into fused
     /// multiply-adds, as nvcc does by default (`-ffp-contract=fast`, plus `-mfma` on x86-64
     /// when the build machine has FMA). The default build contracts nothing.
+    ///
+    /// That second build of every kernel is there only with the crate feature `emulator-fma`
+    /// (3.5 MB more in the rlib and a second host compile of the kernels); without it a launch
+    /// with this set returns [`Error::Unsupported`] saying so. The crate's own tests turn the
+    /// feature on.
     pub fma_contraction: bool,
 }
 
@@ -320,15 +327,7 @@ impl Emulator {
             first_block: self.first_block.load(Ordering::Relaxed),
         };
         let launch_fn = if self.config.fma_contraction {
-            if !host_has_fma() {
-                return Err(Error::Launch {
-                    kernel: name.to_string_lossy().into_owned(),
-                    detail: "the FMA-contraction build of the emulator needs a CPU with FMA instructions; \
-                             set EmulatorConfig::fma_contraction to false"
-                        .into(),
-                });
-            }
-            contracted::launch
+            contracted_launch(name)?
         } else {
             plain::launch
         };
@@ -370,7 +369,37 @@ impl Emulator {
     }
 }
 
+/// The C entry point that launches a kernel of the FMA-contraction build, or why there is none.
+type LaunchFn =
+    unsafe extern "C" fn(*const CsEmuLaunch, *mut CsEmuStats, *mut c_char, u64) -> c_int;
+
+#[cfg(feature = "emulator-fma")]
+fn contracted_launch(name: &CStr) -> Result<LaunchFn> {
+    if !host_has_fma() {
+        return Err(Error::Launch {
+            kernel: name.to_string_lossy().into_owned(),
+            detail: "the FMA-contraction build of the emulator needs a CPU with FMA instructions; \
+                     set EmulatorConfig::fma_contraction to false"
+                .into(),
+        });
+    }
+    Ok(contracted::launch)
+}
+
+#[cfg(not(feature = "emulator-fma"))]
+fn contracted_launch(name: &CStr) -> Result<LaunchFn> {
+    Err(Error::Unsupported {
+        what: format!(
+            "EmulatorConfig::fma_contraction: this build of cuda-softmax has no FMA-contraction \
+             build of the emulator's kernels (asked to launch {}); enable the crate feature \
+             `emulator-fma`, or set fma_contraction to false",
+            name.to_string_lossy()
+        ),
+    })
+}
+
 /// True when the host can run the FMA-contraction flavour (built with `-mfma` on x86-64).
+#[cfg(feature = "emulator-fma")]
 fn host_has_fma() -> bool {
     #[cfg(all(target_arch = "x86_64", cs_emu_mfma))]
     {
@@ -409,10 +438,14 @@ pub fn emulator_kernel_names() -> Vec<String> {
     kernel_names(plain::kernel_count, plain::kernel_name)
 }
 
-/// Names of every entry point in the FMA-contraction build of the emulator.
+/// Names of every entry point in the FMA-contraction build of the emulator (none without the
+/// `emulator-fma` feature).
 #[doc(hidden)]
 pub fn emulator_fma_kernel_names() -> Vec<String> {
-    kernel_names(contracted::kernel_count, contracted::kernel_name)
+    #[cfg(feature = "emulator-fma")]
+    return kernel_names(contracted::kernel_count, contracted::kernel_name);
+    #[cfg(not(feature = "emulator-fma"))]
+    Vec::new()
 }
 
 fn kernel_names(

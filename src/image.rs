@@ -173,3 +173,37 @@ pub fn cuobjdump() -> Option<std::path::PathBuf> {
                 .map(|_| PathBuf::from("cuobjdump"))
         })
 }
+
+/// Runs `TOOL ARGS FILE` with FILE a temporary copy of `fatbin` (cuobjdump reads files only; a
+/// file of its own for each call, since tests run in parallel) and returns what it printed, or
+/// why it failed. For the image checks and the SASS gate.
+pub fn run_cuobjdump(
+    tool: &std::path::Path,
+    args: &[&str],
+    fatbin: &[u8],
+) -> std::result::Result<String, String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "cuda-softmax-image-{}-{call}.fatbin",
+        std::process::id()
+    ));
+    std::fs::write(&path, fatbin)
+        .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(&path)
+        .output();
+    let _ = std::fs::remove_file(&path);
+    let out = out.map_err(|e| format!("could not run {}: {e}", tool.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} failed: {}",
+            tool.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

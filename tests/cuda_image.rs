@@ -6,8 +6,6 @@
 //! installs the pinned toolchains first). CS_REQUIRE_IMAGE_DRIVER=525 (also set by .ci/run)
 //! requires the image to load on that driver.
 
-use std::process::Command;
-
 use cuda_softmax::image;
 use cuda_softmax::planner::KernelConfig;
 
@@ -192,21 +190,8 @@ fn the_fatbin_holds_every_target() {
         skip_notice("the_fatbin_holds_every_target: SKIPPED, cuobjdump not found");
         return;
     };
-    let path = std::env::temp_dir().join(format!("cs-image-{}.fatbin", std::process::id()));
-    std::fs::write(&path, &fatbin).expect("write the fatbin");
-    let out = Command::new(&tool)
-        .arg("--list-elf")
-        .arg("--list-ptx")
-        .arg(&path)
-        .output()
-        .expect("run cuobjdump");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "cuobjdump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let listing = image::run_cuobjdump(&tool, &["--list-elf", "--list-ptx"], &fatbin)
+        .unwrap_or_else(|e| panic!("{e}"));
     println!("{listing}");
     let elf_archs: Vec<&str> = listing
         .lines()

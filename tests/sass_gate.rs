@@ -25,8 +25,6 @@
 //!
 //! `cargo test --release --test sass_gate -- --nocapture` prints the census table.
 
-use std::process::Command;
-
 use cuda_softmax::image;
 use cuda_softmax::planner::{CrossEntropyStage, Family, KernelConfig, Op};
 use cuda_softmax::sass::{self, Class, Function, LoopCensus};
@@ -63,26 +61,9 @@ fn sass_for(arch: &str) -> Option<Vec<Function>> {
         eprintln!("SKIPPED: cuobjdump not found (scripts/install-nvcc.sh installs it)");
         return None;
     };
-    // One file per call: the tests run in parallel.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!(
-        "cuda-softmax-gate-{}-{call}.fatbin",
-        std::process::id()
-    ));
-    std::fs::write(&path, fatbin).expect("write the fatbin");
-    let out = Command::new(&tool)
-        .args(["-sass", "-arch", arch])
-        .arg(&path)
-        .output()
-        .expect("run cuobjdump");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "cuobjdump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let functions = sass::parse_cuobjdump(&String::from_utf8_lossy(&out.stdout));
+    let listing = image::run_cuobjdump(&tool, &["-sass", "-arch", arch], &fatbin)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let functions = sass::parse_cuobjdump(&listing);
     assert!(!functions.is_empty(), "cuobjdump printed no functions");
     Some(functions)
 }

@@ -603,32 +603,51 @@ fn table_row(p: &Point) -> String {
     )
 }
 
-pub const CSV_HEADER: &str = "op,dtype,rows,cols,bytes_min,bytes_moved,ms,gbs,copy_gbs,\
-                              ratio_to_copy,predicted_gbs,source,emulator_ms,kernel";
+/// One value of a result row: text (quoted in JSON) or a number (already formatted).
+enum Value {
+    Text(String),
+    Number(String),
+}
+
+/// The fields of a result row, in the order of the CSV columns, with the names both files use.
+fn row_fields(p: &Point) -> [(&'static str, Value); 14] {
+    use Value::{Number, Text};
+    [
+        ("op", Text(p.op.name().to_string())),
+        ("dtype", Text(p.dtype.name().to_string())),
+        ("rows", Number(p.rows.to_string())),
+        ("cols", Number(p.cols.to_string())),
+        ("bytes_min", Number(p.bytes_min.to_string())),
+        ("bytes_moved", Number(p.bytes_moved.to_string())),
+        ("ms", Number(format!("{:.6}", p.ms))),
+        ("gbs", Number(format!("{:.3}", p.gbs))),
+        ("copy_gbs", Number(format!("{:.3}", p.copy_gbs))),
+        (
+            "ratio_to_copy",
+            Number(format!("{:.4}", p.gbs / p.copy_gbs)),
+        ),
+        ("predicted_gbs", Number(format!("{:.3}", p.predicted_gbs))),
+        ("source", Text(source(p).to_string())),
+        ("emulator_ms", Number(format!("{:.3}", p.emulator_ms))),
+        ("kernel", Text(p.kernel.clone())),
+    ]
+}
 
 fn to_csv(points: &[Point]) -> String {
-    let mut s = String::from(CSV_HEADER);
+    let Some(first) = points.first() else {
+        return String::new();
+    };
+    let header: Vec<&str> = row_fields(first).iter().map(|(name, _)| *name).collect();
+    let mut s = header.join(",");
     s.push('\n');
     for p in points {
         // Kernel names hold no commas except as `a+b`; they are written as they are.
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{:.6},{:.3},{:.3},{:.4},{:.3},{},{:.3},{}",
-            p.op.name(),
-            p.dtype.name(),
-            p.rows,
-            p.cols,
-            p.bytes_min,
-            p.bytes_moved,
-            p.ms,
-            p.gbs,
-            p.copy_gbs,
-            p.gbs / p.copy_gbs,
-            p.predicted_gbs,
-            source(p),
-            p.emulator_ms,
-            p.kernel
-        );
+        let values: Vec<String> = row_fields(p)
+            .into_iter()
+            .map(|(_, Value::Text(v) | Value::Number(v))| v)
+            .collect();
+        s += &values.join(",");
+        s.push('\n');
     }
     s
 }
@@ -666,27 +685,14 @@ fn to_json(points: &[Point], label: &str) -> String {
     );
     s.push_str("  \"points\": [\n");
     for (i, p) in points.iter().enumerate() {
-        let _ = write!(
-            s,
-            "    {{\"op\": {}, \"dtype\": {}, \"rows\": {}, \"cols\": {}, \"bytes_min\": {}, \
-             \"bytes_moved\": {}, \"ms\": {:.6}, \"gbs\": {:.3}, \"copy_gbs\": {:.3}, \
-             \"ratio_to_copy\": {:.4}, \"predicted_gbs\": {:.3}, \"source\": {}, \
-             \"emulator_ms\": {:.3}, \"kernel\": {}}}",
-            json_str(p.op.name()),
-            json_str(p.dtype.name()),
-            p.rows,
-            p.cols,
-            p.bytes_min,
-            p.bytes_moved,
-            p.ms,
-            p.gbs,
-            p.copy_gbs,
-            p.gbs / p.copy_gbs,
-            p.predicted_gbs,
-            json_str(source(p)),
-            p.emulator_ms,
-            json_str(&p.kernel)
-        );
+        let fields: Vec<String> = row_fields(p)
+            .into_iter()
+            .map(|(name, value)| match value {
+                Value::Text(v) => format!("\"{name}\": {}", json_str(&v)),
+                Value::Number(v) => format!("\"{name}\": {v}"),
+            })
+            .collect();
+        let _ = write!(s, "    {{{}}}", fields.join(", "));
         s.push_str(if i + 1 < points.len() { ",\n" } else { "\n" });
     }
     s.push_str("  ]\n}\n");
