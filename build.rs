@@ -314,9 +314,13 @@ fn compile_emulator_flavour(
     contracted: bool,
     mfma: bool,
 ) -> (PathBuf, String) {
+    // A folder of its own for cc's flag probes (flag_check.cpp): the two flavours probe at once.
+    let probe_dir = out.join(if contracted { "cc-fma" } else { "cc-plain" });
+    fs::create_dir_all(&probe_dir).expect("create the emulator's compiler-probe folder");
     let mut build = cc::Build::new();
     build
         .cpp(true)
+        .out_dir(&probe_dir)
         .include(kernels)
         .define("CS_EMULATOR", None)
         .flag_if_supported("-std=c++17")

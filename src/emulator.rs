@@ -127,8 +127,8 @@ pub struct EmulatorConfig {
     ///
     /// That second build of every kernel is there only with the crate feature `emulator-fma`
     /// (3.5 MB more in the rlib and a second host compile of the kernels); without it a launch
-    /// with this set returns [`Error::Unsupported`] saying so. The crate's own tests turn the
-    /// feature on.
+    /// with this set returns [`Error::Unsupported`] saying so ([`emulator_fma_available`] tells
+    /// beforehand). The crate's own tests turn the feature on.
     pub fma_contraction: bool,
 }
 
@@ -369,10 +369,20 @@ impl Emulator {
     }
 }
 
-/// The C entry point that launches a kernel of the FMA-contraction build, or why there is none.
+/// A flavour's C entry point that launches one kernel.
 type LaunchFn =
     unsafe extern "C" fn(*const CsEmuLaunch, *mut CsEmuStats, *mut c_char, u64) -> c_int;
 
+/// Whether `EmulatorConfig::fma_contraction` can run here: the crate was built with the feature
+/// `emulator-fma` and the CPU has what that build needs (FMA instructions when it uses them).
+pub fn emulator_fma_available() -> bool {
+    #[cfg(feature = "emulator-fma")]
+    return host_has_fma();
+    #[cfg(not(feature = "emulator-fma"))]
+    false
+}
+
+/// The FMA-contraction build's entry point that launches a kernel, or why there is none.
 #[cfg(feature = "emulator-fma")]
 fn contracted_launch(name: &CStr) -> Result<LaunchFn> {
     if !host_has_fma() {
@@ -386,6 +396,7 @@ fn contracted_launch(name: &CStr) -> Result<LaunchFn> {
     Ok(contracted::launch)
 }
 
+/// The FMA-contraction build's entry point that launches a kernel, or why there is none.
 #[cfg(not(feature = "emulator-fma"))]
 fn contracted_launch(name: &CStr) -> Result<LaunchFn> {
     Err(Error::Unsupported {

@@ -177,6 +177,7 @@ pub fn cuobjdump() -> Option<std::path::PathBuf> {
 /// Runs `TOOL ARGS FILE` with FILE a temporary copy of `fatbin` (cuobjdump reads files only; a
 /// file of its own for each call, since tests run in parallel) and returns what it printed, or
 /// why it failed. For the image checks and the SASS gate.
+#[doc(hidden)]
 pub fn run_cuobjdump(
     tool: &std::path::Path,
     args: &[&str],

@@ -42,7 +42,8 @@ pub use device::Device;
 pub use element::{Dtype, Element, Index, TensorElement};
 pub use emulator::{
     EmulatorConfig, LaunchStats, Schedule, conversions as emulator_conversions,
-    emulator_build_warnings, emulator_fma_kernel_names, emulator_kernel_names,
+    emulator_build_warnings, emulator_fma_available, emulator_fma_kernel_names,
+    emulator_kernel_names,
 };
 pub use error::{Error, Result};
 pub use half::{bf16, f16};

@@ -294,6 +294,10 @@ fn a_shared_reference_used_after_a_barrier_is_a_fault() {
 /// The FMA flavour really contracts: the online family's (max, sum) merges are a * b + c, so
 /// some outputs differ in their last bits between the flavours (both within tolerance).
 #[test]
+#[cfg_attr(
+    not(feature = "emulator-fma"),
+    ignore = "needs the crate feature emulator-fma (on for this crate's own tests)"
+)]
 fn the_fma_flavour_rounds_differently() {
     use cuda_softmax::check::Rng;
     let x: Vec<f32> = Rng::new(7).logits(8 * 30_000, 9.0);
@@ -401,6 +405,10 @@ fn the_kernels_build_for_the_host_without_warnings() {
 
 /// Both flavours carry the same entry points.
 #[test]
+#[cfg_attr(
+    not(feature = "emulator-fma"),
+    ignore = "needs the crate feature emulator-fma (on for this crate's own tests)"
+)]
 fn the_fma_flavour_has_every_kernel() {
     let mut plain = emulator_kernel_names();
     let mut fma = cuda_softmax::emulator_fma_kernel_names();

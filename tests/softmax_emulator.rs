@@ -55,6 +55,10 @@ suite!(bf16_warp_ahead_schedule, bf16, |_| emulator(
 macro_rules! fma_suite {
     ($name:ident, $dtype:ty) => {
         #[test]
+        #[cfg_attr(
+            not(feature = "emulator-fma"),
+            ignore = "needs the crate feature emulator-fma (on for this crate's own tests)"
+        )]
         fn $name() {
             let device = Device::emulator_with(EmulatorConfig {
                 fma_contraction: true,

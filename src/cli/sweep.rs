@@ -603,48 +603,59 @@ fn table_row(p: &Point) -> String {
     )
 }
 
+/// The fields of a result row, in the order of the CSV columns: the CSV header and the JSON keys.
+const ROW_FIELDS: [&str; 14] = [
+    "op",
+    "dtype",
+    "rows",
+    "cols",
+    "bytes_min",
+    "bytes_moved",
+    "ms",
+    "gbs",
+    "copy_gbs",
+    "ratio_to_copy",
+    "predicted_gbs",
+    "source",
+    "emulator_ms",
+    "kernel",
+];
+
 /// One value of a result row: text (quoted in JSON) or a number (already formatted).
 enum Value {
     Text(String),
     Number(String),
 }
 
-/// The fields of a result row, in the order of the CSV columns, with the names both files use.
-fn row_fields(p: &Point) -> [(&'static str, Value); 14] {
+/// The values of a result row, in the order of [`ROW_FIELDS`].
+fn row_values(p: &Point) -> [Value; 14] {
     use Value::{Number, Text};
     [
-        ("op", Text(p.op.name().to_string())),
-        ("dtype", Text(p.dtype.name().to_string())),
-        ("rows", Number(p.rows.to_string())),
-        ("cols", Number(p.cols.to_string())),
-        ("bytes_min", Number(p.bytes_min.to_string())),
-        ("bytes_moved", Number(p.bytes_moved.to_string())),
-        ("ms", Number(format!("{:.6}", p.ms))),
-        ("gbs", Number(format!("{:.3}", p.gbs))),
-        ("copy_gbs", Number(format!("{:.3}", p.copy_gbs))),
-        (
-            "ratio_to_copy",
-            Number(format!("{:.4}", p.gbs / p.copy_gbs)),
-        ),
-        ("predicted_gbs", Number(format!("{:.3}", p.predicted_gbs))),
-        ("source", Text(source(p).to_string())),
-        ("emulator_ms", Number(format!("{:.3}", p.emulator_ms))),
-        ("kernel", Text(p.kernel.clone())),
+        Text(p.op.name().to_string()),
+        Text(p.dtype.name().to_string()),
+        Number(p.rows.to_string()),
+        Number(p.cols.to_string()),
+        Number(p.bytes_min.to_string()),
+        Number(p.bytes_moved.to_string()),
+        Number(format!("{:.6}", p.ms)),
+        Number(format!("{:.3}", p.gbs)),
+        Number(format!("{:.3}", p.copy_gbs)),
+        Number(format!("{:.4}", p.gbs / p.copy_gbs)),
+        Number(format!("{:.3}", p.predicted_gbs)),
+        Text(source(p).to_string()),
+        Number(format!("{:.3}", p.emulator_ms)),
+        Text(p.kernel.clone()),
     ]
 }
 
 fn to_csv(points: &[Point]) -> String {
-    let Some(first) = points.first() else {
-        return String::new();
-    };
-    let header: Vec<&str> = row_fields(first).iter().map(|(name, _)| *name).collect();
-    let mut s = header.join(",");
+    let mut s = ROW_FIELDS.join(",");
     s.push('\n');
     for p in points {
         // Kernel names hold no commas except as `a+b`; they are written as they are.
-        let values: Vec<String> = row_fields(p)
+        let values: Vec<String> = row_values(p)
             .into_iter()
-            .map(|(_, Value::Text(v) | Value::Number(v))| v)
+            .map(|(Value::Text(v) | Value::Number(v))| v)
             .collect();
         s += &values.join(",");
         s.push('\n');
@@ -685,8 +696,9 @@ fn to_json(points: &[Point], label: &str) -> String {
     );
     s.push_str("  \"points\": [\n");
     for (i, p) in points.iter().enumerate() {
-        let fields: Vec<String> = row_fields(p)
-            .into_iter()
+        let fields: Vec<String> = ROW_FIELDS
+            .iter()
+            .zip(row_values(p))
             .map(|(name, value)| match value {
                 Value::Text(v) => format!("\"{name}\": {}", json_str(&v)),
                 Value::Number(v) => format!("\"{name}\": {v}"),
