@@ -23,7 +23,7 @@ use std::process::Command;
 
 #[path = "build/nvcc.rs"]
 mod nvcc;
-use nvcc::{find_nvcc, parse_compute_cap};
+use nvcc::{find_nvcc, image_targets, nvcc_known_archs, ptxas_known_archs};
 #[path = "build/cache_paths.rs"]
 mod cache_paths;
 #[path = "build/image_cache.rs"]
@@ -34,12 +34,17 @@ mod nvrtc;
 mod toolchain12;
 use toolchain12::Toolchain12;
 
-/// SASS targets always built (CUDA 13 dropped everything below sm_75).
-const BASE_ARCHS: [u32; 5] = [75, 80, 86, 89, 90];
-/// Newer SASS targets built when the nvcc in use lists them.
-const NEWER_ARCHS: [u32; 2] = [100, 120];
-/// The PTX shipped for architectures without SASS: the oldest one, so every newer GPU can JIT it.
-const PTX_ARCH: u32 = 75;
+use image_cache::env_value;
+
+/// The flags build.rs gives each compiler (besides targets, outputs and -lineinfo). They are
+/// part of the image cache key, so a change here is a new image.
+const NVCC_FLAGS: [&str; 2] = ["-std=c++17", "-O3"];
+/// (-default-device: lambdas and helpers without __device__ are device code, as nvcc infers.)
+const NVRTC_FLAGS: [&str; 2] = ["-std=c++17", "-default-device"];
+const PTXAS_FLAGS: [&str; 1] = ["-O3"];
+/// Bump when the way build.rs turns sources into an image changes in a way the flags above and
+/// the other key inputs do not show (a new step, another layout of the fatbin).
+const IMAGE_RECIPE: &str = "2";
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(cs_cuda_image)");
@@ -52,7 +57,6 @@ fn main() {
         "CUDA_HOME",
         "CUDA_PATH",
         "CUDA_COMPUTE_CAP",
-        "NVCC_CCBIN",
         "DOCS_RS",
         "CUDA_SOFTMAX_NVCC_DIR",
         "CUDA_SOFTMAX_CU12_DIR",
@@ -62,6 +66,17 @@ fn main() {
         "XDG_CACHE_HOME",
         "HOME",
     ] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    // The variables the CUDA compilers read themselves: the fixed list, and any set now with a
+    // compiler prefix (all of them are in the image cache key).
+    let lookup = |name: &str| env::var_os(name);
+    let compiler_vars = image_cache::compiler_env(&lookup, env::vars_os().map(|(name, _)| name));
+    for var in image_cache::COMPILER_ENV_VARS
+        .iter()
+        .map(|v| v.to_string())
+        .chain(compiler_vars.into_iter().map(|(name, _)| name))
+    {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -497,23 +512,38 @@ fn ptx_isa(ptx: &str) -> String {
         .to_string()
 }
 
-/// The image's targets: (SASS architectures with their suffix, the PTX architecture). Every
-/// base architecture, plus the newer ones the compiler knows; or one, from CUDA_COMPUTE_CAP.
-fn image_targets(newer_known: &dyn Fn(u32) -> bool) -> Result<(Vec<(u32, String)>, u32), String> {
-    Ok(match env::var("CUDA_COMPUTE_CAP") {
-        Ok(cap) => {
-            let (n, suffix) = parse_compute_cap(&cap)?;
-            (vec![(n, suffix)], n)
+/// (SASS architectures with their suffix, the PTX architecture).
+type Targets = (Vec<(u32, String)>, u32);
+
+/// The image's targets for this compiler: every base architecture plus the newer ones it knows,
+/// or the one CUDA_COMPUTE_CAP names (empty is unset), which must be one it lists.
+fn compiler_targets(compiler: &Compiler) -> Result<Targets, String> {
+    let cap = env_value(&|name: &str| env::var_os(name), "CUDA_COMPUTE_CAP");
+    match compiler {
+        Compiler::Nvcc(nvcc) => {
+            let (listed, _) = run(
+                Command::new(nvcc).arg("--list-gpu-arch"),
+                "nvcc --list-gpu-arch",
+            )?;
+            let name = format!("nvcc ({})", nvcc.display());
+            image_targets(cap.as_deref(), &nvcc_known_archs(&listed), &name)
         }
-        Err(_) => (
-            BASE_ARCHS
+        Compiler::Nvrtc(t) => {
+            let (help, _) = run(Command::new(&t.ptxas).arg("--help"), "ptxas --help")?;
+            // An arch-specific target (90a) is compiled by NVRTC for that very architecture:
+            // it must know it too (NVRTC 12.0 stops at 90).
+            let nvrtc_archs = nvrtc::Nvrtc::open(&t.nvrtc)?.supported_archs()?;
+            let known: Vec<(u32, String)> = ptxas_known_archs(&help)
                 .into_iter()
-                .chain(NEWER_ARCHS.into_iter().filter(|&a| newer_known(a)))
-                .map(|a| (a, String::new()))
-                .collect(),
-            PTX_ARCH,
-        ),
-    })
+                .filter(|(n, s)| s.is_empty() || nvrtc_archs.contains(n))
+                .collect();
+            image_targets(
+                cap.as_deref(),
+                &known,
+                "the pinned CUDA 12 toolchain (NVRTC + ptxas)",
+            )
+        }
+    }
 }
 
 fn build_gpu_image(
@@ -522,48 +552,64 @@ fn build_gpu_image(
     sources: &[PathBuf],
     out: &Path,
 ) -> Result<(), String> {
-    let lineinfo = env::var_os("CUDA_SOFTMAX_LINEINFO").is_some_and(|v| v == "1");
-    let mut key = cache_paths::ContentHash::new();
-    image_cache::add_sources(&mut key, kernels)?;
-    key.add(if lineinfo { b"lineinfo" } else { b"" });
-    for var in ["CUDA_COMPUTE_CAP", "NVCC_CCBIN"] {
-        key.add(env::var(var).unwrap_or_default().as_bytes());
-    }
-    // The compiler's identity: its path and what its --version / nvrtcVersion say.
+    let lookup = |name: &str| env::var_os(name);
+    let lineinfo = env_value(&lookup, "CUDA_SOFTMAX_LINEINFO").is_some_and(|v| v == "1");
+    let targets = compiler_targets(compiler)?;
+    // Everything the image depends on: the cache key.
+    let (archs, ptx_arch) = &targets;
+    let arch_list: Vec<String> = archs.iter().map(|(a, s)| format!("sm_{a}{s}")).collect();
+    let mut settings: Vec<(&str, String)> = vec![
+        ("recipe", IMAGE_RECIPE.to_string()),
+        ("lineinfo", u8::from(lineinfo).to_string()),
+        (
+            "targets",
+            format!("{} + compute_{ptx_arch}", arch_list.join(",")),
+        ),
+        (
+            "zstd",
+            format!("level {IMAGE_ZSTD_LEVEL}, window 2^{IMAGE_ZSTD_WINDOW_LOG}"),
+        ),
+    ];
+    // The compiler's identity (its path and what its --version / nvrtcVersion say) and flags.
     match compiler {
         Compiler::Nvcc(nvcc) => {
             let (version, _) = run(Command::new(nvcc).arg("--version"), "nvcc --version")?;
-            key.add(b"nvcc")
-                .add(nvcc.as_os_str().as_encoded_bytes())
-                .add(version.as_bytes());
+            settings.extend([
+                ("compiler", format!("nvcc {}", nvcc.display())),
+                ("compiler version", version),
+                ("nvcc flags", NVCC_FLAGS.join(" ")),
+            ]);
         }
-        Compiler::Nvrtc(t) => {
-            key.add(b"nvrtc")
-                .add(t.root.as_os_str().as_encoded_bytes())
-                .add(t.describe()?.as_bytes());
-        }
+        Compiler::Nvrtc(t) => settings.extend([
+            ("compiler", format!("nvrtc+ptxas {}", t.root.display())),
+            ("compiler version", t.describe()?),
+            ("nvrtc flags", NVRTC_FLAGS.join(" ")),
+            ("ptxas flags", PTXAS_FLAGS.join(" ")),
+        ]),
     }
-    let key = key.hex();
-    let cache = image_cache::dir(&|name: &str| env::var_os(name));
-    let cached = cache
-        .as_deref()
-        .is_some_and(|c| image_cache::fetch(c, &key, out));
-    if !cached {
-        let info = match compiler {
-            Compiler::Nvcc(nvcc) => build_with_nvcc(nvcc, sources, out, lineinfo)?,
-            Compiler::Nvrtc(t) => build_with_nvrtc(t, sources, out, lineinfo)?,
-        };
-        compress_image(out)?;
-        fs::write(out.join("image.txt"), info.to_text())
-            .map_err(|e| format!("write image.txt: {e}"))?;
-        if let Some(cache) = &cache
-            && let Err(e) = image_cache::store(cache, &key, out)
-        {
-            println!(
-                "cargo::warning=the GPU image was built but not cached ({e}); the next profile's build compiles it again"
-            );
-        }
-    }
+    let inputs = image_cache::image_inputs(
+        &settings,
+        kernels,
+        &lookup,
+        env::vars_os().map(|(name, _)| name),
+    )?;
+    let cache = image_cache::dir(&lookup);
+    let cached = image_cache::fetch_or_compile(
+        cache.as_deref(),
+        &inputs,
+        out,
+        || {
+            let info = match compiler {
+                Compiler::Nvcc(nvcc) => build_with_nvcc(nvcc, &targets, sources, out, lineinfo)?,
+                Compiler::Nvrtc(t) => build_with_nvrtc(t, &targets, sources, out, lineinfo)?,
+            };
+            compress_image(out)?;
+            fs::write(out.join("image.txt"), info.to_text())
+                .map_err(|e| format!("write image.txt: {e}"))
+        },
+        &mut |warning| println!("cargo::warning={warning}"),
+    )?;
+    let key = inputs.key();
     let text =
         fs::read_to_string(out.join("image.txt")).map_err(|e| format!("read image.txt: {e}"))?;
     let info = ImageInfo::from_text(&text)
@@ -638,6 +684,7 @@ fn compress_image(out: &Path) -> Result<(), String> {
 /// The image with a CUDA toolkit's nvcc.
 fn build_with_nvcc(
     nvcc: &Path,
+    targets: &Targets,
     sources: &[PathBuf],
     out: &Path,
     lineinfo: bool,
@@ -649,15 +696,10 @@ fn build_with_nvcc(
         .and_then(|s| s.split(',').next())
         .unwrap_or("unknown")
         .to_string();
-    let listed = Command::new(nvcc)
-        .arg("--list-gpu-arch")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
     // (architecture, suffix): SASS for each; PTX for ptx_arch (never an `a`/`f` PTX, which is
     // not forward compatible).
-    let (archs, ptx_arch) =
-        image_targets(&|a| listed.lines().any(|l| l.trim() == format!("compute_{a}")))?;
+    let (archs, ptx_arch) = targets;
+    let ptx_arch = *ptx_arch;
 
     let mut unity = String::new();
     for s in sources {
@@ -667,11 +709,11 @@ fn build_with_nvcc(
     fs::write(&unity_path, unity).map_err(|e| format!("write {}: {e}", unity_path.display()))?;
 
     let common = |cmd: &mut Command| {
-        cmd.arg("-std=c++17").arg("-O3");
+        cmd.args(NVCC_FLAGS);
         if lineinfo {
             cmd.arg("-lineinfo");
         }
-        if let Some(ccbin) = env::var_os("NVCC_CCBIN") {
+        if let Some(ccbin) = env_value(&|name: &str| env::var_os(name), "NVCC_CCBIN") {
             cmd.arg("-ccbin").arg(ccbin);
         }
     };
@@ -685,7 +727,7 @@ fn build_with_nvcc(
         .arg("-Xptxas")
         .arg("-v");
     let mut ptx_listed = false;
-    for (a, suffix) in &archs {
+    for (a, suffix) in archs.iter() {
         if *a == ptx_arch && suffix.is_empty() {
             cmd.arg(format!(
                 "-gencode=arch=compute_{a},code=[sm_{a},compute_{a}]"
@@ -762,19 +804,14 @@ fn nvrtc_ptx_arch(sm: u32) -> (u32, String) {
 /// SASS per architecture (in parallel), nvFatbin -> one fatbin.
 fn build_with_nvrtc(
     t: &Toolchain12,
+    targets: &Targets,
     sources: &[PathBuf],
     out: &Path,
     lineinfo: bool,
 ) -> Result<ImageInfo, String> {
     let toolkit = t.describe()?;
-    // ptxas 12.8+ assembles for sm_100 and sm_120.
-    let ptxas_release: (u32, u32) = toolkit
-        .rsplit("ptxas ")
-        .next()
-        .and_then(|v| v.split_once('.'))
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .unwrap_or((0, 0));
-    let (archs, ptx_arch) = image_targets(&|_| ptxas_release >= (12, 8))?;
+    let (archs, ptx_arch) = targets;
+    let ptx_arch = *ptx_arch;
     let mut ptx_archs: Vec<(u32, String)> = archs
         .iter()
         .map(|(a, suffix)| {
@@ -811,14 +848,12 @@ fn build_with_nvrtc(
             Some(variant) => ("", Some(format!("-DCS_TARGET_{}", variant.to_uppercase()))),
             None => (suffix.as_str(), None),
         };
-        let mut options = vec![
-            format!("--gpu-architecture=compute_{arch}{arch_suffix}"),
-            "-std=c++17".to_string(),
-            // Lambdas and helpers without __device__ are device code (nvcc infers it).
-            "-default-device".to_string(),
+        let mut options = vec![format!("--gpu-architecture=compute_{arch}{arch_suffix}")];
+        options.extend(NVRTC_FLAGS.iter().map(|f| f.to_string()));
+        options.extend([
             format!("-I{}", kernels_dir.display()),
             format!("-I{}", t.include.display()),
-        ];
+        ]);
         options.extend(define);
         if lineinfo {
             options.push("-lineinfo".into());
@@ -848,7 +883,7 @@ fn build_with_nvrtc(
         let cubin = out.join(format!("sm_{sm}{suffix}.cubin"));
         let mut cmd = Command::new(&t.ptxas);
         cmd.arg(format!("-arch=sm_{sm}{suffix}"))
-            .arg("-O3")
+            .args(PTXAS_FLAGS)
             .arg("-v");
         if lineinfo {
             cmd.arg("-lineinfo");

@@ -94,16 +94,108 @@ pub fn check_nvcc(p: &Path) -> Result<(), String> {
 }
 
 /// CUDA_COMPUTE_CAP: `90`, `8.6`, or an architecture-specific `90a` / `100a` / `100f`. Returns
-/// (number, suffix).
+/// (number, suffix). Only those spellings: `7.5.0`, `sm_90` or ten digits are errors, not
+/// guesses (whether the number is an architecture the compiler knows is [`image_targets`]'s
+/// check).
 pub fn parse_compute_cap(cap: &str) -> Result<(u32, String), String> {
-    let cap = cap.trim().replace('.', "");
-    let digits: String = cap.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let suffix = cap[digits.len()..].to_string();
-    match (digits.parse::<u32>(), suffix.as_str()) {
-        (Ok(n), "" | "a" | "f") if n >= 75 => Ok((n, suffix)),
+    let cap = cap.trim();
+    let (body, suffix) = match cap.strip_suffix(['a', 'f']) {
+        Some(body) => (body, &cap[body.len()..]),
+        None => (cap, ""),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let number = match body.split_once('.') {
+        // major.minor: 8.6, 10.0, 12.0
+        Some((major, minor))
+            if digits(major) && major.len() <= 2 && minor.len() == 1 && digits(minor) =>
+        {
+            format!("{major}{minor}")
+        }
+        None if digits(body) && (2..=3).contains(&body.len()) => body.to_string(),
+        _ => String::new(),
+    };
+    match number.parse::<u32>() {
+        Ok(n) if n >= 75 => Ok((n, suffix.to_string())),
         _ => Err(format!(
             "CUDA_COMPUTE_CAP={cap:?} is not a compute capability this crate builds for: use e.g. 90, 8.6, \
              90a or 100a (75 or newer), or unset it to build for every architecture"
         )),
     }
+}
+
+/// SASS targets always built (CUDA 13 dropped everything below sm_75).
+pub const BASE_ARCHS: [u32; 5] = [75, 80, 86, 89, 90];
+/// Newer SASS targets built when the compiler in use knows them.
+pub const NEWER_ARCHS: [u32; 2] = [100, 120];
+/// The PTX shipped for architectures without SASS: the oldest one, so every newer GPU can JIT it.
+pub const PTX_ARCH: u32 = 75;
+
+/// The image's targets: (SASS architectures with their suffix, the PTX architecture). Without
+/// CUDA_COMPUTE_CAP (`cap` None: unset or empty), every base architecture plus the newer ones
+/// the compiler knows; with it, that one architecture, which must be one the compiler lists
+/// (`known`, as (number, suffix) pairs; `compiler` names it in the error).
+pub fn image_targets(
+    cap: Option<&str>,
+    known: &[(u32, String)],
+    compiler: &str,
+) -> Result<(Vec<(u32, String)>, u32), String> {
+    let Some(cap) = cap else {
+        let archs = BASE_ARCHS
+            .into_iter()
+            .chain(
+                NEWER_ARCHS
+                    .into_iter()
+                    .filter(|&a| known.iter().any(|(k, s)| *k == a && s.is_empty())),
+            )
+            .map(|a| (a, String::new()))
+            .collect();
+        return Ok((archs, PTX_ARCH));
+    };
+    let (n, suffix) = parse_compute_cap(cap)?;
+    if !known.iter().any(|(k, s)| *k == n && *s == suffix) {
+        let listed: Vec<String> = known.iter().map(|(k, s)| format!("{k}{s}")).collect();
+        return Err(format!(
+            "CUDA_COMPUTE_CAP={cap:?}: {compiler} does not build for sm_{n}{suffix}; it builds for {}. Pick one \
+             of those, or unset CUDA_COMPUTE_CAP to build for every architecture",
+            listed.join(", ")
+        ));
+    }
+    Ok((vec![(n, suffix)], n))
+}
+
+/// The architectures an nvcc builds for, from `nvcc --list-gpu-arch` (`compute_XX` lines): each
+/// plain, with `a` from 90 on and `f` from 100 on (the arch-specific variants nvcc accepts for
+/// the architectures it lists).
+pub fn nvcc_known_archs(list_gpu_arch: &str) -> Vec<(u32, String)> {
+    let mut known = Vec::new();
+    for n in list_gpu_arch
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("compute_")?.parse::<u32>().ok())
+    {
+        known.push((n, String::new()));
+        if n >= 90 {
+            known.push((n, "a".to_string()));
+        }
+        if n >= 100 {
+            known.push((n, "f".to_string()));
+        }
+    }
+    known
+}
+
+/// The SASS architectures a ptxas builds for, from the `'sm_XX'` values `ptxas --help` lists.
+pub fn ptxas_known_archs(help: &str) -> Vec<(u32, String)> {
+    let mut known: Vec<(u32, String)> = help
+        .split('\'')
+        .filter_map(|v| v.strip_prefix("sm_"))
+        .filter_map(|v| {
+            let digits: String = v.chars().take_while(|c| c.is_ascii_digit()).collect();
+            let suffix = &v[digits.len()..];
+            matches!(suffix, "" | "a" | "f")
+                .then(|| Some((digits.parse().ok()?, suffix.to_string())))?
+        })
+        .collect();
+    known.sort();
+    known.dedup();
+    known
 }

@@ -53,6 +53,29 @@ impl Nvrtc {
         Ok((major, minor))
     }
 
+    /// The virtual architectures this NVRTC compiles for (75, 80, ..., 90 for 12.0).
+    #[allow(dead_code)] // (the run-time fallback asks for the GPU's own architecture)
+    pub fn supported_archs(&self) -> Result<Vec<u32>, String> {
+        let count: unsafe extern "C" fn(*mut c_int) -> c_int =
+            self.symbol("nvrtcGetNumSupportedArchs")?;
+        let list: unsafe extern "C" fn(*mut c_int) -> c_int =
+            self.symbol("nvrtcGetSupportedArchs")?;
+        let mut n: c_int = 0;
+        // SAFETY: a valid out-pointer.
+        if unsafe { count(&mut n) } != 0 || !(0..=1024).contains(&n) {
+            return Err("nvrtcGetNumSupportedArchs failed".into());
+        }
+        let mut archs = vec![0 as c_int; n as usize];
+        // SAFETY: room for the n architectures it said it has.
+        if unsafe { list(archs.as_mut_ptr()) } != 0 {
+            return Err("nvrtcGetSupportedArchs failed".into());
+        }
+        Ok(archs
+            .into_iter()
+            .filter_map(|a| u32::try_from(a).ok())
+            .collect())
+    }
+
     /// Compiles `source` (named `name` in messages) with `options`; the PTX text.
     #[allow(dead_code)] // (the run-time fallback asks for cubins only)
     pub fn compile_to_ptx(

@@ -234,8 +234,10 @@ impl fmt::Display for Error {
             ),
             Error::CorruptImage { detail } => write!(
                 f,
-                "the GPU image embedded in this build does not inflate ({detail}); the build is damaged: \
-                 run `cargo clean -p cuda-softmax` and rebuild"
+                "the GPU image embedded in this build ({}) is damaged: {detail}. Run `cargo clean -p cuda-softmax` \
+                 and rebuild (the build verifies its image cache, ~/.cache/cuda-softmax/images or \
+                 CUDA_SOFTMAX_CACHE_DIR, and rebuilds a damaged entry)",
+                crate::image::built_file().unwrap_or_else(|| "softmax.fatbin.zst".into())
             ),
             Error::Driver {
                 call: "cuInit",

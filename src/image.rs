@@ -69,14 +69,46 @@ pub fn has_image() -> bool {
 /// The fatbin the driver loads: the embedded image, inflated (about 0.2 s and 110 MB, freed by
 /// the caller once the driver has loaded it).
 pub fn fatbin() -> Result<Vec<u8>> {
-    let compressed = compressed().ok_or(Error::NoCudaImage)?;
+    inflate(compressed().ok_or(Error::NoCudaImage)?)
+}
+
+/// The most an image may inflate to. A real one is about 110 MB; the frame header's declared
+/// size is never trusted beyond this (a damaged header must not make us ask for 2^40 bytes).
+pub const MAX_INFLATED_BYTES: u64 = 1 << 30;
+
+/// Inflates a zstd frame holding an image: the declared content size must be present, at most
+/// [`MAX_INFLATED_BYTES`], and exactly what the frame inflates to; anything else is
+/// [`Error::CorruptImage`]. Public for the integrity tests.
+#[doc(hidden)]
+pub fn inflate(compressed: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |detail: String| Error::CorruptImage { detail };
-    let size = zstd::zstd_safe::get_frame_content_size(compressed)
-        .ok()
-        .flatten()
-        .ok_or_else(|| corrupt("no content size".into()))?;
-    let size = usize::try_from(size).map_err(|_| corrupt("too large".into()))?;
-    zstd::bulk::decompress(compressed, size).map_err(|e| corrupt(e.to_string()))
+    let declared = match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(corrupt("its zstd frame declares no content size".into())),
+        Err(_) => return Err(corrupt("it is not a zstd frame".into())),
+    };
+    if declared > MAX_INFLATED_BYTES {
+        return Err(corrupt(format!(
+            "its zstd frame declares {declared} bytes, more than any image ({MAX_INFLATED_BYTES})"
+        )));
+    }
+    // (declared <= 1 GiB fits usize on every target with a CUDA driver.)
+    let capacity = usize::try_from(declared).map_err(|_| corrupt("too large".into()))?;
+    let inflated =
+        zstd::bulk::decompress(compressed, capacity).map_err(|e| corrupt(e.to_string()))?;
+    if inflated.len() as u64 != declared {
+        return Err(corrupt(format!(
+            "it inflates to {} bytes where its header declares {declared}",
+            inflated.len()
+        )));
+    }
+    Ok(inflated)
+}
+
+/// Where the embedded image was built (OUT_DIR/softmax.fatbin.zst on the building machine), for
+/// error messages.
+pub fn built_file() -> Option<String> {
+    Some(format!("{}/softmax.fatbin.zst", BUILD_DIR?))
 }
 
 /// The folder the image was built in (OUT_DIR), on the machine that built it.
@@ -183,15 +215,19 @@ pub fn run_cuobjdump(
     args: &[&str],
     fatbin: &[u8],
 ) -> std::result::Result<String, String> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!(
-        "cuda-softmax-image-{}-{call}.fatbin",
-        std::process::id()
-    ));
-    std::fs::write(&path, fatbin)
-        .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+    // A new file under a name nobody holds (never a file or link planted at a guessable name).
+    let (path, mut file) = crate::cache_paths::create_unique_file(
+        &std::env::temp_dir(),
+        "cuda-softmax-image-",
+        ".fatbin",
+    )
+    .map_err(|e| format!("could not create a temporary file: {e}"))?;
+    let written = std::io::Write::write_all(&mut file, fatbin);
+    drop(file);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(format!("could not write {}: {e}", path.display()));
+    }
     let out = std::process::Command::new(tool)
         .args(args)
         .arg(&path)
@@ -207,4 +243,108 @@ pub fn run_cuobjdump(
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zstd frame by hand: single segment, `declared` as an 8-byte content size, one raw
+    /// block holding `payload`.
+    fn frame(declared: u64, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        f.extend_from_slice(&declared.to_le_bytes());
+        let header = ((payload.len() as u32) << 3) | 1; // last block, raw
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn corrupt_detail(bytes: &[u8]) -> String {
+        match inflate(bytes) {
+            Err(Error::CorruptImage { detail }) => detail,
+            other => panic!("expected CorruptImage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sound_frame_inflates() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let packed = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(inflate(&packed).unwrap(), data);
+        assert_eq!(inflate(&frame(5, b"hello")).unwrap(), b"hello");
+    }
+
+    /// The header is never trusted: a 16-byte frame declaring 2^40 bytes is an error, not an
+    /// allocation of a terabyte (which aborted the process).
+    #[test]
+    fn a_huge_declared_size_is_an_error_not_an_allocation() {
+        let detail = corrupt_detail(&frame(1 << 40, b""));
+        assert!(detail.contains("1099511627776"), "{detail}");
+        corrupt_detail(&frame(MAX_INFLATED_BYTES + 1, b""));
+    }
+
+    #[test]
+    fn a_size_mismatch_or_a_damaged_frame_is_an_error() {
+        // Declares 10 bytes, holds 5; declares 3, holds 5.
+        corrupt_detail(&frame(10, b"hello"));
+        corrupt_detail(&frame(3, b"hello"));
+        // Not zstd at all, empty, truncated.
+        assert!(corrupt_detail(b"not an image").contains("not a zstd frame"));
+        corrupt_detail(&[]);
+        let packed = zstd::bulk::compress(&[7u8; 4096], 3).unwrap();
+        corrupt_detail(&packed[..packed.len() - 3]);
+        // No declared size (a streaming frame): refused rather than guessed.
+        let mut streamed = Vec::new();
+        let mut encoder = zstd::stream::Encoder::new(&mut streamed, 3).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut encoder, &[1u8; 1000]).unwrap();
+        encoder.finish().unwrap();
+        assert!(corrupt_detail(&streamed).contains("no content size"));
+        // The message names the image file and what to do.
+        let text = Error::CorruptImage { detail: "x".into() }.to_string();
+        assert!(
+            text.contains("softmax.fatbin.zst") && text.contains("cargo clean"),
+            "{text}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod temp_file_tests {
+    /// The temporary copy cuobjdump reads is created under a fresh name, never through a file or
+    /// symbolic link planted at a guessable one: links at every name the old scheme
+    /// (`cuda-softmax-image-<pid>-<n>.fatbin`) would have used are left alone, and their
+    /// targets never written.
+    #[cfg(unix)]
+    #[test]
+    fn cuobjdump_copies_never_follow_a_planted_link() {
+        let tmp = std::env::temp_dir();
+        let target = tmp.join(format!("cs-planted-target-{}", std::process::id()));
+        let _ = std::fs::remove_file(&target);
+        let links: Vec<_> = (0..64)
+            .map(|n| {
+                tmp.join(format!(
+                    "cuda-softmax-image-{}-{n}.fatbin",
+                    std::process::id()
+                ))
+            })
+            .collect();
+        for l in &links {
+            let _ = std::fs::remove_file(l);
+            std::os::unix::fs::symlink(&target, l).unwrap();
+        }
+        let out = super::run_cuobjdump(std::path::Path::new("cat"), &[], b"image bytes").unwrap();
+        assert_eq!(out, "image bytes");
+        assert!(!target.exists(), "the planted link's target was written");
+        for l in &links {
+            assert!(
+                std::fs::symlink_metadata(l)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+            let _ = std::fs::remove_file(l);
+        }
+    }
 }

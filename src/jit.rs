@@ -15,7 +15,7 @@ use std::time::Instant;
 #[path = "../build/nvrtc.rs"]
 mod nvrtc;
 
-use crate::cache_paths::{ContentHash, user_cache};
+use crate::cache_paths::{ContentHash, digest, user_cache, write_atomically};
 use nvrtc::{Nvrtc, Output};
 
 /// Every GPU kernel source in one text: kernels/*.cu with the project's own headers inlined
@@ -45,15 +45,24 @@ pub fn cubin_for(cc: (i32, i32)) -> Result<Vec<u8>, String> {
         .add(nvrtc.path.as_os_str().as_encoded_bytes())
         .hex();
     let cache = cache_dir(&lookup).map(|d| d.join(format!("{key}.cubin")));
-    if let Some(bytes) = cache.as_deref().and_then(|c| std::fs::read(c).ok()) {
-        notice(&format!(
-            "cuda-softmax: the embedded GPU image does not load here; using the {arch} cubin that NVRTC \
-             {major}.{minor} compiled earlier ({})",
+    match cache.as_deref().map(read_cached) {
+        Some(Cached::Hit(bytes)) => {
+            notice(&format!(
+                "cuda-softmax: the embedded GPU image does not load here; using the {arch} cubin that NVRTC \
+                 {major}.{minor} compiled earlier ({})",
+                cache
+                    .as_deref()
+                    .map_or(String::new(), |c| c.display().to_string())
+            ));
+            return Ok(bytes);
+        }
+        Some(Cached::Damaged(why)) => eprintln!(
+            "cuda-softmax: the cached cubin {} is damaged ({why}); compiling it again",
             cache
                 .as_deref()
                 .map_or(String::new(), |c| c.display().to_string())
-        ));
-        return Ok(bytes);
+        ),
+        Some(Cached::Missing) | None => {}
     }
     let includes = include_dirs(&lookup, &nvrtc.path);
     if includes.is_empty() {
@@ -181,16 +190,50 @@ fn cache_dir(lookup: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
         .or_else(|| Some(user_cache(lookup)?.join("cuda-softmax/jit")))
 }
 
-/// Writes beside the final name and renames, so a reader never sees half a cubin.
-fn store(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// What a cache file holds: a header line (the format, the cubin's length and digest), then the
+/// cubin. The header is what lets a truncated or damaged file be told from a sound one.
+const CUBIN_MAGIC: &str = "cuda-softmax jit cubin v1";
+
+fn cubin_header(cubin: &[u8]) -> String {
+    format!("{CUBIN_MAGIC} {} {}\n", cubin.len(), digest(cubin))
+}
+
+/// A cache file, read and verified.
+#[derive(Debug, PartialEq)]
+enum Cached {
+    Hit(Vec<u8>),
+    /// No file there (or one that cannot be read).
+    Missing,
+    /// A file whose header or digest does not match: recompile and replace it.
+    Damaged(String),
+}
+
+fn read_cached(path: &Path) -> Cached {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Cached::Missing;
+    };
+    let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
+        return Cached::Damaged(format!("{} bytes without a header", bytes.len()));
+    };
+    let (header, cubin) = (&bytes[..=newline], &bytes[newline + 1..]);
+    if header != cubin_header(cubin).as_bytes() {
+        return Cached::Damaged(format!(
+            "its header says {:?}; its {} bytes of cubin do not match it",
+            String::from_utf8_lossy(&header[..newline]),
+            cubin.len()
+        ));
+    }
+    Cached::Hit(cubin.to_vec())
+}
+
+/// Writes the header and the cubin under a unique name beside the final one and renames it into
+/// place, so a reader never sees half a file (and a damaged file is replaced whole).
+fn store(path: &Path, cubin: &[u8]) -> Result<(), String> {
     let dir = path.parent().ok_or("no parent folder")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("rename into {}: {e}", path.display())
-    })
+    let mut bytes = cubin_header(cubin).into_bytes();
+    bytes.extend_from_slice(cubin);
+    write_atomically(path, &bytes).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -228,5 +271,42 @@ mod tests {
             err.contains(NVRTC_VAR) && err.contains("/nonexistent"),
             "{err}"
         );
+    }
+
+    /// The cubin cache keeps a digest: a sound file is a hit; a truncated, zero-byte, damaged
+    /// or headerless one is reported damaged (and then recompiled and replaced), never used.
+    #[test]
+    fn the_cubin_cache_verifies_what_it_reads() {
+        let dir = std::env::temp_dir().join(format!("cs-jit-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("k.cubin");
+        assert_eq!(read_cached(&path), Cached::Missing);
+        let cubin: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+        store(&path, &cubin).unwrap();
+        assert_eq!(read_cached(&path), Cached::Hit(cubin.clone()));
+        let sound = std::fs::read(&path).unwrap();
+        let damaged = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            matches!(read_cached(&path), Cached::Damaged(_))
+        };
+        assert!(damaged(&sound[..sound.len() - 1]), "truncated");
+        assert!(damaged(b""), "zero bytes");
+        assert!(damaged(&cubin), "a bare cubin without the header");
+        let mut flipped = sound.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(damaged(&flipped), "one byte changed");
+        let mut longer = sound.clone();
+        longer.push(0);
+        assert!(damaged(&longer), "a byte appended");
+        // Storing again replaces the damaged file whole.
+        store(&path, &cubin).unwrap();
+        assert_eq!(read_cached(&path), Cached::Hit(cubin));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["k.cubin"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
