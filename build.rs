@@ -894,7 +894,7 @@ fn build_with_nvrtc(
         let bytes = fs::read(&cubin).map_err(|e| format!("read {}: {e}", cubin.display()))?;
         Ok((bytes, stdout + &stderr))
     };
-    let cubins = parallel_map(&archs, threads, assemble)?;
+    let cubins = parallel_map(archs, threads, assemble)?;
 
     let shipped_ptx = ptx_texts[ptx_archs
         .iter()

@@ -8,11 +8,14 @@
 //   dx_j = [a_ce * (((1 - e) w_t + e W / V) p_j - (1 - e) w_t [j = t] - (e / V) w_j)
 //           + a_z * 2 z lse p_j] * softcap'(x_j)
 //
-// with W = sum_j w_j, p_j = exp(x_j - lse), and a_ce, a_z the upstream gradient divided by the
-// Mean denominators (D_w = the weight of the rows that count, D_n their number) or not.
+// with W / V = sum_j w_j / V, p_j = exp(x_j - lse), and a_ce, a_z the upstream gradient divided
+// by the Mean denominators (D_w = the weight of the rows that count, D_n their number) or not.
+// A term whose coefficient is exactly 0 ((1 - e) or w_t for the target's, e for the smoothing
+// terms', z) is left out of the loss and the gradient alike: no 0 * inf or 0 * NaN of a logit,
+// of a weight no row targets, or of a W / V that overflowed (with e = 0, W / V is never read).
 //
 // Stages (one plan, the same parameters, in this order; src/cross_entropy.rs picks them):
-// - prepare (one block): W, D_w, D_n into the workspace's globals, and the first row whose
+// - prepare (one block): W / V, D_w, D_n into the workspace's globals, and the first row whose
 //   target is invalid into `status` (the host's target check launches this stage alone).
 // - stats (a block per (chunk, row)): one read of the chunk: the online (max, sum) state and the
 //   chunk's share of sum_j w_j x_j / V, into the workspace.
@@ -61,7 +64,7 @@ constexpr int kCeGradFromLse = 16;     // grad: start from the caller's lse (bac
 constexpr int kCeNone = 0, kCeMean = 2;  // (1: Sum)
 
 // Workspace layout (f32): globals, then 4 a row, then 4 a (row, chunk).
-constexpr long long kCeGlobals = 4;  // W, D_w, D_n, unused
+constexpr long long kCeGlobals = 4;  // W / V, D_w, D_n, unused
 __device__ __forceinline__ float* ce_row_state(const CrossEntropyParams& p, long long row) {
   return p.workspace + kCeGlobals + 4 * row;  // shift, log2(sum), ce_i, z_i
 }
@@ -166,12 +169,15 @@ struct MinI64Op {
   }
 };
 
+// W / V is summed as sum_j (w_j / V), like the stats fold's sw: finite weights whose sum
+// overflows f32 (two of 3e38) keep a finite W / V once V >= 2. Only smoothing reads it.
 template <int Block>
 __device__ __forceinline__ void ce_prepare(const CrossEntropyParams& p) {
   const int tid = static_cast<int>(threadIdx.x);
-  float w_all = 0.0f;
-  if (p.weight != nullptr) {
-    for (long long j = tid; j < p.cols; j += Block) w_all += load_one(p.weight + j);
+  const float inv_v = 1.0f / static_cast<float>(p.cols);
+  float w_over_v = 0.0f;
+  if (p.weight != nullptr && p.smoothing != 0.0f) {
+    for (long long j = tid; j < p.cols; j += Block) w_over_v += load_one(p.weight + j) * inv_v;
   }
   float d_w = 0.0f, d_n = 0.0f;
   long long bad = MinI64Op{}.identity();
@@ -189,12 +195,12 @@ __device__ __forceinline__ void ce_prepare(const CrossEntropyParams& p) {
         break;
     }
   }
-  w_all = block_sum<Block>(w_all);
+  w_over_v = block_sum<Block>(w_over_v);
   d_w = block_sum<Block>(d_w);
   d_n = block_sum<Block>(d_n);
   bad = block_reduce<Block>(bad, MinI64Op{});
   if (tid == 0) {
-    store_one(p.workspace + 0, p.weight != nullptr ? w_all : static_cast<float>(p.cols));
+    store_one(p.workspace + 0, p.weight != nullptr ? w_over_v : 1.0f);
     store_one(p.workspace + 1, d_w);
     store_one(p.workspace + 2, d_n);
     store_one(p.workspace + 3, 0.0f);
@@ -311,7 +317,22 @@ struct CeGradRow {
   int ignored;  // write zeros
 };
 
-// The constants of a row whose target kind, shift, log2(sum) and lse are known.
+// The coefficient (1 - e) w_t of a valid row's target term, 0 where either factor is 0 (the
+// term is left out: a NaN or inf weight times 1 - e = 0 is no NaN).
+__device__ __forceinline__ float ce_target_coefficient(const CrossEntropyParams& p, long long t) {
+  const float w_t = ce_weight(p, t);
+  return p.smoothing != 1.0f && w_t != 0.0f ? (1.0f - p.smoothing) * w_t : 0.0f;
+}
+
+// The smoothing terms' coefficients summed, sum_j (e / V) w_j = e * W / V; 0 without smoothing,
+// and then W / V (NaN or inf with such a weight on a class no row targets) is not read.
+__device__ __forceinline__ float ce_smoothing_coefficients(const CrossEntropyParams& p) {
+  return p.smoothing != 0.0f ? p.smoothing * load_one(p.workspace) : 0.0f;
+}
+
+// The constants of a row whose target kind, shift, log2(sum) and lse are known. The
+// coefficient of p_j, a, sums the coefficients of the terms the loss has: those left out of it
+// add nothing here either.
 __device__ __forceinline__ CeGradRow ce_grad_constants(const CrossEntropyParams& p, long long row, long long t,
                                                        CeRowKind kind, float shift, float log2_sum, float lse) {
   const float inv_v = 1.0f / static_cast<float>(p.cols);
@@ -323,7 +344,6 @@ __device__ __forceinline__ CeGradRow ce_grad_constants(const CrossEntropyParams&
   if (r.ignored) return r;
   r.shift = shift;
   r.neg_log2_sum = -log2_sum;
-  const float w_over_v = load_one(p.workspace) * inv_v;
   const float g = p.dloss == nullptr ? 1.0f : load_one(p.dloss + (reduction == kCeNone ? row : 0));
   float a_ce = g, a_z = g;
   if (reduction == kCeMean) {
@@ -331,11 +351,11 @@ __device__ __forceinline__ CeGradRow ce_grad_constants(const CrossEntropyParams&
     a_ce = ce_mean_factor(d_w, d_n) * g;
     a_z = ce_mean_factor(d_n, d_n) * g;
   }
-  const float w_t = kind == kCeValid ? ce_weight(p, t) : 0.0f;
-  r.a = a_ce * ((1.0f - e) * w_t + e * w_over_v);
+  const float c_t = kind == kCeValid ? ce_target_coefficient(p, t) : 0.0f;
+  r.a = a_ce * (c_t + ce_smoothing_coefficients(p));
   if (p.z != 0.0f) r.a += a_z * 2.0f * p.z * lse;
-  r.s = a_ce * e * inv_v;
-  r.b = a_ce * (1.0f - e) * w_t;
+  r.s = e != 0.0f ? a_ce * e * inv_v : 0.0f;
+  r.b = a_ce * c_t;
   // An invalid target, or a row of only -inf logits (no distribution): a NaN row.
   if (kind == kCeInvalid || !(lse > kNegInf)) r.a = kNaN;
   return r;
@@ -398,16 +418,15 @@ __device__ __forceinline__ CeGradRow ce_finish_row(const CrossEntropyParams& p, 
       ce = kPosInf;
       zl = p.z > 0.0f ? ce : 0.0f;
     } else {
-      const float w_over_v = load_one(p.workspace) / static_cast<float>(p.cols);
       float xt = load_xt(t);
       if (p.softcap > 0.0f) xt = p.softcap * ce_tanh(xt, 1.0f / p.softcap);
       // lse - x_t as (shift - x_t) + log(sum): exact where lse itself would round away
       // log(sum) (|shift| large). A term whose coefficient is 0 is left out, so that an
       // infinite logit it multiplies gives no 0 * inf = NaN.
-      const float w_t = ce_weight(p, t);
-      if (e != 1.0f && w_t != 0.0f) ce = (1.0f - e) * w_t * ((shift - xt) + log_sum);
+      const float c_t = ce_target_coefficient(p, t);
+      if (c_t != 0.0f) ce = c_t * ((shift - xt) + log_sum);
       // sum_j w_j (lse - x_j) / V = (W / V) log(sum) - sum_j w_j (x_j - shift) / V.
-      if (e != 0.0f) ce += e * (w_over_v * log_sum - s.sx);
+      if (e != 0.0f) ce += e * (load_one(p.workspace) * log_sum - s.sx);
       if (p.z != 0.0f) zl = p.z * lse * lse;
     }
   } else if (kind == kCeInvalid) {

@@ -54,7 +54,9 @@ pub struct CrossEntropyOutput {
 
 /// Softmax cross-entropy of logits `[.., V]` (rows of `V` classes over the last dimension)
 /// against one target class a row. Built with chained setters; nothing is checked until a call,
-/// and every call checks its inputs before anything is written.
+/// and every call checks its inputs before anything is written. An input that shares memory with
+/// what the call writes (class weights or targets over the logits of
+/// `forward_backward_inplace`, whose gradient overwrites them) is [`Error::PartialOverlap`].
 ///
 /// Per row with target `t`, smoothing `e`, class weights `w` (1 without) and z-loss `z`:
 /// `loss = (1 - e) * w[t] * (lse - x[t]) + (e / V) * sum_j w[j] * (lse - x[j]) + z * lse^2`,
@@ -168,7 +170,6 @@ impl<'w> CrossEntropy<'w> {
         if rows.n == 0 {
             return Ok(out);
         }
-        self.check_target_values(logits, targets, rows)?;
         self.launch(
             Launch {
                 mode: CrossEntropyMode::Loss {
@@ -224,7 +225,6 @@ impl<'w> CrossEntropy<'w> {
         if rows.n == 0 {
             return Ok(grad);
         }
-        self.check_target_values(logits, targets, rows)?;
         self.launch(
             Launch {
                 mode: CrossEntropyMode::GradientFromLse,
@@ -257,8 +257,9 @@ impl<'w> CrossEntropy<'w> {
     }
 
     /// `forward_backward` with the gradient written over the logits (no second tensor of the
-    /// logits' size: the memory large-vocabulary training relies on). On an error nothing is
-    /// written.
+    /// logits' size: the memory large-vocabulary training relies on). The targets and class
+    /// weights must not share memory with the logits ([`Error::PartialOverlap`]). On an error
+    /// nothing is written.
     pub fn forward_backward_inplace<T: Element, I: Index>(
         &self,
         logits: &mut DeviceTensor<T>,
@@ -280,7 +281,6 @@ impl<'w> CrossEntropy<'w> {
         if rows.n == 0 {
             return Ok(out);
         }
-        self.check_target_values(logits, targets, rows)?;
         let in_place = grad.addr == logits.addr();
         self.launch(
             Launch {
@@ -472,7 +472,8 @@ impl<'w> CrossEntropy<'w> {
         }
     }
 
-    /// Plans and enqueues the stages of `l` (after the checks).
+    /// Checks that nothing `l` writes is read as another input, then the target values (when
+    /// on); plans and enqueues the stages of `l`. Nothing is written before both checks pass.
     fn launch<T: Element, I: Index>(
         &self,
         l: Launch,
@@ -481,19 +482,13 @@ impl<'w> CrossEntropy<'w> {
         out: Option<&CrossEntropyOutput>,
         logits: &DeviceTensor<T>,
     ) -> Result<()> {
+        let ranges = self.ranges(&l, targets, out);
+        // First: targets under the in-place gradient must be refused as such, whatever values
+        // the logits make of them.
+        check_no_aliasing(&ranges)?;
+        self.check_target_values(logits, targets, rows)?;
         let device = logits.device();
         let plan = plan_cross_entropy(rows.n, rows.classes, T::DTYPE, l.mode, &device.limits());
-        let mut ranges = vec![l.logits_range, targets.access_range(false)];
-        ranges.extend(self.weight.map(|w| w.access_range(false)));
-        if let Some(out) = out {
-            ranges.push(out.loss.access_range(true));
-            ranges.push(out.lse.access_range(true));
-            ranges.push(out.z_loss.access_range(true));
-        }
-        // The in-place gradient is the logits' own range, already listed (writable).
-        ranges.extend(l.grad.filter(|g| g.addr != l.logits_range.addr));
-        ranges.extend(l.lse_in);
-        ranges.extend(l.dloss);
         let mut params = self.params(targets, rows, plan.chunk_cols);
         params.x = l.logits_addr;
         params.y = l.grad.map_or(0, |g| g.addr);
@@ -508,6 +503,43 @@ impl<'w> CrossEntropy<'w> {
         }
         device.launch(&plan.stages, params, &ranges, plan.workspace_floats)
     }
+
+    /// Every range the launch of `l` touches, those it writes marked writable.
+    fn ranges<I: Index>(
+        &self,
+        l: &Launch,
+        targets: &DeviceTensor<I>,
+        out: Option<&CrossEntropyOutput>,
+    ) -> Vec<AccessRange> {
+        let mut ranges = vec![l.logits_range, targets.access_range(false)];
+        ranges.extend(self.weight.map(|w| w.access_range(false)));
+        if let Some(out) = out {
+            ranges.push(out.loss.access_range(true));
+            ranges.push(out.lse.access_range(true));
+            ranges.push(out.z_loss.access_range(true));
+        }
+        // The in-place gradient is the logits' own range, already listed (writable).
+        ranges.extend(l.grad.filter(|g| g.addr != l.logits_range.addr));
+        ranges.extend(l.lse_in);
+        ranges.extend(l.dloss);
+        ranges
+    }
+}
+
+/// `Error::PartialOverlap` where a range that is written shares a byte with any other range of
+/// the launch. The kernels read the inputs (weights, targets, lse, dloss) in blocks other than
+/// those writing over them, unordered with those writes: an input under an output would be read
+/// half overwritten, differently from run to run (a race on a GPU). An identical range is
+/// refused too: no input may be an output (the in-place gradient over the logits is one range,
+/// listed once).
+fn check_no_aliasing(ranges: &[AccessRange]) -> Result<()> {
+    for (i, written) in ranges.iter().enumerate().filter(|(_, r)| r.writable) {
+        let mut others = ranges.iter().enumerate().filter(|&(j, _)| j != i);
+        if others.any(|(_, r)| written.overlaps(r)) {
+            return Err(Error::PartialOverlap);
+        }
+    }
+    Ok(())
 }
 
 /// The rows of a cross-entropy call: `n` rows of `classes` logits.

@@ -71,6 +71,15 @@ pub(crate) struct AccessRange {
     pub writable: bool,
 }
 
+impl AccessRange {
+    /// Whether the two ranges share a byte (an empty range shares none).
+    pub(crate) fn overlaps(&self, other: &AccessRange) -> bool {
+        let end = self.addr.saturating_add(self.bytes);
+        let other_end = other.addr.saturating_add(other.bytes);
+        self.bytes != 0 && other.bytes != 0 && self.addr < other_end && other.addr < end
+    }
+}
+
 /// One operation: the stages of a plan, run in order with the same parameters, and the memory
 /// ranges they may touch. Borrowed, so that describing a launch allocates nothing.
 #[derive(Debug, Clone, Copy)]
@@ -127,5 +136,30 @@ mod tests {
     fn parameter_block_layout() {
         assert_eq!(std::mem::offset_of!(super::SoftmaxParams, targets), 72);
         assert_eq!(std::mem::size_of::<super::SoftmaxParams>(), 152);
+    }
+
+    /// Ranges overlap where they share a byte: not when they only touch, never when empty,
+    /// and without overflow at the top of the address space.
+    #[test]
+    fn ranges_overlap_where_they_share_a_byte() {
+        let r = |addr, bytes| super::AccessRange {
+            addr,
+            bytes,
+            writable: false,
+        };
+        let a = r(100, 8);
+        for (other, shared) in [
+            (r(100, 8), true),
+            (r(107, 1), true),
+            (r(96, 5), true),
+            (r(90, 40), true),
+            (r(108, 4), false),
+            (r(92, 8), false),
+            (r(104, 0), false),
+        ] {
+            assert_eq!(a.overlaps(&other), shared, "{other:?}");
+            assert_eq!(other.overlaps(&a), shared, "{other:?}");
+        }
+        assert!(r(u64::MAX - 4, 16).overlaps(&r(u64::MAX - 1, 1)));
     }
 }

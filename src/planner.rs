@@ -176,8 +176,8 @@ pub enum CrossEntropyMode {
     GradientFromLse,
 }
 
-/// f32 elements of the cross-entropy workspace before the per-row states: the class-weight sum
-/// and the two Mean denominators (and one unused), as kernels/cross_entropy.cu lays it out.
+/// f32 elements of the cross-entropy workspace before the per-row states: the class weights' sum
+/// over V and the two Mean denominators (and one unused), as kernels/cross_entropy.cu lays it out.
 pub const CROSS_ENTROPY_GLOBALS: usize = 4;
 
 /// Picks the stages and geometry of a cross-entropy launch over `rows` rows of `cols` classes
@@ -339,7 +339,8 @@ pub enum Family {
 /// The stages of the fused cross-entropy, in the order a plan runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CrossEntropyStage {
-    /// One block: the class-weight sum, the Mean denominators, the first invalid target.
+    /// One block: the class weights' sum over V, the Mean denominators, the first invalid
+    /// target.
     Prepare,
     /// A block per (chunk, row): the chunk's online (max, sum) and smoothing sum; one read.
     Stats,

@@ -10,11 +10,15 @@ mod common;
 use common::cross_entropy::*;
 use common::seeded_rng;
 use cuda_softmax::check::Rng;
+use cuda_softmax::planner::{
+    CrossEntropyMode, CrossEntropyStage, Family, Stage, plan_cross_entropy,
+};
 use cuda_softmax::reference::cross_entropy::{
     CeOptions, cross_entropy_backward, cross_entropy_forward,
 };
 use cuda_softmax::{
-    CrossEntropy, Device, DeviceTensor, EmulatorConfig, Error, Reduction, Schedule, bf16, f16,
+    CrossEntropy, Device, DeviceTensor, Dtype, Element, EmulatorConfig, Error, Reduction, Schedule,
+    bf16, f16,
 };
 
 fn emulator(schedule: Schedule) -> Device {
@@ -371,4 +375,233 @@ fn zero_weights() {
             assert!(out.loss.to_host().unwrap()[0].is_nan(), "0 / 0 weight");
         }
     }
+}
+
+/// Runs `mode` on a random case whose first classes weigh `unused` and are no row's target
+/// (their targets moved past them; ignored rows stay ignored), checked against the reference;
+/// returns the gradient.
+fn with_untargeted_weights<T: Element>(
+    device: &Device,
+    rng: &mut Rng,
+    (n, v): (usize, usize),
+    o: &Options,
+    mode: Mode,
+    unused: &[f32],
+) -> Vec<T> {
+    let k = unused.len() as i64;
+    let edit = |inputs: &mut Inputs<T, i64>| {
+        inputs.weight[..unused.len()].copy_from_slice(unused);
+        for t in inputs.targets.iter_mut().filter(|t| (0..k).contains(*t)) {
+            *t += k;
+        }
+    };
+    run_case_with(device, rng, n, v, o, mode, 1, Values::Random, edit).1
+}
+
+/// The shapes of each family: rows on chip (forward_backward), and rows split into chunks
+/// (stats, finish and grad over several blocks a row); backward's grad stage over one chunk a
+/// row and over several.
+const FAMILY_SHAPES: [(usize, usize); 2] = [(4, 100), (2, 5000)];
+const GRADIENT_MODES: [Mode; 3] = [Mode::ForwardBackward, Mode::InPlace, Mode::Backward];
+
+/// FAMILY_SHAPES take the families they stand for on the emulator, in every dtype.
+#[test]
+fn family_shapes_take_each_family() {
+    let limits = emulator(Schedule::Forward).limits();
+    let both = CrossEntropyMode::LossAndGradient { reduce: true };
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        let plan = |(n, v), mode| plan_cross_entropy(n, v, dtype, mode, &limits).stages;
+        let on_chip = |stages: &[Stage]| {
+            let on_chip = Family::CrossEntropy {
+                stage: CrossEntropyStage::OnChip,
+            };
+            stages.iter().any(|s| s.kernel.family == on_chip)
+        };
+        let chunks = |stages: &[Stage]| stages.last().map_or(0, |s| s.grid.0);
+        let (small, long) = (FAMILY_SHAPES[0], FAMILY_SHAPES[1]);
+        assert!(on_chip(&plan(small, both)), "{dtype:?}");
+        assert!(!on_chip(&plan(long, both)) && chunks(&plan(long, both)) > 1);
+        let backward = CrossEntropyMode::GradientFromLse;
+        assert_eq!(chunks(&plan(small, backward)), 1, "{dtype:?}");
+        assert!(chunks(&plan(long, backward)) > 1, "{dtype:?}");
+    }
+}
+
+#[track_caller]
+fn assert_finite<T: Element>(grad: &[T], what: &str) {
+    let bad = grad.iter().filter(|g| !g.to_f64().is_finite()).count();
+    assert_eq!(
+        bad,
+        0,
+        "{what}: {bad} of {} gradient elements not finite",
+        grad.len()
+    );
+}
+
+/// Without smoothing a class weight enters only the loss of the rows that target it: a NaN or
+/// +inf weight on a class no row targets, or two of 3e38 (whose sum overflows f32), leave every
+/// gradient element finite and as the reference has it. (The gradient multiplied the weights'
+/// sum by e = 0: NaN everywhere while the loss was right.) Every entry point, dtype and family.
+#[test]
+fn weights_no_loss_term_uses_leave_the_gradient_finite() {
+    let device = emulator(Schedule::Reverse);
+    let mut rng = seeded_rng("weights_no_loss_term_uses_leave_the_gradient_finite");
+    let unused_sets: [&[f32]; 3] = [&[f32::NAN], &[f32::INFINITY], &[3e38, 3e38]];
+    for unused in unused_sets {
+        for shape in FAMILY_SHAPES {
+            for (i, mode) in GRADIENT_MODES.into_iter().enumerate() {
+                let reduction = [Reduction::Mean, Reduction::None][i % 2];
+                let o = Options {
+                    weighted: true,
+                    z: 0.01,
+                    reduction,
+                    ..PLAIN
+                };
+                let what = format!("weights {unused:?}, {shape:?}, {mode:?}");
+                let g = with_untargeted_weights::<f32>(&device, &mut rng, shape, &o, mode, unused);
+                assert_finite(&g, &what);
+                let g = with_untargeted_weights::<f16>(&device, &mut rng, shape, &o, mode, unused);
+                assert_finite(&g, &what);
+                let g = with_untargeted_weights::<bf16>(&device, &mut rng, shape, &o, mode, unused);
+                assert_finite(&g, &what);
+            }
+        }
+    }
+}
+
+/// With smoothing every class weight is used. Two weights of 3e38: their sum overflows f32 but
+/// the smoothing needs only sum_j w_j / V, which does not: a finite loss and gradient, as the
+/// reference has them (f32, and bf16 whose range holds the gradient). A NaN weight on a class
+/// no row targets: every row's loss and gradient are NaN.
+#[test]
+fn smoothing_uses_every_class_weight() {
+    let device = emulator(Schedule::Forward);
+    let mut rng = seeded_rng("smoothing_uses_every_class_weight");
+    let o = Options {
+        weighted: true,
+        smoothing: 0.1,
+        ignore_index: None,
+        ..PLAIN
+    };
+    let huge: &[f32] = &[3e38, 3e38];
+    for shape in FAMILY_SHAPES {
+        for mode in GRADIENT_MODES {
+            let what = format!("{shape:?}, {mode:?}");
+            let g = with_untargeted_weights::<f32>(&device, &mut rng, shape, &o, mode, huge);
+            assert_finite(&g, &what);
+            let g = with_untargeted_weights::<bf16>(&device, &mut rng, shape, &o, mode, huge);
+            assert_finite(&g, &what);
+            let nan = &[f32::NAN];
+            let g = with_untargeted_weights::<f16>(&device, &mut rng, shape, &o, mode, nan);
+            assert!(g.iter().all(|g| g.to_f64().is_nan()), "{what}: NaN weight");
+        }
+    }
+}
+
+/// Logits [3, 4] whose first elements' bit patterns are the i32 targets [1, 3, 0] (tiny
+/// subnormals): targets read from the logits' memory are valid ones.
+fn logits_holding_targets() -> Vec<f32> {
+    let mut x: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin()).collect();
+    for (x, t) in x.iter_mut().zip([1u32, 3, 0]) {
+        *x = f32::from_bits(t);
+    }
+    x
+}
+
+/// Class weights over the logits of forward_backward_inplace: the gradient would be written
+/// over weights other blocks still read (loss -0.29 instead of 0.39, results that changed from
+/// run to run). Partly overlapping or the very same bytes (one row of logits, its V weights):
+/// Error::PartialOverlap, nothing written.
+#[test]
+fn weights_over_the_inplace_logits_are_refused() {
+    let device = emulator(Schedule::Forward);
+    let x = logits_holding_targets();
+    let targets = DeviceTensor::<i64>::from_host(&device, &[1, 3, 0], &[3]).unwrap();
+    for (shape, at) in [([3, 4], 0), ([3, 4], 6), ([3, 4], 8), ([1, 12], 0)] {
+        let mut logits = f32_tensor(&device, &x, &shape);
+        let weight = logits.view(at, &[shape[1]]).unwrap();
+        let ce = CrossEntropy::default().weight(Some(&weight));
+        let t = targets.view(0, &[shape[0]]).unwrap();
+        let err = ce.forward_backward_inplace(&mut logits, &t).unwrap_err();
+        assert_eq!(err, Error::PartialOverlap, "weights at {at} of {shape:?}");
+        assert_eq!(logits.to_host().unwrap(), x, "weights at {at} of {shape:?}");
+    }
+}
+
+/// Targets over the logits of forward_backward_inplace (i32 and i64, read as valid classes):
+/// Error::PartialOverlap, checked before the targets' values, nothing written.
+#[test]
+fn targets_over_the_inplace_logits_are_refused() {
+    let device = emulator(Schedule::Forward);
+    let x = logits_holding_targets();
+    let mut logits = f32_tensor(&device, &x, &[3, 4]);
+    let addr = logits.device_addr();
+    // SAFETY: the views read 12 and 24 bytes inside the logits' 48, which outlive them; the
+    // calls below are refused before anything is written (and the emulator finishes every
+    // launch before it returns, so even a wrong write would not overlap a read).
+    let (t32, t64) = unsafe {
+        (
+            DeviceTensor::<i32>::from_raw_parts(&device, addr, &[3]).unwrap(),
+            DeviceTensor::<i64>::from_raw_parts(&device, addr + 8, &[3]).unwrap(),
+        )
+    };
+    assert_eq!(t32.to_host().unwrap(), [1, 3, 0], "valid targets");
+    let ce = CrossEntropy::default();
+    assert_eq!(
+        ce.forward_backward_inplace(&mut logits, &t32).unwrap_err(),
+        Error::PartialOverlap
+    );
+    assert_eq!(
+        ce.check_targets(false)
+            .forward_backward_inplace(&mut logits, &t64)
+            .unwrap_err(),
+        Error::PartialOverlap
+    );
+    assert_eq!(logits.to_host().unwrap(), x);
+}
+
+/// Inputs that share memory with other inputs but with nothing written are accepted, and give
+/// the results of separate copies bit for bit: class weights and targets over the logits of
+/// forward_backward, and backward's lse, dloss, weights and targets over its logits. (backward
+/// and forward_backward write only tensors they make, so none of their inputs can alias an
+/// output; the in-place op is the one whose output is caller memory.)
+#[test]
+fn inputs_may_share_memory_with_inputs() {
+    let device = emulator(Schedule::Forward);
+    let x = logits_holding_targets();
+    let logits = f32_tensor(&device, &x, &[3, 4]);
+    // SAFETY: reads the logits' first 12 bytes, alive (and never written) for the whole test.
+    let t_alias =
+        unsafe { DeviceTensor::<i32>::from_raw_parts(&device, logits.device_addr(), &[3]) };
+    let t_alias = t_alias.unwrap();
+    let targets = DeviceTensor::<i32>::from_host(&device, &[1, 3, 0], &[3]).unwrap();
+    let w_alias = logits.view(4, &[4]).unwrap();
+    let w_copy = f32_tensor(&device, &x[4..8], &[4]);
+    let (lse_alias, dloss_alias) = (
+        logits.view(8, &[3]).unwrap(),
+        logits.view(11, &[1]).unwrap(),
+    );
+    let (lse_copy, dloss_copy) = (
+        f32_tensor(&device, &x[8..11], &[3]),
+        f32_tensor(&device, &x[11..], &[1]),
+    );
+    let shared = CrossEntropy::default()
+        .label_smoothing(0.1)
+        .weight(Some(&w_alias));
+    let apart = shared.weight(Some(&w_copy));
+    let (out_shared, g_shared) = shared.forward_backward(&logits, &t_alias).unwrap();
+    let (out_apart, g_apart) = apart.forward_backward(&logits, &targets).unwrap();
+    assert_eq!(
+        out_shared.loss.to_host().unwrap(),
+        out_apart.loss.to_host().unwrap()
+    );
+    assert_eq!(g_shared.to_host().unwrap(), g_apart.to_host().unwrap());
+    let g_shared = shared
+        .backward(&logits, &t_alias, &lse_alias, &dloss_alias)
+        .unwrap();
+    let g_apart = apart
+        .backward(&logits, &targets, &lse_copy, &dloss_copy)
+        .unwrap();
+    assert_eq!(g_shared.to_host().unwrap(), g_apart.to_host().unwrap());
+    assert_eq!(logits.to_host().unwrap(), x);
 }

@@ -7,6 +7,13 @@
 //! sum of the absolute values of the terms that were added up to make it. Any
 //! implementation's rounding error is proportional to that sum (not to the
 //! possibly cancelled value), so tests use `|got - want| <= rtol * scale`.
+//!
+//! A valid row's loss is a list of terms `c_k * (lse - x~_k)` (the target's and,
+//! with smoothing, one a class) plus `z * lse^2`; a term whose coefficient is
+//! exactly 0 is not in the list. The forward sums the list and the backward
+//! differentiates the same list term by term, independently of how a kernel
+//! factors the gradient: a NaN or infinite weight that only a left-out term
+//! would multiply (a class no row targets, without smoothing) changes nothing.
 
 use crate::Reduction;
 
@@ -88,15 +95,43 @@ fn class_weight(o: &CeOptions, j: usize) -> f64 {
     o.weight.map_or(1.0, |w| w[j])
 }
 
-/// `a * b`, except that a zero coefficient contributes exactly nothing even
-/// when its factor is infinite (e.g. `e = 0` must not turn a `-inf` logit's
-/// smoothing term `0 * inf` into NaN). NaN factors still propagate.
-fn mul0(a: f64, b: f64) -> f64 {
-    if a == 0.0 && b.is_infinite() {
-        0.0
-    } else {
-        a * b
-    }
+/// One term `c * (lse - x~_k)` of a valid row's loss: the target's (`k = t`,
+/// `c = (1 - e) w_t`) or class `j`'s smoothing term (`k = j`, `c = (e / V) w_j`).
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    c: f64,
+    k: usize,
+}
+
+/// The coefficient `a * b` of a term, or `None` when a factor is exactly 0: the
+/// term is then not part of the loss, so neither a NaN or infinite other factor
+/// (`0 * NaN`) nor an infinite logit it would multiply (`0 * inf`) reaches the
+/// loss or its gradient.
+fn coefficient(a: f64, b: f64) -> Option<f64> {
+    (a != 0.0 && b != 0.0).then_some(a * b)
+}
+
+/// The terms of a valid row with target `t`, zero coefficients left out: the
+/// one list the loss and its gradient are both built from.
+fn row_terms(v: usize, t: usize, o: &CeOptions) -> Vec<Term> {
+    let e = o.label_smoothing;
+    let target = coefficient(1.0 - e, class_weight(o, t)).map(|c| Term { c, k: t });
+    let k = e / v as f64;
+    let smoothing =
+        (0..v).filter_map(|j| coefficient(k, class_weight(o, j)).map(|c| Term { c, k: j }));
+    target.into_iter().chain(smoothing).collect()
+}
+
+/// A valid row's `z * lse^2`, left out (0) when `z = 0`, whatever `lse`.
+fn z_term(o: &CeOptions, lse: f64) -> f64 {
+    let z = o.z_loss;
+    if z == 0.0 { 0.0 } else { z * lse * lse }
+}
+
+/// `d/dx~_j z lse^2 = 2 z lse p_j`: the factor `2 z lse` of `p_j`, or `None`
+/// when `z = 0` (the term is left out).
+fn z_derivative_factor(o: &CeOptions, lse: f64) -> Option<f64> {
+    (o.z_loss != 0.0).then_some(2.0 * o.z_loss * lse)
 }
 
 /// Mean's `num / d` for a denominator `d` (D_w or D_n) when `dn` rows count.
@@ -156,27 +191,56 @@ fn row_stats(row: &[f64], o: &CeOptions) -> Stats {
 /// Per-row loss parts and their scales: `[ce, ce_scale, z, z_scale]`.
 type RowLoss = [f64; 4];
 
-fn row_loss(st: &Stats, t: usize, o: &CeOptions) -> RowLoss {
+/// The sum of a valid row's terms (PyTorch's weighted smoothing included:
+/// `(e/V) * sum_j w_j * (-log p_j)`).
+fn row_loss(st: &Stats, terms: &[Term], o: &CeOptions) -> RowLoss {
     let lse = st.lse;
-    let z = mul0(o.z_loss, lse * lse);
+    let z = z_term(o, lse);
     if lse == f64::NEG_INFINITY {
         // Every class has probability 0/0; the loss is defined as +inf.
         return [f64::INFINITY, f64::INFINITY, z, z.abs()];
     }
-    let e = o.label_smoothing;
-    let c_t = (1.0 - e) * class_weight(o, t);
-    let mut ce = mul0(c_t, lse - st.xt[t]);
-    let mut ce_scale = mul0(c_t.abs(), lse.abs() + st.xt[t].abs());
-    if e != 0.0 {
-        // PyTorch's weighted smoothing: (e/V) * sum_j w_j * (-log p_j).
-        let k = e / st.xt.len() as f64;
-        for (j, &x) in st.xt.iter().enumerate() {
-            let c = k * class_weight(o, j);
-            ce += mul0(c, lse - x);
-            ce_scale += mul0(c.abs(), lse.abs() + x.abs());
-        }
+    let (mut ce, mut ce_scale) = (0.0, 0.0);
+    for &Term { c, k } in terms {
+        let x = st.xt[k];
+        ce += c * (lse - x);
+        ce_scale += c.abs() * (lse.abs() + x.abs());
     }
     [ce, ce_scale, z, z.abs()]
+}
+
+/// A row's terms gathered for their derivatives: term `k` gives
+/// `d/dx~_j c_k (lse - x~_k) = c_k (p_j - [j = k])`, so the row's sum over its
+/// terms is `sum * p_j - at[j]`, with `at[j]` the coefficients of the terms on
+/// class `j`; `abs_sum` and `abs_at` the same of `|c_k|`, for the scale.
+struct TermSums {
+    sum: f64,
+    abs_sum: f64,
+    at: Vec<f64>,
+    abs_at: Vec<f64>,
+}
+
+impl TermSums {
+    fn new(terms: &[Term], v: usize) -> Self {
+        let mut s = TermSums {
+            sum: 0.0,
+            abs_sum: 0.0,
+            at: vec![0.0; v],
+            abs_at: vec![0.0; v],
+        };
+        for &Term { c, k } in terms {
+            s.sum += c;
+            s.abs_sum += c.abs();
+            s.at[k] += c;
+            s.abs_at[k] += c.abs();
+        }
+        s
+    }
+
+    /// `sum_k c_k (p_j - [j = k])` and `sum_k |c_k| (p_j + [j = k])`.
+    fn derivative(&self, j: usize, p: f64) -> (f64, f64) {
+        (self.sum * p - self.at[j], self.abs_sum * p + self.abs_at[j])
+    }
 }
 
 /// Checks shapes and returns N.
@@ -220,7 +284,7 @@ pub fn cross_entropy_forward(
         rows.push(match classify(t, v, o) {
             Row::Ignored => [0.0; 4],
             Row::Invalid => [f64::NAN; 4],
-            Row::Valid(t) => row_loss(&st, t, o),
+            Row::Valid(t) => row_loss(&st, &row_terms(v, t, o), o),
         });
     }
     // Column k of the per-row parts, reduced: [ce, ce_scale, z, z_scale].
@@ -246,7 +310,9 @@ pub fn cross_entropy_forward(
 }
 
 /// Backward pass: gradient of `sum_i dloss_i * loss_i` with respect to the raw
-/// logits. `dloss` is `[N]` for `Reduction::None`, `[1]` otherwise.
+/// logits. `dloss` is `[N]` for `Reduction::None`, `[1]` otherwise. Each row's
+/// is the sum of its loss terms' derivatives (the same terms as the forward's),
+/// times the upstream factor and the softcap's derivative.
 pub fn cross_entropy_backward(
     logits: &[f64],
     v: usize,
@@ -262,9 +328,6 @@ pub fn cross_entropy_backward(
         "dloss has the wrong length"
     );
     let (dw, dn) = denominators(v, targets, o);
-    let e = o.label_smoothing;
-    let k = e / v as f64;
-    let w_sum: f64 = (0..v).map(|j| class_weight(o, j)).sum();
     let mut grad = vec![0.0; n * v];
     let mut grad_scale = vec![0.0; n * v];
     let rows = logits
@@ -286,19 +349,16 @@ pub fn cross_entropy_backward(
         let g = if per_row { dloss[i] } else { dloss[0] };
         // Zero denominators as in the forward (`div0`).
         let a_ce = g * mean_factor(dw, dn);
-        let a_z = g * mean_factor(dn, dn);
-        let c_t = (1.0 - e) * class_weight(o, t);
-        let c_p = c_t + k * w_sum;
-        let zc = a_z * 2.0 * o.z_loss * st.lse;
+        let terms = TermSums::new(&row_terms(v, t, o), v);
+        let zc = z_derivative_factor(o, st.lse).map_or(0.0, |f| g * mean_factor(dn, dn) * f);
         for (j, (&x, &xt)) in row.iter().zip(&st.xt).enumerate() {
             // p_j = exp(x~_j - m) / s rather than exp(x~_j - lse): lse = m + ln s
             // loses ln s entirely once |m| >> 1 (e.g. m = 1e30), while this
             // form has a relative error of a few ulps at any magnitude.
             let p = (xt - st.m).exp() / st.s;
-            let hot = if j == t { c_t } else { 0.0 };
-            let smooth = k * class_weight(o, j);
-            let d = a_ce * (c_p * p - hot - smooth) + zc * p;
-            let sc = a_ce.abs() * ((c_p * p).abs() + hot.abs() + smooth.abs()) + (zc * p).abs();
+            let (ce, ce_scale) = terms.derivative(j, p);
+            let d = a_ce * ce + zc * p;
+            let sc = a_ce.abs() * ce_scale + (zc * p).abs();
             // d/dx c*tanh(x/c) = 1 - tanh^2 = sech^2(x/c); sech^2 avoids the
             // cancellation of 1 - tanh^2 when tanh ~ 1, and cosh overflowing
             // to inf correctly gives 0.
@@ -617,6 +677,80 @@ mod tests {
         // lse = 1e30 + ln 2 rounds to 1e30, so exp(x - lse) would give p = 1.
         let g = bwd(&[1e30, 1e30], 2, &[0], &opts(Sum, 0.0, 0.0), &[1.0]).grad;
         assert_eq!(g, [-0.5, 0.5]);
+    }
+
+    /// Without smoothing a weight enters only the target's term: a NaN or
+    /// infinite weight (or f64::MAX, whose sum with another overflows) on a
+    /// class no row targets gives exactly the loss and gradient of a weight of
+    /// 1 there, finite and matching central differences.
+    #[test]
+    fn weights_of_left_out_terms_change_nothing() {
+        let (mut rng, v, t) = (Rng(4242), 5, [0, 4, -100, 3, 1, 3]);
+        for (r, cap) in [(NONE, None), (Sum, Some(3.0)), (Mean, None)] {
+            let (x, _, dl) = rng.case(t.len(), v, r);
+            let run = |w2: f64| {
+                let w = [0.7, 1.3, w2, 2.0, 0.4];
+                let mut o = opts(r, 0.0, 0.05);
+                (o.softcap, o.weight) = (cap, Some(&w[..]));
+                let g = bwd(&x, v, &t, &o, &dl);
+                check_fd(
+                    |x| objective(x, v, &t, &o, &dl, false),
+                    &x,
+                    &g.grad,
+                    &g.grad_scale,
+                );
+                (fwd(&x, v, &t, &o).loss, g)
+            };
+            let (loss, g) = run(1.0);
+            assert!(g.grad.iter().chain(&g.grad_scale).all(|g| g.is_finite()));
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MAX] {
+                assert_eq!(run(bad), (loss.clone(), g.clone()), "weight {bad}, {r:?}");
+            }
+        }
+    }
+
+    /// Finite weights whose sum overflows f32 (two of 3e38), with and without
+    /// smoothing, and f64::MAX ones (whose sum overflows f64) without: a finite
+    /// gradient that matches central differences.
+    #[test]
+    fn weights_whose_sum_overflows() {
+        let (mut rng, v, t) = (Rng(31), 4, [2, 3, 2]);
+        for (big, e) in [(3e38, 0.0), (3e38, 0.1), (f64::MAX, 0.0)] {
+            let w = [big, big, 1.0, 2.0];
+            for r in ALL {
+                let (x, _, dl) = rng.case(t.len(), v, r);
+                let mut o = opts(r, e, 0.0);
+                o.weight = Some(&w);
+                let g = bwd(&x, v, &t, &o, &dl);
+                let all_finite = g.grad.iter().chain(&g.grad_scale).all(|g| g.is_finite());
+                assert!(all_finite, "{big} {e} {r:?}: {:?}", g.grad);
+                check_fd(
+                    |x| objective(x, v, &t, &o, &dl, false),
+                    &x,
+                    &g.grad,
+                    &g.grad_scale,
+                );
+            }
+        }
+    }
+
+    /// With smoothing every weight is used: a NaN weight on a class no row
+    /// targets makes every valid row's loss and gradient NaN (ignored rows stay 0).
+    #[test]
+    fn smoothing_uses_every_weight() {
+        let (mut rng, v, t) = (Rng(5), 4, [0, -100, 3]);
+        let w = [1.0, f64::NAN, 0.5, 2.0];
+        let (x, _, dl) = rng.case(t.len(), v, NONE);
+        let mut o = opts(NONE, 0.1, 0.0);
+        o.weight = Some(&w);
+        let loss = fwd(&x, v, &t, &o).loss;
+        assert!(
+            loss[0].is_nan() && loss[1] == 0.0 && loss[2].is_nan(),
+            "{loss:?}"
+        );
+        let g = bwd(&x, v, &t, &o, &dl).grad;
+        assert!(g[..4].iter().chain(&g[8..]).all(|g| g.is_nan()), "{g:?}");
+        assert_eq!(g[4..8], [0.0; 4]);
     }
 
     #[test]

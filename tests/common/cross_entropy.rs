@@ -226,7 +226,26 @@ pub fn run_case<T: Element, I: Index>(
     offset: usize,
     values: Values,
 ) -> (f64, f64) {
+    let edit = |_: &mut Inputs<T, I>| {};
+    run_case_with(device, rng, n, v, o, mode, offset, values, edit).0
+}
+
+/// `run_case` with the random inputs changed by `edit` before the run (chosen weights or
+/// targets); also returns the gradient (empty for `Mode::Forward`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_case_with<T: Element, I: Index>(
+    device: &Device,
+    rng: &mut Rng,
+    n: usize,
+    v: usize,
+    o: &Options,
+    mode: Mode,
+    offset: usize,
+    values: Values,
+    edit: impl FnOnce(&mut Inputs<T, I>),
+) -> ((f64, f64), Vec<T>) {
     let mut inputs = Inputs::<T, I>::random(rng, n, v, o);
+    edit(&mut inputs);
     if let Values::Offset(shift) = values {
         // A large common offset (the loss does not change, the arithmetic must not lose it).
         for x in &mut inputs.logits {
@@ -252,14 +271,15 @@ pub fn run_case<T: Element, I: Index>(
             .collect();
     }
     let detail = format!(
-        "{} logits, {} targets, [{n}, {v}], {o:?}, {mode:?}, offset {offset}{}",
+        "{} logits, {} targets, [{n}, {v}], {o:?}, {mode:?}, offset {offset}{}, weights from {:?}",
         T::DTYPE.name(),
         I::NAME,
         match values {
             Values::Random => String::new(),
             Values::NearMax => ", near the maximum".into(),
             Values::Offset(s) => format!(", offset by {s}"),
-        }
+        },
+        &inputs.weight[..v.min(3)]
     );
     let x64: Vec<f64> = inputs.logits.iter().map(|x| x.to_f64()).collect();
     // With a common offset the reference takes the logits less the offset (exactly: the
@@ -294,7 +314,7 @@ pub fn run_case<T: Element, I: Index>(
             let out = ce.forward(&x, &targets).expect(&detail);
             let worst = check_loss(&out, &want, &detail);
             untouched_outside(&x_all, offset, n * v);
-            (worst, 0.0)
+            ((worst, 0.0), Vec::new())
         }
         Mode::ForwardBackward | Mode::InPlace => {
             let (out, grad) = if mode == Mode::InPlace {
@@ -309,7 +329,7 @@ pub fn run_case<T: Element, I: Index>(
             untouched_outside(&x_all, offset, n * v);
             let worst_loss = check_loss(&out, &want, &detail);
             let want_grad = cross_entropy_backward(&x64, v, &t64, &ref_opts, &vec![1.0; loss_len]);
-            (worst_loss, check_grad(&grad, &want_grad, &detail))
+            ((worst_loss, check_grad(&grad, &want_grad, &detail)), grad)
         }
         Mode::Backward => {
             let out = ce.forward(&x, &targets).expect(&detail);
@@ -323,10 +343,8 @@ pub fn run_case<T: Element, I: Index>(
                 .expect(&detail);
             let d64: Vec<f64> = dloss.iter().map(|&d| d.into()).collect();
             let want_grad = cross_entropy_backward(&x64, v, &t64, &ref_opts, &d64);
-            (
-                worst_loss,
-                check_grad(&grad.to_host().unwrap(), &want_grad, &detail),
-            )
+            let grad = grad.to_host().unwrap();
+            ((worst_loss, check_grad(&grad, &want_grad, &detail)), grad)
         }
     }
 }
