@@ -23,7 +23,7 @@ use std::process::Command;
 
 #[path = "build/nvcc.rs"]
 mod nvcc;
-use nvcc::{find_nvcc, image_targets, nvcc_known_archs, ptxas_known_archs};
+use nvcc::{find_nvcc, image_targets, no_gpu_image, nvcc_known_archs, ptxas_known_archs};
 #[path = "build/cache_paths.rs"]
 mod cache_paths;
 #[path = "build/image_cache.rs"]
@@ -62,7 +62,8 @@ fn main() {
         "CUDA_SOFTMAX_CU12_DIR",
         "CUDA_SOFTMAX_CACHE_DIR",
         "CUDA_SOFTMAX_LINEINFO",
-        "CUDA_SOFTMAX_NO_NVCC",
+        nvcc::NO_GPU_IMAGE_VARS[0],
+        nvcc::NO_GPU_IMAGE_VARS[1],
         "XDG_CACHE_HOME",
         "HOME",
     ] {
@@ -93,6 +94,14 @@ fn main() {
         return;
     }
     if env::var_os("DOCS_RS").is_some() {
+        return;
+    }
+    println!("cargo::rustc-check-cfg=cfg(cs_no_gpu_image)");
+    if no_gpu_image(&|name: &str| env::var_os(name)) {
+        // Asked for the emulator only: no compiler is looked for or run for the GPU (the
+        // image tests check that OUT_DIR holds nothing the GPU compile writes).
+        println!("cargo::rustc-cfg=cs_no_gpu_image");
+        build_emulator(&kernels, &sources, &out);
         return;
     }
 
@@ -137,13 +146,12 @@ fn build_gpu_image_if_possible(
     }
     let result = match compiler {
         Some(compiler) => build_gpu_image(&compiler, kernels, sources, out),
-        None if env::var_os("CUDA_SOFTMAX_NO_NVCC").is_some_and(|v| v == "1") => Ok(()),
         None => {
             println!(
                 "cargo::warning=no CUDA compiler found: the CUDA image is not built, so Device::cuda() will return an \
                  error (the CPU emulator still works). Run scripts/install-nvcc.sh (pinned CUDA 12 NVRTC/ptxas from \
                  PyPI, no root needed; the image then loads on drivers >= 525) or install a CUDA toolkit, then \
-                 rebuild; CUDA_SOFTMAX_NO_NVCC=1 builds without the GPU image and without this warning."
+                 rebuild; CUDA_SOFTMAX_NO_GPU_IMAGE=1 builds without the GPU image and without this warning."
             );
             Ok(())
         }

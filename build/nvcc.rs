@@ -8,10 +8,10 @@ use std::process::Command;
 
 /// The nvcc to use: one named explicitly (NVCC, CUDA_HOME, CUDA_PATH) must work, else the build
 /// stops with an error naming it; candidates found by search (PATH, /usr/local/cuda, the cache of
-/// scripts/install-nvcc.sh) that cannot run are skipped with a warning. CUDA_SOFTMAX_NO_NVCC=1:
-/// none.
+/// scripts/install-nvcc.sh) that cannot run are skipped with a warning. With
+/// [`no_gpu_image`]: none.
 pub fn find_nvcc(lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<PathBuf>, String> {
-    if lookup("CUDA_SOFTMAX_NO_NVCC").is_some_and(|v| v == "1") {
+    if no_gpu_image(lookup) {
         return Ok(None);
     }
     let exe = if cfg!(windows) { "nvcc.exe" } else { "nvcc" };
@@ -64,6 +64,18 @@ pub fn find_nvcc(lookup: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<Pat
         }
     }
     Ok(None)
+}
+
+/// `CUDA_SOFTMAX_NO_GPU_IMAGE=1` builds the crate without any GPU image, whatever compilers are
+/// installed (the emulator only: nothing is compiled for the GPU). `CUDA_SOFTMAX_NO_NVCC=1`, its
+/// older name, means the same.
+pub const NO_GPU_IMAGE_VARS: [&str; 2] = ["CUDA_SOFTMAX_NO_GPU_IMAGE", "CUDA_SOFTMAX_NO_NVCC"];
+
+/// Whether the build was asked for no GPU image (see [`NO_GPU_IMAGE_VARS`]).
+pub fn no_gpu_image(lookup: &dyn Fn(&str) -> Option<OsString>) -> bool {
+    NO_GPU_IMAGE_VARS
+        .iter()
+        .any(|v| lookup(v).is_some_and(|x| x == "1"))
 }
 
 /// Whether `p` is an nvcc that runs: it exists, is a file, and `--version` succeeds and names a

@@ -186,6 +186,11 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::NoCudaImage if crate::image::BUILT_WITHOUT_IMAGE_ON_REQUEST => write!(
+                f,
+                "this build of cuda-softmax has no GPU image: it was built with CUDA_SOFTMAX_NO_GPU_IMAGE=1 (or \
+                 CUDA_SOFTMAX_NO_NVCC=1); rebuild without it (Device::emulator() works without an image)"
+            ),
             Error::NoCudaImage => write!(
                 f,
                 "this build of cuda-softmax has no GPU image because no CUDA compiler was found at build time; \
@@ -195,7 +200,7 @@ impl fmt::Display for Error {
                 f,
                 "the NVIDIA driver library (libcuda.so) was not found: install an NVIDIA driver ({} or newer for \
                  this build's image) or use Device::emulator()",
-                crate::image::MIN_DRIVER.max(525)
+                crate::image::driver_floor()
             ),
             Error::DriverUnusable { library, problem } => write!(
                 f,
@@ -203,7 +208,7 @@ impl fmt::Display for Error {
                  too old (a partial install, a damaged file, a stand-in first on LD_LIBRARY_PATH): install or \
                  repair the NVIDIA driver ({} or newer for this build's image), check that nvidia-smi works and that \
                  LD_LIBRARY_PATH puts no other libcuda first, or use Device::emulator()",
-                crate::image::MIN_DRIVER.max(525)
+                crate::image::driver_floor()
             ),
             Error::NoGpu => write!(
                 f,

@@ -61,6 +61,28 @@ pub fn compressed() -> Option<&'static [u8]> {
     None
 }
 
+/// Whether this build was asked for no GPU image (`CUDA_SOFTMAX_NO_GPU_IMAGE=1`, or its older
+/// name `CUDA_SOFTMAX_NO_NVCC=1`): then nothing was compiled for the GPU.
+pub const BUILT_WITHOUT_IMAGE_ON_REQUEST: bool = cfg!(cs_no_gpu_image);
+
+/// The build script's output folder (OUT_DIR) on the machine that built the crate: the image
+/// tests check what the GPU compile left there, or that it left nothing.
+#[doc(hidden)]
+pub const BUILD_OUT_DIR: &str = env!("OUT_DIR");
+
+/// The oldest driver worth naming in a message: the image's floor, and never below 525 (the
+/// oldest any build of this crate supports), also when there is no image.
+#[cfg(cs_cuda_image)]
+pub fn driver_floor() -> u32 {
+    MIN_DRIVER.max(525)
+}
+
+/// The oldest driver worth naming in a message: 525 (no image in this build).
+#[cfg(not(cs_cuda_image))]
+pub fn driver_floor() -> u32 {
+    525
+}
+
 /// Whether this build has a GPU image.
 pub fn has_image() -> bool {
     compressed().is_some()

@@ -107,14 +107,19 @@ fn a_working_nvcc_is_found_and_broken_search_candidates_are_skipped() {
     // Only broken candidates: none found (a warning each), not an error.
     let path = std::env::join_paths([broken_dir.join("bin")]).unwrap();
     assert_eq!(find(&[("PATH", Path::new(&path))]), Ok(None));
-    // CUDA_SOFTMAX_NO_NVCC=1 wins over everything.
-    assert_eq!(
-        find(&[
-            ("CUDA_SOFTMAX_NO_NVCC", Path::new("1")),
-            ("NVCC", Path::new("/bin/false"))
-        ]),
-        Ok(None)
-    );
+    // CUDA_SOFTMAX_NO_GPU_IMAGE=1 (or its old name CUDA_SOFTMAX_NO_NVCC=1) wins over everything.
+    for var in ["CUDA_SOFTMAX_NO_GPU_IMAGE", "CUDA_SOFTMAX_NO_NVCC"] {
+        assert_eq!(
+            find(&[(var, Path::new("1")), ("NVCC", Path::new("/bin/false"))]),
+            Ok(None),
+            "{var}"
+        );
+        assert_eq!(
+            find(&[(var, Path::new("0")), ("NVCC", &dir.join("bin/nvcc"))]),
+            Ok(Some(dir.join("bin/nvcc"))),
+            "{var}=0 is not the option"
+        );
+    }
 }
 
 #[test]

@@ -116,6 +116,9 @@ fn ptx_version_and_driver_floor_match_the_compiler() {
         image::ARCHS,
         image::MIN_DRIVER
     );
+    // (Read as a run-time value: this file is compiled for builds without an image too, where
+    // the constant is 0 and clippy would call the comparisons below absurd.)
+    let min_driver = std::hint::black_box(image::MIN_DRIVER);
     // ISA 8.x is CUDA 12.x (8.0: 12.0, driver 525), 9.0 is CUDA 13.0 (driver 580).
     let isa_driver = match (major, minor) {
         (..8, _) | (8, 0) => 525,
@@ -124,9 +127,8 @@ fn ptx_version_and_driver_floor_match_the_compiler() {
         _ => u32::MAX,
     };
     assert!(
-        image::MIN_DRIVER >= isa_driver,
-        "the image claims drivers >= {} but its PTX ISA {major}.{minor} needs {isa_driver} or newer",
-        image::MIN_DRIVER
+        min_driver >= isa_driver,
+        "the image claims drivers >= {min_driver} but its PTX ISA {major}.{minor} needs {isa_driver} or newer"
     );
     if image::TOOLKIT_VERSION.starts_with("NVRTC") {
         // The pinned CUDA 12 toolchain: the whole point is a 525 driver.
@@ -141,10 +143,9 @@ fn ptx_version_and_driver_floor_match_the_compiler() {
         .and_then(|v| v.parse::<u32>().ok())
     {
         assert!(
-            image::MIN_DRIVER <= floor,
-            "CS_REQUIRE_IMAGE_DRIVER={floor}, but the image ({}) needs driver >= {}",
-            image::TOOLKIT_VERSION,
-            image::MIN_DRIVER
+            min_driver <= floor,
+            "CS_REQUIRE_IMAGE_DRIVER={floor}, but the image ({}) needs driver >= {min_driver}",
+            image::TOOLKIT_VERSION
         );
     }
     assert!(
@@ -334,5 +335,57 @@ fn the_image_is_at_most_10_mb() {
             "the image is {} bytes",
             compressed.len()
         );
+    }
+}
+
+/// What the GPU compile writes into OUT_DIR (build.rs): the unity file, PTX, cubins, the fatbin
+/// and its compressed form, the ptxas report and the image description.
+fn gpu_build_files(out_dir: &str) -> Vec<String> {
+    std::fs::read_dir(out_dir)
+        .expect("the build's OUT_DIR is readable")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n == "gpu_unity.cu"
+                || n == "ptxas.txt"
+                || n == "image.txt"
+                || n.starts_with("softmax.fatbin")
+                || n.ends_with(".ptx")
+                || n.ends_with(".cubin")
+        })
+        .collect()
+}
+
+/// `CUDA_SOFTMAX_NO_GPU_IMAGE=1` (CI's "without the image" stages build with it) embeds no image
+/// and compiles nothing for the GPU, whatever compilers are installed: no image, and none of the
+/// GPU compile's files in OUT_DIR. A build with the image (CI's main one) holds them: the file
+/// check is not vacuous.
+#[test]
+fn a_build_asked_for_no_image_compiles_nothing_for_the_gpu() {
+    let files = gpu_build_files(image::BUILD_OUT_DIR);
+    if image::BUILT_WITHOUT_IMAGE_ON_REQUEST {
+        assert!(
+            !image::has_image(),
+            "built with CUDA_SOFTMAX_NO_GPU_IMAGE=1 but an image is embedded"
+        );
+        assert!(
+            files.is_empty(),
+            "built with CUDA_SOFTMAX_NO_GPU_IMAGE=1 but the GPU compile wrote {files:?} in {}",
+            image::BUILD_OUT_DIR
+        );
+        // The error says why there is no image and what to do.
+        let e = cuda_softmax::Error::NoCudaImage.to_string();
+        assert!(e.contains("CUDA_SOFTMAX_NO_GPU_IMAGE=1"), "{e}");
+        return;
+    }
+    if image::has_image() {
+        for want in [
+            "softmax.fatbin.zst",
+            "image.txt",
+            "ptxas.txt",
+            "softmax.ptx",
+        ] {
+            assert!(files.iter().any(|f| f == want), "{want} not in {files:?}");
+        }
     }
 }
