@@ -267,6 +267,19 @@ impl Device {
         ranges: &[AccessRange],
         workspace_floats: usize,
     ) -> Result<()> {
+        // The planners' invariant, checked before anything is enqueued: a plan whose blocks do
+        // not fit the device's shared memory is a planner bug, reported as an error.
+        let limit = self.limits().max_shared_mem_per_block as usize;
+        if let Some(s) = stages.iter().find(|s| s.shared_mem_bound() > limit) {
+            return Err(Error::Launch {
+                kernel: s.kernel.name(),
+                detail: format!(
+                    "the plan needs up to {} bytes of shared memory a block and the device allows {limit} (a \
+                     planner bug: please report the shape and dtype)",
+                    s.shared_mem_bound()
+                ),
+            });
+        }
         match &*self.backend {
             Backend::Cuda(c) => {
                 if workspace_floats == 0 {

@@ -682,7 +682,46 @@ pub struct LaunchPlan {
     pub chunk_cols: usize,
 }
 
+/// The most static `__shared__` memory a kernel declares: the reduction scratch every family
+/// keeps within STATIC_SMEM_RESERVE, plus the strided family's per-warp partial row states.
+/// (tests/cuda_image.rs holds every kernel of the GPU image to this bound, from `ptxas -v`; the
+/// emulator faults a block whose static plus dynamic shared memory passes the device's limit.)
+pub fn static_smem_bound(kernel: &KernelConfig) -> usize {
+    match kernel.family {
+        Family::Strided { slices, vec, .. } => {
+            STATIC_SMEM_RESERVE + strided_static_smem_bytes(slices, vec)
+        }
+        _ => STATIC_SMEM_RESERVE,
+    }
+}
+
+impl Stage {
+    /// The most shared memory one block of this stage uses: dynamic plus static.
+    pub fn shared_mem_bound(&self) -> usize {
+        self.shared_mem_bytes as usize + static_smem_bound(&self.kernel)
+    }
+}
+
 impl LaunchPlan {
+    /// The planners' invariant: every stage's blocks fit the device's shared memory, static and
+    /// dynamic together (the per-block limit covers both). Every plan must pass; the runtime
+    /// checks it before it launches anything, so a planner bug is an error, not a launch that
+    /// fails (or, on a GPU, an `cudaErrorInvalidValue` far from its cause).
+    pub fn check_shared_memory(&self, limits: &DeviceLimits) -> Result<(), String> {
+        let limit = limits.max_shared_mem_per_block as usize;
+        match self.stages.iter().find(|s| s.shared_mem_bound() > limit) {
+            None => Ok(()),
+            Some(s) => Err(format!(
+                "{} would use up to {} bytes of shared memory a block ({} dynamic + {} static), more than the \
+                 device's {limit}",
+                s.kernel.name(),
+                s.shared_mem_bound(),
+                s.shared_mem_bytes,
+                static_smem_bound(&s.kernel)
+            )),
+        }
+    }
+
     fn single(kernel: KernelConfig, grid: u32, shared_mem_bytes: u32) -> LaunchPlan {
         LaunchPlan {
             stages: vec![Stage {
@@ -1454,5 +1493,182 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Devices with every per-block shared-memory limit a supported GPU has (sm_75 64 KiB, sm_80
+    /// 163 KiB, sm_86/89 99 KiB, sm_90 227 KiB), the emulator's 96 KiB, and a 48 KiB one.
+    const SMEM_LIMITS: [u32; 6] = [48, 64, 96, 99, 163, 227];
+
+    fn devices() -> impl Iterator<Item = DeviceLimits> {
+        SMEM_LIMITS.into_iter().flat_map(|kib| {
+            [8, 132].map(|sm_count| DeviceLimits {
+                sm_count,
+                max_shared_mem_per_block: kib * 1024,
+            })
+        })
+    }
+
+    /// Sizes around `edge`, and a geometric sweep from 1 to 2^21: every capacity boundary is
+    /// crossed element by element, wherever a planner puts it.
+    fn sizes_around(edges: &[usize]) -> Vec<usize> {
+        let mut sizes: Vec<usize> = (0..=21).map(|k| 1usize << k).collect();
+        for &edge in edges {
+            sizes.extend(edge.saturating_sub(40)..=edge + 40);
+        }
+        sizes.retain(|&s| s > 0);
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    /// The largest size with `on_chip(size)` true, found by bisection between 1 and 2^22 (the
+    /// predicate is monotone: longer rows never go back on chip).
+    fn largest_on_chip(on_chip: impl Fn(usize) -> bool) -> usize {
+        let (mut lo, mut hi) = (0usize, 1usize << 22);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if on_chip(mid) { lo = mid } else { hi = mid }
+        }
+        lo
+    }
+
+    /// Every plan of every planner fits its device's shared memory, static plus dynamic, on
+    /// every device limit, around every capacity boundary (found from the planner's own
+    /// choices, so that a boundary computed without room for the static memory is crossed
+    /// here): the row-on-chip block family (forward and backward), the on-chip cross-entropy,
+    /// the strided on-chip tiles.
+    #[test]
+    fn every_plan_fits_the_shared_memory_of_its_device() {
+        for limits in devices() {
+            let rows_set = [
+                1,
+                limits.sm_count as usize - 1,
+                4 * limits.sm_count as usize,
+                70_000,
+            ];
+            for dtype in Dtype::ALL {
+                for op in Op::ALL.into_iter().filter(|o| *o != Op::CrossEntropy) {
+                    let plan = |rows, cols| {
+                        plan_softmax(
+                            &SoftmaxProblem {
+                                op,
+                                rows,
+                                cols,
+                                dtype,
+                                aligned16: true,
+                            },
+                            &limits,
+                        )
+                    };
+                    let edge = largest_on_chip(|cols| {
+                        matches!(
+                            plan(200, cols).stages[0].kernel.family,
+                            Family::Block { .. }
+                        ) || cols <= WARP_FAMILY_MAX_COLS
+                    });
+                    for cols in sizes_around(&[edge, block_family_max_cols_of(op, dtype, &limits)])
+                    {
+                        for rows in rows_set {
+                            let p = plan(rows, cols);
+                            if let Err(e) = p.check_shared_memory(&limits) {
+                                panic!("{op:?} {dtype:?} {rows}x{cols} on {limits:?}: {e}");
+                            }
+                        }
+                    }
+                }
+                let modes = [
+                    CrossEntropyMode::CheckTargets,
+                    CrossEntropyMode::Loss { reduce: true },
+                    CrossEntropyMode::LossAndGradient { reduce: false },
+                    CrossEntropyMode::LossAndGradient { reduce: true },
+                    CrossEntropyMode::GradientFromLse,
+                ];
+                let ce_edge = largest_on_chip(|cols| {
+                    let p = plan_cross_entropy(200, cols, dtype, modes[2], &limits);
+                    p.stages.iter().any(|s| {
+                        s.kernel.family
+                            == Family::CrossEntropy {
+                                stage: CrossEntropyStage::OnChip,
+                            }
+                    })
+                });
+                assert!(
+                    ce_edge > 1000,
+                    "{dtype:?} on {limits:?}: on-chip up to {ce_edge}"
+                );
+                for cols in sizes_around(&[ce_edge]) {
+                    for rows in rows_set {
+                        for mode in modes {
+                            let p = plan_cross_entropy(rows, cols, dtype, mode, &limits);
+                            if let Err(e) = p.check_shared_memory(&limits) {
+                                panic!(
+                                    "cross-entropy {mode:?} {dtype:?} {rows}x{cols} on {limits:?}: {e}"
+                                );
+                            }
+                        }
+                    }
+                }
+                for op in Op::ALL.into_iter().filter(|o| o.has_strided_family()) {
+                    let edges: Vec<usize> = [1, 2]
+                        .map(|vec| strided_on_chip_max_n(dtype, op.inputs(), vec, &limits))
+                        .to_vec();
+                    for n in sizes_around(&edges).into_iter().filter(|&n| n <= 1 << 16) {
+                        for (outer, inner) in [(1, 2), (3, 7), (64, 64), (1, 4096)] {
+                            let p = plan_strided(
+                                &StridedProblem {
+                                    op,
+                                    outer,
+                                    n,
+                                    inner,
+                                    dtype,
+                                    aligned_pairs: true,
+                                },
+                                &limits,
+                            );
+                            if let Err(e) = p.check_shared_memory(&limits) {
+                                panic!(
+                                    "strided {op:?} {dtype:?} [{outer}, {n}, {inner}] on {limits:?}: {e}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The check itself: a stage one byte over the limit (with its static memory counted) is
+    /// refused, naming the kernel; one at the limit passes.
+    #[test]
+    fn the_shared_memory_check_counts_static_memory() {
+        let limits = DeviceLimits {
+            sm_count: 8,
+            max_shared_mem_per_block: 96 * 1024,
+        };
+        let kernel = KernelConfig {
+            op: Op::CrossEntropy,
+            dtype: Dtype::F32,
+            family: Family::CrossEntropy {
+                stage: CrossEntropyStage::OnChip,
+            },
+        };
+        let plan = |dynamic: usize| LaunchPlan::single(kernel, 1, dynamic as u32);
+        let fits = 96 * 1024 - STATIC_SMEM_RESERVE;
+        assert_eq!(plan(fits).check_shared_memory(&limits), Ok(()));
+        let e = plan(fits + 1).check_shared_memory(&limits).unwrap_err();
+        assert!(e.contains(&kernel.name()) && e.contains("98304"), "{e}");
+        let strided = KernelConfig {
+            op: Op::Softmax,
+            dtype: Dtype::F32,
+            family: Family::Strided {
+                slices: 8,
+                on_chip: true,
+                vec: 2,
+            },
+        };
+        assert_eq!(
+            static_smem_bound(&strided),
+            STATIC_SMEM_RESERVE + 8 * 32 * 16
+        );
     }
 }

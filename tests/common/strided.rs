@@ -226,7 +226,7 @@ pub fn backward_dims<T: Element>(device: &Device, rng: &mut Rng) {
 }
 
 /// Runs `case` (rows of the op over `dim`) laid out as a tensor of `shape`; returns dx's rows.
-fn run_backward<T: Element>(
+pub fn run_backward<T: Element>(
     device: &Device,
     case: &Case<T>,
     shape: &[usize],
