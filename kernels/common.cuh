@@ -363,7 +363,7 @@ __device__ __forceinline__ long long head_elements(const T* p, long long n) {
   return head < n ? head : n;
 }
 
-// ---- Numerics (DESIGN.md): exp as exp2 of a scaled difference. The difference x - m is
+// ---- Numerics (docs/architecture.md): exp as exp2 of a scaled difference. The difference x - m is
 // formed first (not fma(x, log2e, -m*log2e)) so that large-magnitude logits keep their
 // precision and x*log2e cannot overflow near the f32 maximum.
 constexpr float kLog2e = 1.4426950408889634f;

@@ -1,4 +1,4 @@
-// The ops of the softmax family as policies on the kernel families (DESIGN.md: an op is a small
+// The ops of the softmax family as policies on the kernel families (docs/architecture.md: an op is a small
 // policy; a family owns loading, row statistics and the store loop). Every family that runs an
 // op includes this header: the last-dimension families (softmax.cu, softmax_backward.cu) and the
 // strided-dimension family (softmax_strided.cu).

@@ -63,7 +63,7 @@ pub struct Tolerance {
 }
 
 impl Tolerance {
-    /// fp32 near 1e-6 relative; fp16 about 1e-3; bf16 about 8e-3 (DESIGN.md). The absolute part
+    /// fp32 near 1e-6 relative; fp16 about 1e-3; bf16 about 8e-3 (docs/architecture.md). The absolute part
     /// covers probabilities far below the dtype's resolution (f16 subnormals are 6e-8 apart).
     pub fn softmax(dtype: Dtype) -> Tolerance {
         match dtype {

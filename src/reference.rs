@@ -1,5 +1,5 @@
 //! f64 CPU reference implementations, the ground truth every kernel is checked against.
-//! They follow the numerics policy of DESIGN.md exactly:
+//! They follow the numerics policy of docs/architecture.md exactly:
 //! - a NaN anywhere in a row makes the whole row NaN;
 //! - a row whose every element is -inf gives all zeros;
 //! - a +inf element makes the row NaN (exp(inf - inf) is undefined), as in PyTorch.

@@ -288,3 +288,37 @@ pub fn logsumexp_suite<T: Element>(device: &Device, rng: &mut Rng) {
     let no_rows = DeviceTensor::<T>::from_host(device, &[], &[0, 4]).unwrap();
     assert_eq!(cuda_softmax::logsumexp(&no_rows).unwrap().shape(), &[0, 1]);
 }
+
+/// What logsumexp is held to (one f32 a row): the tolerance `logsumexp_suite` uses.
+pub const LOGSUMEXP_TOLERANCE: Tolerance = Tolerance {
+    atol: 4e-6,
+    rtol: 2e-6,
+};
+
+/// logsumexp of `x` (`rows` x `cols`) viewed `offset` elements into its buffer, into a new
+/// (on the emulator, poisoned) output, checked against the f64 reference: panics with `what`
+/// and the worst row on failure.
+pub fn check_logsumexp<T: Element>(
+    device: &Device,
+    x: &[T],
+    rows: usize,
+    cols: usize,
+    offset: usize,
+    what: &str,
+) {
+    let mut buf = vec![T::from_f64(0.0); x.len() + offset];
+    buf[offset..].copy_from_slice(x);
+    let all = DeviceTensor::from_host(device, &buf, &[buf.len()]).unwrap();
+    let view = all.view(offset, &[rows, cols]).unwrap();
+    let got = cuda_softmax::logsumexp(&view).unwrap();
+    assert_eq!(got.shape(), &[rows, 1], "{what}");
+    let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+    let want = reference::logsumexp_rows(&x64, cols, 1.0);
+    let c = cuda_softmax::check::compare(&got.to_host().unwrap(), &want, LOGSUMEXP_TOLERANCE);
+    assert!(
+        c.passed(),
+        "{what}: logsumexp {} [{rows}x{cols}] offset {offset} on {}: {c}",
+        T::DTYPE.name(),
+        device.name()
+    );
+}

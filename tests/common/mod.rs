@@ -13,7 +13,7 @@ use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
 use cuda_softmax::{Device, DeviceTensor, Dtype, Element, Softmax, reference};
 
-/// Row lengths from DESIGN.md's edge list plus each family boundary.
+/// Row lengths from the edge list of docs/architecture.md plus each family boundary.
 pub const EDGE_COLS: [usize; 19] = [
     1, 2, 3, 16, 17, 31, 32, 33, 127, 781, 1023, 1024, 1025, 1152, 2048, 2049, 4097, 8003, 65537,
 ];
