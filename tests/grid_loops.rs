@@ -30,13 +30,13 @@ mod common;
 use common::backward::{Case, check_logsumexp};
 use common::cross_entropy::{Mode, Options, PLAIN, Values, run_case};
 use common::strided::{Placement, check_dim, run_backward};
-use common::{Forward, Layout, check_case, seeded_rng, with_forward};
+use common::{Forward, Layout, check_case, emulator, seeded_rng, shuffled, with_forward};
 use cuda_softmax::check::Rng;
 use cuda_softmax::planner::{
     CrossEntropyMode, CrossEntropyStage, Family, KernelConfig, LaunchPlan, Op, SoftmaxProblem,
     Stage, StridedProblem, plan_cross_entropy, plan_softmax, plan_strided,
 };
-use cuda_softmax::{Device, Dtype, Element, EmulatorConfig, LaunchStats, Reduction, Schedule};
+use cuda_softmax::{Device, Dtype, Element, LaunchStats, Reduction, Schedule};
 
 /// An op as this file runs it: through which public entry point, checked by which helper.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -652,21 +652,6 @@ fn cross_entropy_past_65535_rows_f32() {
         ce_loops::<f32>(&device, &mut rng, rows, 2, mode, looping);
         println!("{mode:?} {rows}: {:?}", t.elapsed());
     }
-}
-
-fn emulator(schedule: Schedule) -> Device {
-    Device::emulator_with(EmulatorConfig {
-        schedule,
-        workers: 0,
-        ..EmulatorConfig::default()
-    })
-}
-
-/// A random thread order per block, seeded from the printed test seed.
-fn shuffled(test: &str) -> Device {
-    let seed = Rng::seed_from_env();
-    println!("{test}: schedule seed {seed}");
-    emulator(Schedule::Shuffled { seed })
 }
 
 /// One test per (dtype, case list), the dtype's thread order for each.

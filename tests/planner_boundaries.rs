@@ -17,8 +17,8 @@ use common::strided::{Placement, check_dim, run_backward};
 use common::{ALIGNED, Forward, check_case, seeded_rng, with_forward};
 use cuda_softmax::check::Rng;
 use cuda_softmax::planner::{
-    CrossEntropyMode, CrossEntropyStage, Family, KernelConfig, LaunchPlan, Op, SoftmaxProblem,
-    StridedProblem, plan_cross_entropy, plan_softmax, plan_strided,
+    CrossEntropyMode, CrossEntropyStage, DeviceLimits, Family, KernelConfig, LaunchPlan, Op,
+    SoftmaxProblem, StridedProblem, plan_cross_entropy, plan_softmax, plan_strided,
 };
 use cuda_softmax::{Device, Element, Reduction, bf16, f16};
 
@@ -53,6 +53,33 @@ fn only_kernel(plan: &LaunchPlan) -> KernelConfig {
     plan.stages[0].kernel
 }
 
+/// The planner's choice for `op` over `rows` aligned rows of `cols` elements of T.
+fn last_dim_plan<T: Element>(
+    op: Op,
+    rows: usize,
+    cols: usize,
+    limits: &DeviceLimits,
+) -> LaunchPlan {
+    let p = SoftmaxProblem {
+        op,
+        rows,
+        cols,
+        dtype: T::DTYPE,
+        aligned16: true,
+    };
+    plan_softmax(&p, limits)
+}
+
+/// The longest row `op`'s block family holds on chip for `rows` rows (the next goes online).
+fn block_edge<T: Element>(op: Op, rows: usize, limits: &DeviceLimits) -> usize {
+    let family = |cols| only_kernel(&last_dim_plan::<T>(op, rows, cols, limits)).family;
+    let edge = largest_on_chip(4096, 1 << 22, |cols| {
+        matches!(family(cols), Family::Block { .. })
+    });
+    assert!(matches!(family(edge + 1), Family::Online { .. }));
+    edge
+}
+
 /// The forward ops (softmax, log-softmax, and their f32 outputs from 16-bit inputs) at the
 /// longest row the block family holds in shared memory, and one element longer.
 fn forward_boundary<T: Element>(device: &Device, rng: &mut Rng) {
@@ -72,22 +99,8 @@ fn forward_boundary<T: Element>(device: &Device, rng: &mut Rng) {
         }
     }
     for (op, forward) in forwards {
-        let plan = |cols| {
-            let p = SoftmaxProblem {
-                op,
-                rows,
-                cols,
-                dtype: T::DTYPE,
-                aligned16: true,
-            };
-            plan_softmax(&p, &limits)
-        };
-        let is_block = |cols| matches!(only_kernel(&plan(cols)).family, Family::Block { .. });
-        let edge = largest_on_chip(4096, 1 << 22, is_block);
-        assert!(matches!(
-            only_kernel(&plan(edge + 1)).family,
-            Family::Online { .. }
-        ));
+        let plan = |cols| last_dim_plan::<T>(op, rows, cols, &limits);
+        let edge = block_edge::<T>(op, rows, &limits);
         for cols in [edge, edge + 1] {
             let what = format!("{op:?} {} [{rows}x{cols}]", T::DTYPE.name());
             let x: Vec<T> = rng.logits(rows * cols, 8.0);
@@ -104,22 +117,8 @@ fn backward_boundary<T: Element>(device: &Device, rng: &mut Rng) {
     let limits = device.limits();
     let rows = limits.sm_count as usize;
     for (op, log) in [(Op::SoftmaxBackward, false), (Op::LogSoftmaxBackward, true)] {
-        let plan = |cols| {
-            let p = SoftmaxProblem {
-                op,
-                rows,
-                cols,
-                dtype: T::DTYPE,
-                aligned16: true,
-            };
-            plan_softmax(&p, &limits)
-        };
-        let is_block = |cols| matches!(only_kernel(&plan(cols)).family, Family::Block { .. });
-        let edge = largest_on_chip(4096, 1 << 22, is_block);
-        assert!(matches!(
-            only_kernel(&plan(edge + 1)).family,
-            Family::Online { .. }
-        ));
+        let plan = |cols| last_dim_plan::<T>(op, rows, cols, &limits);
+        let edge = block_edge::<T>(op, rows, &limits);
         for cols in [edge, edge + 1] {
             let what = format!("{op:?} {} [{rows}x{cols}]", T::DTYPE.name());
             let case = Case::<T>::random(rng, log, 1.0, rows, cols, cols / 7);

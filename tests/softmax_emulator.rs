@@ -3,22 +3,9 @@
 
 mod common;
 
+use common::{emulator, shuffled};
+
 use cuda_softmax::{Device, EmulatorConfig, Schedule, bf16, f16};
-
-fn emulator(schedule: Schedule) -> Device {
-    Device::emulator_with(EmulatorConfig {
-        schedule,
-        workers: 0,
-        ..EmulatorConfig::default()
-    })
-}
-
-/// A random thread order per block, seeded from the printed test seed.
-fn shuffled(test: &str) -> Device {
-    let seed = cuda_softmax::check::Rng::seed_from_env();
-    println!("{test}: schedule seed {seed}");
-    emulator(Schedule::Shuffled { seed })
-}
 
 /// One test per (dtype, schedule), so that a failure names both.
 macro_rules! suite {

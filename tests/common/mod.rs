@@ -11,7 +11,9 @@ pub mod strided;
 
 use cuda_softmax::check::{Rng, Tolerance, compare};
 use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
-use cuda_softmax::{Device, DeviceTensor, Dtype, Element, Softmax, reference};
+use cuda_softmax::{
+    Device, DeviceTensor, Dtype, Element, EmulatorConfig, Schedule, Softmax, reference,
+};
 
 /// Row lengths from the edge list of docs/architecture.md plus each family boundary.
 pub const EDGE_COLS: [usize; 19] = [
@@ -22,6 +24,23 @@ pub fn seeded_rng(test: &str) -> Rng {
     let seed = Rng::seed_from_env();
     println!("{test}: seed {seed} (set CS_TEST_SEED={seed} to replay)");
     Rng::new(seed)
+}
+
+/// An emulator device running every block's threads in `schedule`'s order, sized by the CPU
+/// count (workers 0).
+pub fn emulator(schedule: Schedule) -> Device {
+    Device::emulator_with(EmulatorConfig {
+        schedule,
+        workers: 0,
+        ..EmulatorConfig::default()
+    })
+}
+
+/// An emulator with a random thread order per block, seeded from the printed test seed.
+pub fn shuffled(test: &str) -> Device {
+    let seed = Rng::seed_from_env();
+    println!("{test}: schedule seed {seed}");
+    emulator(Schedule::Shuffled { seed })
 }
 
 /// How a case lays out its tensors: element offsets of x and y inside larger buffers.
