@@ -31,6 +31,7 @@ mod image_cache;
 #[path = "build/nvrtc.rs"]
 mod nvrtc;
 #[path = "build/toolchain12.rs"]
+mod stage_times;
 mod toolchain12;
 use toolchain12::Toolchain12;
 
@@ -87,7 +88,7 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let kernels = manifest_dir.join("kernels");
     let sources = kernel_sources(&kernels);
-    // The sources the run-time fallback compiles (src/jit.rs): written even for docs.rs, since
+    // The sources the run-time fallback compiles (src/runtime/jit.rs): written even for docs.rs, since
     // the crate embeds them.
     if let Err(message) = write_kernel_bundle(&kernels, &sources, &out) {
         println!("cargo::error={}", message.replace('\n', " | "));
@@ -102,6 +103,8 @@ fn main() {
         // image tests check that OUT_DIR holds nothing the GPU compile writes).
         println!("cargo::rustc-cfg=cs_no_gpu_image");
         build_emulator(&kernels, &sources, &out);
+        stage_times::note("GPU image: none (asked for none)");
+        let _ = fs::write(out.join("build_times.txt"), stage_times::report());
         return;
     }
 
@@ -116,13 +119,31 @@ fn main() {
 
     // The emulator's host compile and the GPU image's compile are independent: run them side by
     // side (on a machine with a few cores that is most of a clean build's wall time).
+    let start = std::time::Instant::now();
     std::thread::scope(|scope| {
         let emulator = scope.spawn(|| build_emulator(&kernels, &sources, &out));
-        build_gpu_image_if_possible(nvcc, &kernels, &sources, &out);
+        stage_times::timed("GPU image, in all", || {
+            build_gpu_image_if_possible(nvcc, &kernels, &sources, &out)
+        });
         if let Err(panic) = emulator.join() {
             std::panic::resume_unwind(panic);
         }
     });
+    stage_times::note(format!(
+        "{:8.1} s  the build script, in all ({} threads for the GPU compile)",
+        start.elapsed().as_secs_f64(),
+        compile_threads()
+    ));
+    let _ = fs::write(out.join("build_times.txt"), stage_times::report());
+}
+
+/// Threads for the GPU compile's jobs: cargo's job count.
+fn compile_threads() -> usize {
+    env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Picks the CUDA compiler and builds the GPU image, or says (a cargo warning or error) why not.
@@ -289,7 +310,14 @@ fn build_emulator(kernels: &Path, sources: &[PathBuf], out: &Path) {
             .map(|&contracted| {
                 let unity_path = &unity_path;
                 scope.spawn(move || {
-                    compile_emulator_flavour(kernels, unity_path, out, contracted, mfma)
+                    let label = if contracted {
+                        "FMA-contracting"
+                    } else {
+                        "plain"
+                    };
+                    stage_times::timed(format!("emulator, host compile ({label})"), || {
+                        compile_emulator_flavour(kernels, unity_path, out, contracted, mfma)
+                    })
                 })
             })
             .collect();
@@ -611,13 +639,18 @@ fn build_gpu_image(
                 Compiler::Nvcc(nvcc) => build_with_nvcc(nvcc, &targets, sources, out, lineinfo)?,
                 Compiler::Nvrtc(t) => build_with_nvrtc(t, &targets, sources, out, lineinfo)?,
             };
-            compress_image(out)?;
+            stage_times::timed("zstd", || compress_image(out))?;
             fs::write(out.join("image.txt"), info.to_text())
                 .map_err(|e| format!("write image.txt: {e}"))
         },
         &mut |warning| println!("cargo::warning={warning}"),
     )?;
     let key = inputs.key();
+    if cached {
+        stage_times::note(format!(
+            "GPU image from the cache (key {key}): nothing compiled"
+        ));
+    }
     let text =
         fs::read_to_string(out.join("image.txt")).map_err(|e| format!("read image.txt: {e}"))?;
     let info = ImageInfo::from_text(&text)
@@ -635,7 +668,7 @@ fn build_gpu_image(
         );
     }
     println!("cargo::rustc-cfg=cs_cuda_image");
-    // On ELF targets the image is assembled into the object file (src/image.rs): a Rust static
+    // On ELF targets the image is assembled into the object file (src/runtime/image.rs): a Rust static
     // would also copy it into the crate's metadata. Its symbols are named by the image and the
     // OUT_DIR, so two builds of the crate in one program cannot clash.
     let out_text = out.display().to_string();
@@ -660,14 +693,14 @@ fn build_gpu_image(
     Ok(())
 }
 
-/// zstd level the image is compressed with: 17 with a 128 MiB window keeps all seven
-/// architectures and the PTX (about 110 MB as the driver reads them) under 9 MB. The seven
+/// zstd level the image is compressed with: 17 with a 128 MiB window keeps all six
+/// architectures and the PTX (about 95 MB as the driver reads them) under 9 MB. The six
 /// cubins are mostly alike, so one long-window stream finds what they share; fatbin compression
 /// a 525 driver reads (LZ4) left 31.6 MB.
 const IMAGE_ZSTD_LEVEL: i32 = 17;
 const IMAGE_ZSTD_WINDOW_LOG: u32 = 27;
 
-/// OUT_DIR/softmax.fatbin -> OUT_DIR/softmax.fatbin.zst (what the crate embeds; src/image.rs
+/// OUT_DIR/softmax.fatbin -> OUT_DIR/softmax.fatbin.zst (what the crate embeds; src/runtime/image.rs
 /// inflates it once per process). The raw fatbin is removed: it is large, and not cached.
 fn compress_image(out: &Path) -> Result<(), String> {
     let raw_path = out.join("softmax.fatbin");
@@ -842,11 +875,7 @@ fn build_with_nvrtc(
         .first()
         .and_then(|s| s.parent())
         .ok_or("no kernel sources")?;
-    let threads = env::var("NUM_JOBS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let threads = compile_threads();
 
     // NVRTC: one program per PTX architecture, compiled in parallel (programs are independent).
     let compile_ptx = |(arch, suffix): &(u32, String)| -> Result<String, String> {
@@ -866,7 +895,9 @@ fn build_with_nvrtc(
         if lineinfo {
             options.push("-lineinfo".into());
         }
-        nvrtc.compile_to_ptx(&unity, "cuda_softmax_kernels.cu", &options)
+        stage_times::timed(format!("NVRTC compute_{arch}{suffix}"), || {
+            nvrtc.compile_to_ptx(&unity, "cuda_softmax_kernels.cu", &options)
+        })
     };
     let ptx_texts = parallel_map(&ptx_archs, threads, compile_ptx)?;
 
@@ -897,7 +928,9 @@ fn build_with_nvrtc(
             cmd.arg("-lineinfo");
         }
         cmd.arg(ptx).arg("-o").arg(&cubin);
-        let (stdout, stderr) = run(&mut cmd, &format!("ptxas (sm_{sm}{suffix})"))?;
+        let (stdout, stderr) = stage_times::timed(format!("ptxas sm_{sm}{suffix}"), || {
+            run(&mut cmd, &format!("ptxas (sm_{sm}{suffix})"))
+        })?;
         produced(&cubin, "ptxas", &t.ptxas)?;
         let bytes = fs::read(&cubin).map_err(|e| format!("read {}: {e}", cubin.display()))?;
         Ok((bytes, stdout + &stderr))
@@ -914,7 +947,9 @@ fn build_with_nvrtc(
         .zip(&cubins)
         .map(|((a, suffix), (bytes, _))| (format!("{a}{suffix}"), bytes.clone()))
         .collect();
-    let fatbin = toolchain12::fatbin(&t.nvfatbin, &numbered, (ptx_arch.min(90), &shipped_ptx))?;
+    let fatbin = stage_times::timed("nvFatbin", || {
+        toolchain12::fatbin(&t.nvfatbin, &numbered, (ptx_arch.min(90), &shipped_ptx))
+    })?;
     fs::write(out.join("softmax.fatbin"), fatbin)
         .map_err(|e| format!("write softmax.fatbin: {e}"))?;
     fs::write(out.join("softmax.ptx"), &shipped_ptx)

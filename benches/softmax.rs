@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use cuda_softmax::timing::{SoftmaxWorkload, median_ms, time_copy};
+use cuda_softmax::tools::timing::{SoftmaxWorkload, median_ms, time_copy};
 use cuda_softmax::{Device, Element, bf16, f16};
 
 const SHAPES: [(usize, usize); 6] = [

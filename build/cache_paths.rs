@@ -1,6 +1,6 @@
 //! What build.rs and the library share about on-disk caches: the user's cache folder, the
 //! content hash that names cache entries and verifies their files (the image cache of
-//! build/image_cache.rs, the NVRTC fallback's cubins of src/jit.rs), and files and folders
+//! build/image_cache.rs, the NVRTC fallback's cubins of src/runtime/jit.rs), and files and folders
 //! created under names nobody else holds (temporary files, staging folders).
 
 use std::ffi::OsString;

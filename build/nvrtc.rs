@@ -1,5 +1,5 @@
 //! NVRTC through libloading: the build uses it (build/toolchain12.rs) and so does the run-time
-//! fallback (src/jit.rs), which must work with whichever libnvrtc the user has (so.11, .12, .13)
+//! fallback (src/runtime/jit.rs), which must work with whichever libnvrtc the user has (so.11, .12, .13)
 //! and never panic when there is none. Every failure is a message.
 
 use std::ffi::{CString, c_char, c_int, c_void};

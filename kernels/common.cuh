@@ -68,7 +68,7 @@ struct MakeUnsigned<unsigned long long> {
   using type = unsigned long long;
 };
 
-// ---- Kernel parameters: one struct for every softmax entry point (mirrored in src/kernel.rs).
+// ---- Kernel parameters: one struct for every softmax entry point (mirrored in src/runtime/launch.rs).
 struct SoftmaxParams {
   const void* x;  // rows x cols, contiguous rows; any element alignment. Backward: the forward
                   // output y
@@ -596,7 +596,7 @@ __device__ __forceinline__ float (&sub_array(float* p))[N] {
 
 // The shortest row the planner gives the warp kernel of a lane shape: one column more than the
 // next smaller shape holds (Width lanes of 8 elements; full warps of 16, 24, ... 64). Keep in
-// step with KernelConfig::warp_row_lengths in src/planner.rs: a planner test checks every row
+// step with KernelConfig::warp_row_lengths in src/planning/: a planner test checks every row
 // length against it, and the test suites run every warp kernel at its shortest row.
 __host__ __device__ constexpr int warp_min_cols(int width, int cols_per_lane) {
   return cols_per_lane == 8 ? (width == 1 ? 1 : 4 * width + 1)

@@ -1,4 +1,4 @@
-// Fused softmax cross-entropy over the last dimension (src/cross_entropy.rs): the loss, each
+// Fused softmax cross-entropy over the last dimension (src/ops/cross_entropy.rs): the loss, each
 // row's logsumexp and the gradient with respect to the logits, from the logits and the target
 // class of each row, without materialising probabilities. Semantics are PyTorch's
 // F.cross_entropy (class weights, label smoothing e, ignore_index) plus PaLM's z-loss
@@ -14,7 +14,7 @@
 // terms', z) is left out of the loss and the gradient alike: no 0 * inf or 0 * NaN of a logit,
 // of a weight no row targets, or of a W / V that overflowed (with e = 0, W / V is never read).
 //
-// Stages (one plan, the same parameters, in this order; src/cross_entropy.rs picks them):
+// Stages (one plan, the same parameters, in this order; src/ops/cross_entropy.rs picks them):
 // - prepare (one block): W / V, D_w, D_n into the workspace's globals, and the first row whose
 //   target is invalid into `status` (the host's target check launches this stage alone).
 // - stats (a block per (chunk, row)): one read of the chunk: the online (max, sum) state and the
@@ -36,7 +36,7 @@ namespace cs {
 
 // The parameter block of the cross-entropy entry points: SoftmaxParams (x the logits, y the
 // gradient, workspace the stages' scratch, rows, cols, chunk_cols), then the fields below.
-// Mirrored by src/kernel.rs, whose one block serves every entry point (a softmax kernel reads
+// Mirrored by src/runtime/launch.rs, whose one block serves every entry point (a softmax kernel reads
 // its SoftmaxParams prefix).
 struct CrossEntropyParams : SoftmaxParams {
   const void* targets;     // [rows] class indices, i32 or i64 (ce_flags)
@@ -53,9 +53,9 @@ struct CrossEntropyParams : SoftmaxParams {
   int ce_flags;            // kCe* bits
 };
 static_assert(sizeof(SoftmaxParams) == 72 && sizeof(CrossEntropyParams) == 152,
-              "mirrored by src/kernel.rs (a test there checks the Rust side)");
+              "mirrored by src/runtime/launch.rs (a test there checks the Rust side)");
 
-// Flag bits of CrossEntropyParams::ce_flags (mirrored in src/cross_entropy.rs).
+// Flag bits of CrossEntropyParams::ce_flags (mirrored in src/ops/cross_entropy.rs).
 constexpr int kCeTargetsI64 = 1;       // targets are i64 (else i32)
 constexpr int kCeHasIgnore = 2;        // rows whose target == ignore_index are ignored
 constexpr int kCeReductionShift = 2;   // bits 2-3: 0 None, 1 Sum, 2 Mean

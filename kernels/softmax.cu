@@ -1,6 +1,6 @@
 // Forward softmax over the last dimension: y[r, :] = exp(x[r, :] - max) / sum(exp(x[r, :] - max)).
 //
-// Kernel families, chosen by src/planner.rs from the row length and row count:
+// Kernel families, chosen by src/planning/ from the row length and row count:
 // - softmax_warp:   a row in registers, owned by a group of Width lanes (several rows per warp
 //                   when Width < 32). Reads x once, writes y once.
 // - softmax_block:  a block per row, the row held in shared memory in its storage type.
@@ -93,7 +93,7 @@ constexpr int kBatch = 4;
 
 // Calls f(k, words) for packs k = 0 .. packs - 1 of 16-byte aligned `src`, thread t taking
 // t, t + Block, ... kBatch packs a thread loads before it uses any: 64 bytes in flight a thread,
-// enough to cover DRAM latency at one or two blocks an SM (src/occupancy.rs). One loop with
+// enough to cover DRAM latency at one or two blocks an SM (src/tools/occupancy.rs). One loop with
 // predicated loads: no remainder loop with a single load in flight. The batch is held as raw
 // words (16 registers whatever the dtype), widened by f.
 template <typename T, int Block, typename F>
@@ -368,7 +368,7 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points. Keep in step with src/planner.rs (KernelConfig::all); a test checks both
+// ---- Entry points. Keep in step with src/planning/ (KernelConfig::all); a test checks both
 // the emulator's table and the PTX against the planner's list.
 // Register budgets (see CS_ENTRY): warp kernels 64 registers up to 8 columns a lane, 128 up to 32,
 // 255 at 64 (a lane holds its columns in registers); block kernels 64 (1024 threads an SM).
@@ -386,7 +386,7 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
   CS_ENTRY(op##_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))      \
   CS_ENTRY(op##_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::Op, TO>(p)))
 
-// The warp family (keep in step with KernelConfig::all in src/planner.rs): Width lanes per row
+// The warp family (keep in step with KernelConfig::all in src/planning/): Width lanes per row
 // (32 / Width rows a warp), 8 elements a lane, and full warps with 16 to 64 a lane in steps of 8;
 // each scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for
 // f16/bf16).

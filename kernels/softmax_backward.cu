@@ -9,7 +9,7 @@
 // Masked elements took no part in the forward pass, so they get 0 and add nothing to g, whatever
 // their dy (even inf or NaN): softmax y == 0, log-softmax y == -inf. A fully masked row gives 0.
 //
-// Families, chosen by src/planner.rs as for the forward ops:
+// Families, chosen by src/planning/ as for the forward ops:
 // - backward_warp:   a row in registers (y and dy), Width lanes a row. Traffic 1.0 (3 tensors).
 // - backward_block:  a block per row, y and dy held in shared memory. Traffic 1.0.
 // - backward_online: a block per row, g in one pass, dx in a second (y and dy read twice: 5/3),
@@ -320,7 +320,7 @@ __device__ __forceinline__ void backward_split_write(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points, in the order of KernelConfig::all (src/planner.rs): the warp lane shapes,
+// ---- Entry points, in the order of KernelConfig::all (src/planning/): the warp lane shapes,
 // the block family, online and the split pair.
 #define CS_BWD_WARP(op, Op, dt, T, W, C, V)                                                  \
   CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \

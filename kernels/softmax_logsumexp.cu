@@ -2,7 +2,7 @@
 // from the same online (m, sum) state as the forward ops, reading x once. An all -inf row gives
 // -inf; a NaN or +inf in the row gives NaN.
 //
-// Families (src/planner.rs, Op::LogSumExp): the warp family for rows up to 2048 columns, a block
+// Families (src/planning/, Op::LogSumExp): the warp family for rows up to 2048 columns, a block
 // per row (block_row_state from softmax.cu: this file is compiled after it, in the same unity
 // translation unit) for longer rows, and split-row for few long rows (the softmax stats pass,
 // then a merge that writes each row's value once).

@@ -12,7 +12,7 @@
 // ..., and the warps' partial statistics merge through shared memory (Slices > 1 when there are
 // too few rows to fill the GPU one warp a tile).
 //
-// Two variants of each (src/planner.rs picks):
+// Two variants of each (src/planning/ picks):
 // - on chip: a thread keeps every element it loaded in shared memory, at [input][k][lane]: a
 //   slot only its own thread writes and reads, so no barrier guards it; 32 lanes touch 32
 //   consecutive elements (no bank conflicts). The write pass reads them there: traffic 1.0.
@@ -308,7 +308,7 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points (keep in step with KernelConfig::all in src/planner.rs): per op and dtype,
+// ---- Entry points (keep in step with KernelConfig::all in src/planning/): per op and dtype,
 // Slices of 1, 8 and 32 warps a block (32, 256 and 1024 threads), each two-pass and on chip,
 // each with one row a lane (v1) and two (v2). Register budgets: 128 a thread at one warp a
 // block (16 blocks an SM), 64 otherwise.

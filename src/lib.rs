@@ -12,47 +12,31 @@
 //! ```
 #![warn(missing_docs)]
 
-mod borrow;
-pub mod check;
-mod cross_entropy;
-mod cuda;
-mod device;
-pub mod driver;
-mod element;
-mod emulator;
-mod error;
-pub mod image;
-mod jit;
-// (shared with build.rs: the user cache folder and the cache-key hash)
-#[path = "../build/cache_paths.rs"]
-mod cache_paths;
-mod kernel;
-pub mod occupancy;
-mod op;
-pub mod planner;
-pub mod reference;
-pub mod sass;
-mod softmax;
-mod tensor;
-pub mod timing;
+// The layers, bottom up: types (elements, tensors, errors), planning (pure: which kernels and
+// geometry), runtime (devices, the CUDA and emulator backends), ops (the public operations).
+// docs/architecture.md describes them.
+mod ops;
+mod planning;
+mod runtime;
+mod types;
 
-pub use borrow::{TensorMut, TensorRef};
-pub use cross_entropy::{CrossEntropy, CrossEntropyOutput, Reduction};
-pub use device::Device;
-pub use element::{Dtype, Element, Index, TensorElement};
-pub use emulator::{
-    EmulatorConfig, LaunchStats, Schedule, conversions as emulator_conversions,
-    emulator_build_warnings, emulator_fma_available, emulator_fma_kernel_names,
-    emulator_kernel_names,
-};
-pub use error::{Error, Result};
+#[cfg(feature = "tools")]
+#[doc(hidden)]
+pub mod tools;
+
 pub use half::{bf16, f16};
-pub use op::Softmax;
-pub use softmax::{
+pub use ops::cross_entropy::{CrossEntropy, CrossEntropyOutput, Reduction};
+pub use ops::softmax::{
     SCALE_MAX, SCALE_MIN, log_softmax, log_softmax_backward, log_softmax_into, logsumexp, softmax,
     softmax_backward, softmax_inplace, softmax_into,
 };
-pub use tensor::DeviceTensor;
+pub use ops::softmax_op::Softmax;
+pub use runtime::device::Device;
+pub use runtime::emulator::{EmulatorConfig, LaunchStats, Schedule, emulator_fma_available};
+pub use types::borrow::{TensorMut, TensorRef};
+pub use types::element::{Dtype, Element, Index, TensorElement};
+pub use types::error::{Error, Result};
+pub use types::tensor::DeviceTensor;
 
 /// The README's example, compiled and run as a doctest so that it stays true.
 #[doc = include_str!("../README.md")]

@@ -3,7 +3,7 @@
 //! take part in the overlap checks, cannot be turned into owning views, and bad borrows are
 //! errors. The GPU variants (cudarc views) are in tests/softmax_gpu.rs.
 
-use cuda_softmax::check::Rng;
+use cuda_softmax::tools::check::Rng;
 use cuda_softmax::{
     Device, DeviceTensor, Error, bf16, f16, log_softmax_into, softmax, softmax_inplace,
     softmax_into,

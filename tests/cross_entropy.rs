@@ -9,11 +9,11 @@ mod common;
 
 use common::cross_entropy::*;
 use common::seeded_rng;
-use cuda_softmax::check::Rng;
-use cuda_softmax::planner::{
+use cuda_softmax::tools::check::Rng;
+use cuda_softmax::tools::planner::{
     CrossEntropyMode, CrossEntropyStage, Family, Stage, plan_cross_entropy,
 };
-use cuda_softmax::reference::cross_entropy::{
+use cuda_softmax::tools::reference::cross_entropy::{
     CeOptions, cross_entropy_backward, cross_entropy_forward,
 };
 use cuda_softmax::{
@@ -22,10 +22,7 @@ use cuda_softmax::{
 };
 
 fn emulator(schedule: Schedule) -> Device {
-    Device::emulator_with(EmulatorConfig {
-        schedule,
-        ..EmulatorConfig::default()
-    })
+    Device::emulator_with(EmulatorConfig::default().schedule(schedule))
 }
 
 macro_rules! suites {

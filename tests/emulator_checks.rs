@@ -3,10 +3,10 @@
 
 mod common;
 
-use cuda_softmax::planner::{Family, KernelConfig};
+use cuda_softmax::tools::emulator_kernel_names;
+use cuda_softmax::tools::planner::{Family, KernelConfig};
 use cuda_softmax::{
-    Device, DeviceTensor, EmulatorConfig, Error, Schedule, Softmax, TensorElement,
-    emulator_kernel_names, f16, softmax,
+    Device, DeviceTensor, EmulatorConfig, Error, Schedule, Softmax, TensorElement, f16, softmax,
 };
 
 const SCHEDULES: [Schedule; 4] = [
@@ -17,11 +17,7 @@ const SCHEDULES: [Schedule; 4] = [
 ];
 
 fn emulator(schedule: Schedule) -> Device {
-    Device::emulator_with(EmulatorConfig {
-        schedule,
-        workers: 1,
-        ..EmulatorConfig::default()
-    })
+    Device::emulator_with(EmulatorConfig::default().schedule(schedule).workers(1))
 }
 
 fn poisoned(device: &Device, n: usize) -> DeviceTensor<f32> {
@@ -299,13 +295,10 @@ fn a_shared_reference_used_after_a_barrier_is_a_fault() {
     ignore = "needs the crate feature emulator-fma (on for this crate's own tests)"
 )]
 fn the_fma_flavour_rounds_differently() {
-    use cuda_softmax::check::Rng;
+    use cuda_softmax::tools::check::Rng;
     let x: Vec<f32> = Rng::new(7).logits(8 * 30_000, 9.0);
     let run = |fma_contraction| {
-        let d = Device::emulator_with(EmulatorConfig {
-            fma_contraction,
-            ..EmulatorConfig::default()
-        });
+        let d = Device::emulator_with(EmulatorConfig::default().fma_contraction(fma_contraction));
         let xt = DeviceTensor::from_host(&d, &x, &[8, 30_000]).unwrap();
         softmax(&xt).unwrap().to_host().unwrap()
     };
@@ -396,7 +389,7 @@ fn uninitialised_emulator_memory_is_poisoned() {
 /// fails here.
 #[test]
 fn the_kernels_build_for_the_host_without_warnings() {
-    let warnings = cuda_softmax::emulator_build_warnings();
+    let warnings = cuda_softmax::tools::emulator_build_warnings();
     assert!(
         warnings.trim().is_empty(),
         "the host compiler warned on the kernels:\n{warnings}"
@@ -411,7 +404,7 @@ fn the_kernels_build_for_the_host_without_warnings() {
 )]
 fn the_fma_flavour_has_every_kernel() {
     let mut plain = emulator_kernel_names();
-    let mut fma = cuda_softmax::emulator_fma_kernel_names();
+    let mut fma = cuda_softmax::tools::emulator_fma_kernel_names();
     plain.sort();
     fma.sort();
     assert_eq!(plain, fma);
@@ -626,7 +619,7 @@ fn misaligned_long_rows_still_use_vector_accesses() {
 /// whole range, including subnormals, ties, overflow and NaN.
 #[test]
 fn storage_type_conversions_round_to_nearest_even() {
-    use cuda_softmax::emulator_conversions as emu;
+    use cuda_softmax::tools::emulator_conversions as emu;
     use cuda_softmax::{bf16, f16};
     for bits in 0..=u16::MAX {
         let (a, b) = (emu::f16_bits_to_f32(bits), f16::from_bits(bits).to_f32());
@@ -681,7 +674,7 @@ fn storage_type_conversions_round_to_nearest_even() {
 /// emulator's shared state, the kernel table and the stack pool, is safe to share).
 #[test]
 fn concurrent_launches_on_one_device() {
-    use cuda_softmax::check::{Rng, Tolerance, compare};
+    use cuda_softmax::tools::check::{Rng, Tolerance, compare};
     let d = Device::emulator();
     let seed = Rng::seed_from_env();
     println!("concurrent_launches_on_one_device: seed {seed}");
@@ -696,7 +689,7 @@ fn concurrent_launches_on_one_device() {
                     let xt = DeviceTensor::from_host(&d, &x, &[rows, cols]).unwrap();
                     let got = softmax(&xt).unwrap().to_host().unwrap();
                     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-                    let want = cuda_softmax::reference::softmax_rows(&x64, cols);
+                    let want = cuda_softmax::tools::reference::softmax_rows(&x64, cols);
                     let c = compare(&got, &want, Tolerance::softmax(cuda_softmax::Dtype::F32));
                     assert!(c.passed(), "thread {t}, {cols} columns: {c}");
                 }
@@ -740,7 +733,7 @@ fn shared_bank_conflicts_are_counted() {
 #[test]
 fn shared_memory_accesses_are_conflict_free() {
     fn check<T: cuda_softmax::Element>(d: &Device) {
-        let mut rng = cuda_softmax::check::Rng::new(11);
+        let mut rng = cuda_softmax::tools::check::Rng::new(11);
         for (rows, cols, offset) in [
             (9, 4000, 0),
             (9, 4001, 1),

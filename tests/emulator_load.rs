@@ -6,8 +6,9 @@ mod common;
 
 use std::sync::{Barrier, Mutex, MutexGuard};
 
-use cuda_softmax::check::{Rng, Tolerance, compare};
-use cuda_softmax::{Device, DeviceTensor, Dtype, EmulatorConfig, Error, Schedule, reference};
+use cuda_softmax::tools::check::{Rng, Tolerance, compare};
+use cuda_softmax::tools::reference;
+use cuda_softmax::{Device, DeviceTensor, Dtype, EmulatorConfig, Error, Schedule};
 
 /// The tests of this file run one at a time: each measures the whole process (its mappings,
 /// its resident memory) while it loads the emulator.
@@ -52,10 +53,7 @@ fn resident_bytes() -> u64 {
 }
 
 fn emulator(workers: usize) -> Device {
-    Device::emulator_with(EmulatorConfig {
-        workers,
-        ..EmulatorConfig::default()
-    })
+    Device::emulator_with(EmulatorConfig::default().workers(workers))
 }
 
 /// Runs softmax over `rows x cols` random logits on `device`: poisoned output, compared with
@@ -223,11 +221,12 @@ fn results_do_not_depend_on_the_callers_rounding_mode() {
     };
     for &fma_contraction in flavours {
         // One worker: the blocks run on the calling thread, whose mode is the one changed.
-        let d = Device::emulator_with(EmulatorConfig {
-            workers: 1,
-            fma_contraction,
-            schedule: Schedule::Forward,
-        });
+        let d = Device::emulator_with(
+            EmulatorConfig::default()
+                .workers(1)
+                .fma_contraction(fma_contraction)
+                .schedule(Schedule::Forward),
+        );
         for cols in [40, 1000, 30_000] {
             let x32: Vec<f32> = rng.logits(3 * cols, 9.0);
             let x16: Vec<cuda_softmax::f16> = rng.logits(3 * cols, 9.0);

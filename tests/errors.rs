@@ -219,7 +219,7 @@ fn huge_indices_and_shapes_are_errors_not_overflows() {
         }
     );
     assert!(e.to_string().contains("start 3 is past end 1"), "{e}");
-    match cuda_softmax::timing::SoftmaxWorkload::<f32>::new(&d, 1 << 32, 1 << 32, 1) {
+    match cuda_softmax::tools::timing::SoftmaxWorkload::<f32>::new(&d, 1 << 32, 1 << 32, 1) {
         Err(Error::ShapeTooLarge { .. }) => {}
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a 2^64-element workload was accepted"),
@@ -234,7 +234,7 @@ fn softmax_inplace_overwrites_the_tensor() {
     let mut t = DeviceTensor::from_host(&d, &x, &[2, 3]).unwrap();
     cuda_softmax::softmax_inplace(&mut t).unwrap();
     let got = t.to_host().unwrap();
-    let want = cuda_softmax::reference::softmax_rows(&x.map(|v| v as f64), 3);
+    let want = cuda_softmax::tools::reference::softmax_rows(&x.map(|v| v as f64), 3);
     for (g, w) in got.iter().zip(&want) {
         assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
     }

@@ -31,8 +31,8 @@ use common::backward::{Case, check_logsumexp};
 use common::cross_entropy::{Mode, Options, PLAIN, Values, run_case};
 use common::strided::{Placement, check_dim, run_backward};
 use common::{Forward, Layout, check_case, emulator, seeded_rng, shuffled, with_forward};
-use cuda_softmax::check::Rng;
-use cuda_softmax::planner::{
+use cuda_softmax::tools::check::Rng;
+use cuda_softmax::tools::planner::{
     CrossEntropyMode, CrossEntropyStage, Family, KernelConfig, LaunchPlan, Op, SoftmaxProblem,
     Stage, StridedProblem, plan_cross_entropy, plan_softmax, plan_strided,
 };

@@ -20,10 +20,7 @@ fn far_row(
     let row = rows - 1;
     let offset = row * cols;
     assert!(offset >= 1 << 31, "the last row must start past 2^31");
-    let d = Device::emulator_with(EmulatorConfig {
-        workers: 2,
-        ..EmulatorConfig::default()
-    });
+    let d = Device::emulator_with(EmulatorConfig::default().workers(2));
     let x = DeviceTensor::<bf16>::zeros(&d, &[rows, cols]).unwrap();
     for &(c, v) in spikes {
         let mut e = x.view(offset + c, &[1]).unwrap();

@@ -15,8 +15,8 @@ use common::backward::Case;
 use common::cross_entropy::{Mode, Options, PLAIN, Values, run_case};
 use common::strided::{Placement, check_dim, run_backward};
 use common::{ALIGNED, Forward, check_case, seeded_rng, with_forward};
-use cuda_softmax::check::Rng;
-use cuda_softmax::planner::{
+use cuda_softmax::tools::check::Rng;
+use cuda_softmax::tools::planner::{
     CrossEntropyMode, CrossEntropyStage, DeviceLimits, Family, KernelConfig, LaunchPlan, Op,
     SoftmaxProblem, StridedProblem, plan_cross_entropy, plan_softmax, plan_strided,
 };

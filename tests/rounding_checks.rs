@@ -11,8 +11,9 @@
 mod common;
 
 use common::{RoundingStats, check_storage_rounding, rounding_stats};
-use cuda_softmax::check::{Rng, Tolerance, compare};
-use cuda_softmax::{Element, bf16, f16, reference};
+use cuda_softmax::tools::check::{Rng, Tolerance, compare};
+use cuda_softmax::tools::reference;
+use cuda_softmax::{Element, bf16, f16};
 
 /// Fixed seeds, so that the outcome does not depend on the run.
 const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];

@@ -16,7 +16,7 @@
 //!   does better, until the entry is removed);
 //! - every kernel has a steady-state loop the census can measure;
 //! - no local memory (spills or stack arrays) in any kernel;
-//! - bytes in flight per SM (src/occupancy.rs: ptxas registers and shared memory, and the loads
+//! - bytes in flight per SM (src/tools/occupancy.rs: ptxas registers and shared memory, and the loads
 //!   each thread issues before the first use) of at least 16 KB for every plan of the issue's
 //!   sweep on H100 and H200 limits, or the whole input where it is smaller.
 //!
@@ -25,9 +25,9 @@
 //!
 //! `cargo test --release --test sass_gate -- --nocapture` prints the census table.
 
-use cuda_softmax::image;
-use cuda_softmax::planner::{CrossEntropyStage, Family, KernelConfig, Op};
-use cuda_softmax::sass::{self, Class, Function, LoopCensus};
+use cuda_softmax::tools::image;
+use cuda_softmax::tools::planner::{CrossEntropyStage, Family, KernelConfig, Op};
+use cuda_softmax::tools::sass::{self, Class, Function, LoopCensus};
 
 const ARCHS: [&str; 2] = ["sm_90", "sm_80"];
 
@@ -502,12 +502,12 @@ fn sweep_shapes(dtype: cuda_softmax::Dtype) -> Vec<(usize, usize)> {
 /// Per stage of a plan: (kernel, bytes in flight per SM, bytes each thread issues before first
 /// use in its weakest loading loop).
 fn in_flight(
-    plan: &cuda_softmax::planner::LaunchPlan,
+    plan: &cuda_softmax::tools::planner::LaunchPlan,
     functions: &[Function],
     resources: &std::collections::BTreeMap<String, (u32, u32)>,
-    device: &cuda_softmax::planner::DeviceLimits,
+    device: &cuda_softmax::tools::planner::DeviceLimits,
 ) -> Vec<(String, f64, u32)> {
-    use cuda_softmax::occupancy::{KernelResources, SmLimits, bytes_in_flight_per_sm};
+    use cuda_softmax::tools::occupancy::{KernelResources, SmLimits, bytes_in_flight_per_sm};
     plan.stages
         .iter()
         .map(|s| {
@@ -545,10 +545,10 @@ fn in_flight(
 
 /// At least 16 KB of loads in flight per SM on H100/H200 limits for every plan of the sweep,
 /// or the whole input when it is smaller: below that, latency bounds the stream (Little's law,
-/// see src/occupancy.rs). Prints the predicted-performance table (docs/performance.md).
+/// see src/tools/occupancy.rs). Prints the predicted-performance table (docs/performance.md).
 #[test]
 fn plans_keep_enough_loads_in_flight() {
-    use cuda_softmax::planner::{DeviceLimits, SoftmaxProblem, plan_softmax};
+    use cuda_softmax::tools::planner::{DeviceLimits, SoftmaxProblem, plan_softmax};
     let Some(functions) = sass_for("sm_90") else {
         return;
     };
@@ -569,7 +569,7 @@ fn plans_keep_enough_loads_in_flight() {
     for dtype in cuda_softmax::Dtype::ALL {
         for (rows, cols) in sweep_shapes(dtype) {
             let problem = SoftmaxProblem {
-                op: cuda_softmax::planner::Op::Softmax,
+                op: cuda_softmax::tools::planner::Op::Softmax,
                 rows,
                 cols,
                 dtype,

@@ -47,10 +47,7 @@ macro_rules! fma_suite {
             ignore = "needs the crate feature emulator-fma (on for this crate's own tests)"
         )]
         fn $name() {
-            let device = Device::emulator_with(EmulatorConfig {
-                fma_contraction: true,
-                ..EmulatorConfig::default()
-            });
+            let device = Device::emulator_with(EmulatorConfig::default().fma_contraction(true));
             let mut rng = common::seeded_rng(stringify!($name));
             common::special_values::<$dtype>(&device, &mut rng);
             common::edge_shapes::<$dtype>(&device, &mut rng);
@@ -77,12 +74,12 @@ fn family_sweep_every_dtype() {
 /// calls, grown (once) only by a call that needs more than it holds; clones share it.
 #[test]
 fn split_workspace_is_allocated_once_and_grows_only_when_needed() {
-    use cuda_softmax::planner::{SPLIT_MIN_COLS, SoftmaxProblem, plan_softmax};
+    use cuda_softmax::tools::planner::{SPLIT_MIN_COLS, SoftmaxProblem, plan_softmax};
     let device = emulator(Schedule::Forward);
     let mut rng = common::seeded_rng("split_workspace_is_allocated_once");
     let floats = |rows, cols| {
         let problem = SoftmaxProblem {
-            op: cuda_softmax::planner::Op::Softmax,
+            op: cuda_softmax::tools::planner::Op::Softmax,
             rows,
             cols,
             dtype: cuda_softmax::Dtype::F32,
@@ -90,7 +87,7 @@ fn split_workspace_is_allocated_once_and_grows_only_when_needed() {
         };
         plan_softmax(&problem, &device.limits()).workspace_floats
     };
-    let check = |rng: &mut cuda_softmax::check::Rng, rows, cols, what| {
+    let check = |rng: &mut cuda_softmax::tools::check::Rng, rows, cols, what| {
         let x: Vec<f32> = rng.logits(rows * cols, 8.0);
         common::check_case(&device, &x, rows, cols, common::ALIGNED, what);
     };

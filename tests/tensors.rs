@@ -1,7 +1,7 @@
 //! DeviceTensor basics on the emulator: round trips for every dtype, zeros, and views that read
 //! and write exactly their own elements.
 
-use cuda_softmax::check::Rng;
+use cuda_softmax::tools::check::Rng;
 use cuda_softmax::{Device, DeviceTensor, Element, bf16, f16};
 
 fn round_trip<T: Element + PartialEq>(device: &Device) {

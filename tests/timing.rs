@@ -1,7 +1,7 @@
 //! The timing helpers' host-side logic: buffer rotation, and a clear error (not a panic) when
 //! asked to time on a device without CUDA events.
 
-use cuda_softmax::timing::{ROTATION_BYTES, SoftmaxWorkload, rotation_count, time_copy};
+use cuda_softmax::tools::timing::{ROTATION_BYTES, SoftmaxWorkload, rotation_count, time_copy};
 use cuda_softmax::{Device, Error};
 
 #[test]

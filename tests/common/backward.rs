@@ -1,8 +1,9 @@
 //! Checks of the backward ops against the f64 reference: inputs y that a forward pass could
 //! have produced (masked elements included), random dy, poisoned dx, every family.
 
-use cuda_softmax::check::{Rng, Tolerance, compare_with};
-use cuda_softmax::{Device, DeviceTensor, Element, Softmax, reference};
+use cuda_softmax::tools::check::{Rng, Tolerance, compare_with};
+use cuda_softmax::tools::reference;
+use cuda_softmax::{Device, DeviceTensor, Element, Softmax};
 
 /// A backward case: the op (log or not, scale) and the inputs.
 pub struct Case<T: Element> {
@@ -192,10 +193,10 @@ fn masked(log: bool, y: f64) -> bool {
 /// fully masked rows.
 pub fn backward_suite<T: Element>(device: &Device, rng: &mut Rng) {
     let sm = device.limits().sm_count as usize;
-    let split_cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
+    let split_cols = cuda_softmax::tools::planner::SPLIT_MIN_COLS + 5;
     // The longest row the block family holds (y and dy on chip), and one more (two-pass).
-    let block_max = cuda_softmax::planner::block_family_max_cols_of(
-        cuda_softmax::planner::Op::SoftmaxBackward,
+    let block_max = cuda_softmax::tools::planner::block_family_max_cols_of(
+        cuda_softmax::tools::planner::Op::SoftmaxBackward,
         T::DTYPE,
         &device.limits(),
     );
@@ -236,10 +237,10 @@ pub fn backward_suite<T: Element>(device: &Device, rng: &mut Rng) {
 /// near the dtype's maximum), rank 3 and zero columns.
 pub fn logsumexp_suite<T: Element>(device: &Device, rng: &mut Rng) {
     let sm = device.limits().sm_count as usize;
-    let split_cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
-    let mut shapes: Vec<(usize, usize)> = cuda_softmax::planner::KernelConfig::all()
+    let split_cols = cuda_softmax::tools::planner::SPLIT_MIN_COLS + 5;
+    let mut shapes: Vec<(usize, usize)> = cuda_softmax::tools::planner::KernelConfig::all()
         .into_iter()
-        .filter(|k| k.dtype == T::DTYPE && k.op == cuda_softmax::planner::Op::LogSumExp)
+        .filter(|k| k.dtype == T::DTYPE && k.op == cuda_softmax::tools::planner::Op::LogSumExp)
         .filter_map(|k| k.warp_row_lengths())
         .flat_map(|r| [(37, *r.start()), (37, *r.end())])
         .collect();
@@ -268,7 +269,7 @@ pub fn logsumexp_suite<T: Element>(device: &Device, rng: &mut Rng) {
             let got = got.to_host().unwrap();
             let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
             let want = reference::logsumexp_rows(&x64, cols, 1.0);
-            let c = cuda_softmax::check::compare(&got, &want, tol);
+            let c = cuda_softmax::tools::check::compare(&got, &want, tol);
             assert!(
                 c.passed(),
                 "logsumexp {} [{rows}x{cols}] offset {offset} on {}: {c}",
@@ -314,7 +315,8 @@ pub fn check_logsumexp<T: Element>(
     assert_eq!(got.shape(), &[rows, 1], "{what}");
     let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
     let want = reference::logsumexp_rows(&x64, cols, 1.0);
-    let c = cuda_softmax::check::compare(&got.to_host().unwrap(), &want, LOGSUMEXP_TOLERANCE);
+    let c =
+        cuda_softmax::tools::check::compare(&got.to_host().unwrap(), &want, LOGSUMEXP_TOLERANCE);
     assert!(
         c.passed(),
         "{what}: logsumexp {} [{rows}x{cols}] offset {offset} on {}: {c}",

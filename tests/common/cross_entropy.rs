@@ -4,8 +4,8 @@
 //! (`reference::cross_entropy`, whose gradient its own tests check by central finite
 //! differences).
 
-use cuda_softmax::check::{Rng, Tolerance, compare_with};
-use cuda_softmax::reference::cross_entropy::{
+use cuda_softmax::tools::check::{Rng, Tolerance, compare_with};
+use cuda_softmax::tools::reference::cross_entropy::{
     CeForward, CeGradient, CeOptions, cross_entropy_backward, cross_entropy_forward,
 };
 use cuda_softmax::{

@@ -9,11 +9,10 @@ pub mod backward;
 pub mod cross_entropy;
 pub mod strided;
 
-use cuda_softmax::check::{Rng, Tolerance, compare};
-use cuda_softmax::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
-use cuda_softmax::{
-    Device, DeviceTensor, Dtype, Element, EmulatorConfig, Schedule, Softmax, reference,
-};
+use cuda_softmax::tools::check::{Rng, Tolerance, compare};
+use cuda_softmax::tools::planner::{Family, KernelConfig, SoftmaxProblem, Stage, plan_softmax};
+use cuda_softmax::tools::reference;
+use cuda_softmax::{Device, DeviceTensor, Dtype, Element, EmulatorConfig, Schedule, Softmax};
 
 /// Row lengths from the edge list of docs/architecture.md plus each family boundary.
 pub const EDGE_COLS: [usize; 19] = [
@@ -29,11 +28,7 @@ pub fn seeded_rng(test: &str) -> Rng {
 /// An emulator device running every block's threads in `schedule`'s order, sized by the CPU
 /// count (workers 0).
 pub fn emulator(schedule: Schedule) -> Device {
-    Device::emulator_with(EmulatorConfig {
-        schedule,
-        workers: 0,
-        ..EmulatorConfig::default()
-    })
+    Device::emulator_with(EmulatorConfig::default().schedule(schedule).workers(0))
 }
 
 /// An emulator with a random thread order per block, seeded from the printed test seed.
@@ -301,6 +296,7 @@ fn min_normal(dtype: Dtype) -> f64 {
     match dtype {
         Dtype::F16 => 2f64.powi(-14),
         Dtype::F32 | Dtype::Bf16 => 2f64.powi(-126),
+        other => panic!("no minimum normal known for {other:?}"),
     }
 }
 
@@ -310,6 +306,7 @@ pub fn relative_ulp(dtype: Dtype) -> f64 {
         Dtype::F32 => 2f64.powi(-23),
         Dtype::F16 => 2f64.powi(-10),
         Dtype::Bf16 => 2f64.powi(-7),
+        other => panic!("no ulp known for {other:?}"),
     }
 }
 
@@ -604,7 +601,7 @@ fn check_shapes<T: Element>(
 
 /// The longest row the block family holds in shared memory on this device.
 fn block_family_max_cols<T: Element>(device: &Device) -> usize {
-    cuda_softmax::planner::block_family_max_cols(T::DTYPE, &device.limits())
+    cuda_softmax::tools::planner::block_family_max_cols(T::DTYPE, &device.limits())
 }
 
 /// One small case per warp configuration and per block family, aligned and misaligned: every
@@ -669,7 +666,7 @@ fn planned_stage<T: Element>(
 ) -> (Stage, usize) {
     let aligned = |offset: usize| (offset * T::DTYPE.size_bytes()).is_multiple_of(16);
     let problem = SoftmaxProblem {
-        op: cuda_softmax::planner::Op::Softmax,
+        op: cuda_softmax::tools::planner::Op::Softmax,
         rows,
         cols,
         dtype: T::DTYPE,
@@ -773,10 +770,10 @@ pub fn grid_loops<T: Element>(device: &Device, rng: &mut Rng) {
 /// call left in it), smaller ones and other families in between allocate no workspace again.
 pub fn split_workspace_reused<T: Element>(device: &Device, rng: &mut Rng) {
     let limits = device.limits();
-    let cols = cuda_softmax::planner::SPLIT_MIN_COLS + 5;
+    let cols = cuda_softmax::tools::planner::SPLIT_MIN_COLS + 5;
     let floats = |rows| {
         let problem = SoftmaxProblem {
-            op: cuda_softmax::planner::Op::Softmax,
+            op: cuda_softmax::tools::planner::Op::Softmax,
             rows,
             cols,
             dtype: T::DTYPE,

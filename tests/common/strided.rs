@@ -5,8 +5,8 @@
 
 use super::backward::Case;
 use super::{SPECIAL_ROWS, forward, special_rows};
-use cuda_softmax::check::Rng;
-use cuda_softmax::reference::{dims_around, gather_rows, scatter_rows};
+use cuda_softmax::tools::check::Rng;
+use cuda_softmax::tools::reference::{dims_around, gather_rows, scatter_rows};
 use cuda_softmax::{Device, DeviceTensor, Element};
 
 /// Tensors whose every dimension the suites reduce over: inner = 1 (the last dimension, and

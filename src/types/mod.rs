@@ -1,0 +1,7 @@
+//! The values users hold: element types, device tensors and borrowed views of foreign memory,
+//! and the error type every call returns.
+
+pub mod borrow;
+pub mod element;
+pub mod error;
+pub mod tensor;
