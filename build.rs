@@ -30,8 +30,9 @@ mod cache_paths;
 mod image_cache;
 #[path = "build/nvrtc.rs"]
 mod nvrtc;
-#[path = "build/toolchain12.rs"]
+#[path = "build/stage_times.rs"]
 mod stage_times;
+#[path = "build/toolchain12.rs"]
 mod toolchain12;
 use toolchain12::Toolchain12;
 
