@@ -30,6 +30,23 @@ mod cache_paths;
 mod image_cache;
 #[path = "build/nvrtc.rs"]
 mod nvrtc;
+// The kernel registry (src/planning/), compiled here as well: the one list of kernels, from which
+// build/kernel_entries.rs writes the CUDA entry points.
+#[path = "src/types/dtype.rs"]
+#[allow(dead_code)]
+mod dtype;
+use dtype::Dtype;
+#[path = "src/planning/op.rs"]
+#[allow(dead_code)]
+mod op;
+use op::Op;
+#[path = "build/kernel_entries.rs"]
+mod kernel_entries;
+#[path = "build/ptx_variants.rs"]
+mod ptx_variants;
+#[path = "src/planning/registry.rs"]
+#[allow(dead_code)]
+mod registry;
 #[path = "build/stage_times.rs"]
 mod stage_times;
 #[path = "build/toolchain12.rs"]
@@ -46,13 +63,20 @@ const NVRTC_FLAGS: [&str; 2] = ["-std=c++17", "-default-device"];
 const PTXAS_FLAGS: [&str; 1] = ["-O3"];
 /// Bump when the way build.rs turns sources into an image changes in a way the flags above and
 /// the other key inputs do not show (a new step, another layout of the fatbin).
-const IMAGE_RECIPE: &str = "2";
+const IMAGE_RECIPE: &str = "3";
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(cs_cuda_image)");
     println!("cargo::rustc-check-cfg=cfg(cs_image_incbin)");
     println!("cargo::rerun-if-changed=kernels");
     println!("cargo::rerun-if-changed=build");
+    for registry_file in [
+        "src/types/dtype.rs",
+        "src/planning/op.rs",
+        "src/planning/registry.rs",
+    ] {
+        println!("cargo::rerun-if-changed={registry_file}");
+    }
     // (PATH only when it found the compiler: below.)
     for var in [
         "NVCC",
@@ -88,7 +112,15 @@ fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let kernels = manifest_dir.join("kernels");
-    let sources = kernel_sources(&kernels);
+    // The one translation unit every kernel build compiles: the kernel sources and the entry
+    // points of the registry's kernels (OUT_DIR/kernel_entries.cu).
+    let sources = match write_kernel_entries(&kernels, &out) {
+        Ok(unit) => vec![unit],
+        Err(message) => {
+            println!("cargo::error={}", message.replace('\n', " | "));
+            return;
+        }
+    };
     // The sources the run-time fallback compiles (src/runtime/jit.rs): written even for docs.rs, since
     // the crate embeds them.
     if let Err(message) = write_kernel_bundle(&kernels, &sources, &out) {
@@ -260,15 +292,31 @@ fn write_kernel_bundle(kernels: &Path, sources: &[PathBuf], out: &Path) -> Resul
     fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
-/// kernels/*.cu, sorted so that the generated unity files are stable.
-fn kernel_sources(kernels: &Path) -> Vec<PathBuf> {
-    let mut sources: Vec<PathBuf> = fs::read_dir(kernels)
-        .expect("kernels/ exists")
+/// Writes OUT_DIR/kernel_entries.cu (build/kernel_entries.rs) and returns its path; an error
+/// when kernels/ holds a .cu file the entries do not include (it would be compiled nowhere).
+fn write_kernel_entries(kernels: &Path, out: &Path) -> Result<PathBuf, String> {
+    let mut on_disk: Vec<String> = fs::read_dir(kernels)
+        .map_err(|e| format!("read {}: {e}", kernels.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
         .collect();
-    sources.sort();
-    sources
+    on_disk.sort();
+    let mut listed: Vec<String> = kernel_entries::KERNEL_SOURCES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    listed.sort();
+    if on_disk != listed {
+        return Err(format!(
+            "kernels/ holds {on_disk:?} but build/kernel_entries.rs compiles {listed:?}: list every kernel \
+             source in KERNEL_SOURCES"
+        ));
+    }
+    let path = out.join("kernel_entries.cu");
+    fs::write(&path, kernel_entries::entries_file()?)
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// Warning flags for the host build of the kernels: a narrowing conversion (an `int` row offset)
@@ -595,7 +643,14 @@ fn build_gpu_image(
     // Everything the image depends on: the cache key.
     let (archs, ptx_arch) = &targets;
     let arch_list: Vec<String> = archs.iter().map(|(a, s)| format!("sm_{a}{s}")).collect();
+    // The generated entry points (from the registry, outside kernels/) are part of the key.
+    let mut unit_digests = String::new();
+    for unit in sources {
+        let text = fs::read(unit).map_err(|e| format!("read {}: {e}", unit.display()))?;
+        unit_digests += &cache_paths::digest(&text);
+    }
     let mut settings: Vec<(&str, String)> = vec![
+        ("kernel entries", unit_digests),
         ("recipe", IMAGE_RECIPE.to_string()),
         ("lineinfo", u8::from(lineinfo).to_string()),
         (
@@ -637,8 +692,12 @@ fn build_gpu_image(
         out,
         || {
             let info = match compiler {
-                Compiler::Nvcc(nvcc) => build_with_nvcc(nvcc, &targets, sources, out, lineinfo)?,
-                Compiler::Nvrtc(t) => build_with_nvrtc(t, &targets, sources, out, lineinfo)?,
+                Compiler::Nvcc(nvcc) => {
+                    build_with_nvcc(nvcc, &targets, kernels, sources, out, lineinfo)?
+                }
+                Compiler::Nvrtc(t) => {
+                    build_with_nvrtc(t, &targets, kernels, sources, out, lineinfo)?
+                }
             };
             stage_times::timed("zstd", || compress_image(out))?;
             fs::write(out.join("image.txt"), info.to_text())
@@ -727,6 +786,7 @@ fn compress_image(out: &Path) -> Result<(), String> {
 fn build_with_nvcc(
     nvcc: &Path,
     targets: &Targets,
+    kernels_dir: &Path,
     sources: &[PathBuf],
     out: &Path,
     lineinfo: bool,
@@ -751,7 +811,8 @@ fn build_with_nvcc(
     fs::write(&unity_path, unity).map_err(|e| format!("write {}: {e}", unity_path.display()))?;
 
     let common = |cmd: &mut Command| {
-        cmd.args(NVCC_FLAGS);
+        cmd.args(NVCC_FLAGS)
+            .arg(format!("-I{}", kernels_dir.display()));
         if lineinfo {
             cmd.arg("-lineinfo");
         }
@@ -831,8 +892,8 @@ fn build_with_nvcc(
 /// The PTX NVRTC 12.0 compiles for SASS architecture `sm`: (architecture, variant). The
 /// kernels (and the fp16/bf16 headers) choose code by __CUDA_ARCH__ at 800 (L2 eviction
 /// policies) and 900, and NVRTC 12.0 knows nothing above compute_90, whose PTX ptxas 12.9
-/// assembles for sm_100/sm_120. sm_120's PTX is a variant with CS_TARGET_SM120 defined (a
-/// register budget: kernels/softmax_backward.cu), named "+sm120".
+/// assembles for sm_100/sm_120. sm_120's PTX is the compute_90 PTX with launch bounds of its own
+/// (a register budget: build/ptx_variants.rs), named "+sm120".
 fn nvrtc_ptx_arch(sm: u32) -> (u32, String) {
     match sm {
         ..80 => (75, String::new()),
@@ -847,6 +908,7 @@ fn nvrtc_ptx_arch(sm: u32) -> (u32, String) {
 fn build_with_nvrtc(
     t: &Toolchain12,
     targets: &Targets,
+    kernels_dir: &Path,
     sources: &[PathBuf],
     out: &Path,
     lineinfo: bool,
@@ -867,32 +929,35 @@ fn build_with_nvrtc(
         .collect();
     ptx_archs.sort();
     ptx_archs.dedup();
+    // What NVRTC compiles: the plain architectures, and the one each "+variant" derives from.
+    let mut nvrtc_archs: Vec<(u32, String)> = ptx_archs
+        .iter()
+        .map(|(a, suffix)| {
+            if suffix.starts_with('+') {
+                (*a, String::new())
+            } else {
+                (*a, suffix.clone())
+            }
+        })
+        .collect();
+    nvrtc_archs.sort();
+    nvrtc_archs.dedup();
 
     let mut unity = String::new();
     for s in sources {
         unity += &format!("#include \"{}\"\n", s.display());
     }
-    let kernels_dir = sources
-        .first()
-        .and_then(|s| s.parent())
-        .ok_or("no kernel sources")?;
     let threads = compile_threads();
 
     // NVRTC: one program per PTX architecture, compiled in parallel (programs are independent).
     let compile_ptx = |(arch, suffix): &(u32, String)| -> Result<String, String> {
         let nvrtc = nvrtc::Nvrtc::open(&t.nvrtc)?;
-        // "+variant": a define on the plain architecture; else an arch suffix (90a).
-        let (arch_suffix, define) = match suffix.strip_prefix('+') {
-            Some(variant) => ("", Some(format!("-DCS_TARGET_{}", variant.to_uppercase()))),
-            None => (suffix.as_str(), None),
-        };
-        let mut options = vec![format!("--gpu-architecture=compute_{arch}{arch_suffix}")];
+        let mut options = vec![format!("--gpu-architecture=compute_{arch}{suffix}")];
         options.extend(NVRTC_FLAGS.iter().map(|f| f.to_string()));
         options.extend([
             format!("-I{}", kernels_dir.display()),
             format!("-I{}", t.include.display()),
         ]);
-        options.extend(define);
         if lineinfo {
             options.push("-lineinfo".into());
         }
@@ -900,7 +965,26 @@ fn build_with_nvrtc(
             nvrtc.compile_to_ptx(&unity, "cuda_softmax_kernels.cu", &options)
         })
     };
-    let ptx_texts = parallel_map(&ptx_archs, threads, compile_ptx)?;
+    let nvrtc_texts = parallel_map(&nvrtc_archs, threads, compile_ptx)?;
+    // Every PTX architecture's text: compiled, or derived from the one it varies.
+    let ptx_texts = ptx_archs
+        .iter()
+        .map(|(arch, suffix)| {
+            let base = |a: &(u32, String)| {
+                nvrtc_archs
+                    .iter()
+                    .position(|b| b == a)
+                    .map(|i| &nvrtc_texts[i])
+                    .ok_or("no PTX compiled for an architecture")
+            };
+            match suffix.as_str() {
+                "+sm120" => stage_times::timed("PTX for sm_120, derived from compute_90", || {
+                    ptx_variants::sm120_ptx(base(&(*arch, String::new()))?)
+                }),
+                _ => Ok(base(&(*arch, suffix.clone()))?.clone()),
+            }
+        })
+        .collect::<Result<Vec<String>, String>>()?;
 
     // ptxas: one cubin per SASS architecture, from its PTX architecture's text.
     let mut ptx_files = Vec::new();

@@ -85,8 +85,10 @@ struct SoftmaxParams {
   unsigned pad;          // keeps the struct free of implicit padding (mirrored in Rust)
 };
 
-// ---- Entry points: one extern "C" symbol per (family, dtype, tile configuration). The emulator
-// build also registers each one by name so that both backends launch the same names.
+// ---- Entry points: one extern "C" symbol per (family, dtype, tile configuration), written by
+// build.rs from the kernel registry into OUT_DIR/kernel_entries.cu (build/kernel_entries.rs),
+// with the launch bounds of KernelConfig::min_blocks_per_sm. The emulator build also registers
+// each one by name so that both backends launch the same names.
 // (On the emulator the entry is an internal function found by name, and its launch bounds are
 // recorded so that a launch a GPU would refuse is refused there too.)
 #ifdef CS_EMULATOR
@@ -108,9 +110,6 @@ struct SoftmaxParams {
 // copies them. A larger SoftmaxParams changed the softmax kernels' SASS: keep it as it is.)
 #define CS_ENTRY(name, max_threads, min_blocks, call) CS_ENTRY_WITH(cs::SoftmaxParams, name, max_threads, min_blocks, call)
 
-// Warp-family register budgets: 64 registers a thread up to 8 columns a lane, 128 up to 32,
-// 255 at 64 (a lane holds its columns in registers).
-#define CS_WARP_MIN_BLOCKS(C) ((C) <= 8 ? 8 : (C) <= 32 ? 4 : 2)
 
 #ifdef CS_EMULATOR
 #define CS_CHECK_GLOBAL(ptr, bytes, is_write) ::emu::global_access((ptr), (bytes), (is_write))

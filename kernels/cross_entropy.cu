@@ -666,19 +666,4 @@ __device__ __forceinline__ void ce_on_chip(const CrossEntropyParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points, in the order of KernelConfig::all: prepare, stats, finish, reduce, grad,
-// on chip. (prepare and reduce touch no logits; they have a copy per dtype so that every stage
-// of a plan is named by the same dtype.)
-#define CS_CE_ENTRY(name, threads, min_blocks, call) \
-  CS_ENTRY_WITH(cs::CrossEntropyParams, name, threads, min_blocks, call)
-#define CS_CE_DTYPE(dt, T)                                                                  \
-  CS_CE_ENTRY(cross_entropy_prepare_##dt##_b1024, 1024, 1, (cs::ce_prepare<1024>(p)))       \
-  CS_CE_ENTRY(cross_entropy_stats_##dt##_b256, 256, 4, (cs::ce_stats<T, 256>(p)))           \
-  CS_CE_ENTRY(cross_entropy_finish_##dt##_b256, 256, 4, (cs::ce_finish<T>(p)))              \
-  CS_CE_ENTRY(cross_entropy_reduce_##dt##_b1024, 1024, 1, (cs::ce_reduce<1024>(p)))         \
-  CS_CE_ENTRY(cross_entropy_grad_##dt##_b256, 256, 4, (cs::ce_grad<T, 256>(p)))             \
-  CS_CE_ENTRY(cross_entropy_on_chip_##dt##_b256, 256, 4, (cs::ce_on_chip<T, 256>(p)))
-
-CS_CE_DTYPE(f32, float)
-CS_CE_DTYPE(f16, __half)
-CS_CE_DTYPE(bf16, __nv_bfloat16)
+// ---- Entry points: made by build.rs from the kernel registry (build/kernel_entries.rs).

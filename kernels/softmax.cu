@@ -14,6 +14,7 @@
 // reductions), because the reductions use full-mask shuffles and block barriers.
 #include "common.cuh"
 #include "ops.cuh"
+#include "row_loops.cuh"
 
 namespace cs {
 
@@ -85,83 +86,6 @@ __device__ __forceinline__ void softmax_warp(const SoftmaxParams& p) {
       const long long col = (static_cast<long long>(i) * Width + lane) * Vec;
       if (i < kSurePacks ? active : i < packs) store_pack<TO, Vec>(y + row_offset + col, sub_array<Vec>(v + i * Vec));
     }
-  }
-}
-
-// Packs a thread of a two-pass kernel loads before it uses the first (see for_each_loaded).
-constexpr int kBatch = 4;
-
-// Calls f(k, words) for packs k = 0 .. packs - 1 of 16-byte aligned `src`, thread t taking
-// t, t + Block, ... kBatch packs a thread loads before it uses any: 64 bytes in flight a thread,
-// enough to cover DRAM latency at one or two blocks an SM (src/tools/occupancy.rs). One loop with
-// predicated loads: no remainder loop with a single load in flight. The batch is held as raw
-// words (16 registers whatever the dtype), widened by f.
-template <typename T, int Block, typename F>
-__device__ __forceinline__ void for_each_pack_batch(const T* src, long long packs, L2Policy policy, F&& f) {
-  constexpr int V = Vec16<T>::n;
-  for (long long k0 = threadIdx.x; k0 < packs; k0 += kBatch * Block) {
-    uint32_t w[kBatch][4];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) load16(src + k * V, w[u], policy);
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const long long k = k0 + static_cast<long long>(u) * Block;
-      if (k < packs) f(k, w[u]);
-    }
-  }
-}
-
-// Calls f(first_col, values) for every element of `row`, in chunks of one or Vec elements:
-// a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar tail. Thread t of the
-// block takes elements/packs t, t + Block, ...
-template <typename T, int Block, typename F>
-__device__ __forceinline__ void for_each_loaded(const T* row, long long cols, L2Policy policy, F&& f) {
-  constexpr int V = Vec16<T>::n;
-  const long long head = head_elements(row, cols);
-  const long long packs = (cols - head) / V;
-  const long long tail_start = head + packs * V;
-  for (long long c = threadIdx.x; c < head; c += Block) {
-    float v[1] = {load_one(row + c)};
-    f(c, v);
-  }
-  for_each_pack_batch<T, Block>(row + head, packs, policy, [&](long long k, uint32_t(&w)[4]) {
-    float v[V];
-    unpack16<T>(w, v);
-    f(head + k * V, v);
-  });
-  for (long long c = tail_start + threadIdx.x; c < cols; c += Block) {
-    float v[1] = {load_one(row + c)};
-    f(c, v);
-  }
-}
-
-// Stores g(first_col, values) for every element of `row`, chunked by the alignment of `row`
-// (which may differ from the input's) the same way as for_each_loaded.
-template <typename T, int Block, typename G>
-__device__ __forceinline__ void for_each_stored(T* row, long long cols, G&& g) {
-  constexpr int V = Vec16<T>::n;
-  const long long head = head_elements(row, cols);
-  const long long packs = (cols - head) / V;
-  const long long tail_start = head + packs * V;
-  for (long long c = threadIdx.x; c < head; c += Block) {
-    float v[1];
-    g(c, v);
-    store_pack<T, 1>(row + c, v);
-  }
-  // Two packs per iteration: deeper unrolling made ptxas for sm_100 spill in the block kernel.
-#pragma unroll 2
-  for (long long k = threadIdx.x; k < packs; k += Block) {
-    float v[V];
-    g(head + k * V, v);
-    store_pack<T, V>(row + head + k * V, v);
-  }
-  for (long long c = tail_start + threadIdx.x; c < cols; c += Block) {
-    float v[1];
-    g(c, v);
-    store_pack<T, 1>(row + c, v);
   }
 }
 
@@ -313,15 +237,6 @@ __device__ __forceinline__ void write_normalized(const T* xr, TO* yr, long long 
   }
 }
 
-// The online (max, sum) state of n elements, reduced over the block.
-template <typename T, int Block>
-__device__ __forceinline__ MaxSum block_row_state(const T* xr, long long n, float k) {
-  MaxSum s = maxsum_identity();
-  // The first of x's two reads: keep its lines in L2 for the second.
-  for_each_loaded<T, Block>(xr, n, l2_evict_last(), [&](long long, auto& v) { s = maxsum_add(s, v, k); });
-  return block_maxsum<Block>(s, k);
-}
-
 template <typename T, int Block, typename Op, typename TO = T>
 __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   const T* x = static_cast<const T*>(p.x);
@@ -330,20 +245,6 @@ __device__ __forceinline__ void softmax_online(const SoftmaxParams& p) {
   for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const MaxSum s = block_row_state<T, Block>(x + row * p.cols, p.cols, op.k);
     write_normalized<T, Block>(x + row * p.cols, y + row * p.cols, p.cols, op, op.row(row_shift(s.m), s.d));
-  }
-}
-
-// Split-row pass 1: block (chunk, row) stores its chunk's (max, sum) at workspace[row][chunk].
-template <typename T, int Block>
-__device__ __forceinline__ void softmax_split_stats(const SoftmaxParams& p) {
-  const long long row = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
-  const long long first = chunk * p.chunk_cols;
-  const long long n = p.cols - first < p.chunk_cols ? p.cols - first : p.chunk_cols;
-  const MaxSum s = block_row_state<T, Block>(static_cast<const T*>(p.x) + row * p.cols + first, n,
-                                             exp2_factor(p.scale));
-  if (threadIdx.x == 0) {
-    const float state[2] = {s.m, s.d};
-    store_pack<float, 2>(p.workspace + 2 * (row * chunks + chunk), state);
   }
 }
 
@@ -368,66 +269,4 @@ __device__ __forceinline__ void softmax_split_write(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points. Keep in step with src/planning/ (KernelConfig::all); a test checks both
-// the emulator's table and the PTX against the planner's list.
-// Register budgets (see CS_ENTRY): warp kernels 64 registers up to 8 columns a lane, 128 up to 32,
-// 255 at 64 (a lane holds its columns in registers); block kernels 64 (1024 threads an SM).
-// TO is the output's storage type: T, or float for the `_to_f32` ops (16-bit x, f32 y).
-#define CS_WARP(op, Op, dt, T, TO, W, C, V)                                                 \
-  CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
-           (cs::softmax_warp<T, W, C, V, cs::Op, TO>(p)))
-#define CS_BLOCK(op, Op, dt, T, TO, B) \
-  CS_ENTRY(op##_block_##dt##_b##B, B, 1024 / B, (cs::softmax_block<T, B, cs::Op, TO>(p)))
-#define CS_ONLINE(op, Op, dt, T, TO, B) \
-  CS_ENTRY(op##_online_##dt##_b##B, B, 1024 / B, (cs::softmax_online<T, B, cs::Op, TO>(p)))
-// Every op has its own stats entry (the same code) so that each op's entry points form one run
-// of KernelConfig::all.
-#define CS_SPLIT(op, Op, dt, T, TO, B)                                                         \
-  CS_ENTRY(op##_split_stats_##dt##_b##B, B, 1024 / B, (cs::softmax_split_stats<T, B>(p)))      \
-  CS_ENTRY(op##_split_write_##dt##_b##B, B, 1024 / B, (cs::softmax_split_write<T, B, cs::Op, TO>(p)))
-
-// The warp family (keep in step with KernelConfig::all in src/planning/): Width lanes per row
-// (32 / Width rows a warp), 8 elements a lane, and full warps with 16 to 64 a lane in steps of 8;
-// each scalar (V = 1, rows of any alignment) and in 16-byte packs (V = 4 for f32, 8 for
-// f16/bf16).
-#define CS_WARP_LANE(op, Op, dt, T, TO, V, W, C) \
-  CS_WARP(op, Op, dt, T, TO, W, C, 1)            \
-  CS_WARP(op, Op, dt, T, TO, W, C, V)
-#define CS_WARP_ALL(op, Op, dt, T, TO, V)     \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 1, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 2, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 4, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 8, 8)    \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 16, 8)   \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 8)   \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 16)  \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 24)  \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 32)  \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 40)  \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 48)  \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 56)  \
-  CS_WARP_LANE(op, Op, dt, T, TO, V, 32, 64)
-// Block families stop at 512 threads: at 1024 the 64-register cap makes ptxas spill.
-#define CS_BLOCKS(op, Op, dt, T, TO) \
-  CS_BLOCK(op, Op, dt, T, TO, 128)   \
-  CS_BLOCK(op, Op, dt, T, TO, 256)   \
-  CS_BLOCK(op, Op, dt, T, TO, 512)   \
-  CS_ONLINE(op, Op, dt, T, TO, 512)  \
-  CS_SPLIT(op, Op, dt, T, TO, 256)
-#define CS_ALL_FAMILIES(op, Op, dt, T, TO, V) \
-  CS_WARP_ALL(op, Op, dt, T, TO, V)           \
-  CS_BLOCKS(op, Op, dt, T, TO)
-// An op's entry points for every dtype, in the order of KernelConfig::all.
-#define CS_OP(op, Op)                                       \
-  CS_ALL_FAMILIES(op, Op, f32, float, float, 4)             \
-  CS_ALL_FAMILIES(op, Op, f16, __half, __half, 8)           \
-  CS_ALL_FAMILIES(op, Op, bf16, __nv_bfloat16, __nv_bfloat16, 8)
-// f32 output of 16-bit input (Softmax::forward_f32): `{op}_to_f32_{family}_{f16|bf16}...`.
-#define CS_OP_TO_F32(op, Op)                              \
-  CS_ALL_FAMILIES(op##_to_f32, Op, f16, __half, float, 8) \
-  CS_ALL_FAMILIES(op##_to_f32, Op, bf16, __nv_bfloat16, float, 8)
-
-CS_OP(softmax, SoftmaxOp)
-CS_OP(log_softmax, LogSoftmaxOp)
-CS_OP_TO_F32(softmax, SoftmaxOp)
-CS_OP_TO_F32(log_softmax, LogSoftmaxOp)
+// ---- Entry points: made by build.rs from the kernel registry (build/kernel_entries.rs).

@@ -320,48 +320,14 @@ __device__ __forceinline__ void backward_split_write(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points, in the order of KernelConfig::all (src/planning/): the warp lane shapes,
-// the block family, online and the split pair.
-#define CS_BWD_WARP(op, Op, dt, T, W, C, V)                                                  \
-  CS_ENTRY(op##_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),                 \
-           (cs::backward_warp<T, W, C, V, cs::Op>(p)))
-#define CS_BWD_LANE(op, Op, dt, T, V, W, C) \
-  CS_BWD_WARP(op, Op, dt, T, W, C, 1)       \
-  CS_BWD_WARP(op, Op, dt, T, W, C, V)
-#define CS_BWD_DTYPE(op, Op, dt, T, V)                                                          \
-  CS_BWD_LANE(op, Op, dt, T, V, 1, 8)                                                           \
-  CS_BWD_LANE(op, Op, dt, T, V, 2, 8)                                                           \
-  CS_BWD_LANE(op, Op, dt, T, V, 4, 8)                                                           \
-  CS_BWD_LANE(op, Op, dt, T, V, 8, 8)                                                           \
-  CS_BWD_LANE(op, Op, dt, T, V, 16, 8)                                                          \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 8)                                                          \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 16)                                                         \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 24)                                                         \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 32)                                                         \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 40)                                                         \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 48)                                                         \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 56)                                                         \
-  CS_BWD_LANE(op, Op, dt, T, V, 32, 64)                                                         \
-  CS_ENTRY(op##_block_##dt##_b128, 128, CS_BWD_BLOCK_MIN_BLOCKS(8), (cs::backward_block<T, 128, cs::Op>(p))) \
-  CS_ENTRY(op##_block_##dt##_b256, 256, CS_BWD_BLOCK_MIN_BLOCKS(4), (cs::backward_block<T, 256, cs::Op>(p))) \
-  CS_ENTRY(op##_block_##dt##_b512, 512, CS_BWD_BLOCK_MIN_BLOCKS(2), (cs::backward_block<T, 512, cs::Op>(p))) \
-  CS_ENTRY(op##_online_##dt##_b512, 512, 2, (cs::backward_online<T, 512, cs::Op>(p)))           \
-  CS_ENTRY(op##_split_stats_##dt##_b256, 256, 4, (cs::backward_split_stats<T, 256, cs::Op>(p))) \
-  CS_ENTRY(op##_split_write_##dt##_b256, 256, 4, (cs::backward_split_write<T, 256, cs::Op>(p)))
+// ---- Entry points: made by build.rs from the kernel registry (build/kernel_entries.rs).
 // The block kernels' register budget: 64 registers a thread everywhere, except on sm_120, where
-// ptxas 12.9 spilled 16-24 bytes at 64 from the compute_90 PTX of the CUDA 12 toolchain
-// (CS_TARGET_SM120, set by build.rs for that cubin's PTX) or needs the same room from its own
-// PTX (__CUDA_ARCH__ 1200, the run-time fallback): three quarters of the blocks, 85 registers.
-#if defined(CS_TARGET_SM120) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1200)
+// ptxas 12.9 spilled 16-40 bytes at 64 in the f32 ones: three quarters of the blocks, 85
+// registers. Compiled for sm_120 itself (nvcc, or the run-time fallback) that is this branch;
+// the default image's sm_120 SASS comes from compute_90 PTX, whose launch bounds build.rs
+// rewrites by the same rule (build/ptx_variants.rs: keep the two in step).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1200
 #define CS_BWD_BLOCK_MIN_BLOCKS(n) ((n) * 3 / 4 > 0 ? (n) * 3 / 4 : 1)
 #else
 #define CS_BWD_BLOCK_MIN_BLOCKS(n) (n)
 #endif
-
-#define CS_BWD_OP(op, Op)                            \
-  CS_BWD_DTYPE(op, Op, f32, float, 4)                \
-  CS_BWD_DTYPE(op, Op, f16, __half, 8)               \
-  CS_BWD_DTYPE(op, Op, bf16, __nv_bfloat16, 8)
-
-CS_BWD_OP(softmax_backward, SoftmaxBackwardOp)
-CS_BWD_OP(log_softmax_backward, LogSoftmaxBackwardOp)

@@ -3,10 +3,10 @@
 // -inf; a NaN or +inf in the row gives NaN.
 //
 // Families (src/planning/, Op::LogSumExp): the warp family for rows up to 2048 columns, a block
-// per row (block_row_state from softmax.cu: this file is compiled after it, in the same unity
-// translation unit) for longer rows, and split-row for few long rows (the softmax stats pass,
-// then a merge that writes each row's value once).
+// per row (block_row_state, row_loops.cuh) for longer rows, and split-row for few long rows (the
+// forward ops' stats pass, then a merge that writes each row's value once).
 #include "common.cuh"
+#include "row_loops.cuh"
 
 namespace cs {
 
@@ -105,31 +105,4 @@ __device__ __forceinline__ void lse_split_write(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points, in the order of KernelConfig::all: the warp lane shapes, online, split.
-#define CS_LSE_WARP(dt, T, W, C, V)                                                         \
-  CS_ENTRY(logsumexp_warp_##dt##_w##W##_c##C##_v##V, 128, CS_WARP_MIN_BLOCKS(C),           \
-           (cs::lse_warp<T, W, C, V>(p)))
-#define CS_LSE_LANE(dt, T, V, W, C) \
-  CS_LSE_WARP(dt, T, W, C, 1)       \
-  CS_LSE_WARP(dt, T, W, C, V)
-#define CS_LSE_DTYPE(dt, T, V)                                                                    \
-  CS_LSE_LANE(dt, T, V, 1, 8)                                                                     \
-  CS_LSE_LANE(dt, T, V, 2, 8)                                                                     \
-  CS_LSE_LANE(dt, T, V, 4, 8)                                                                     \
-  CS_LSE_LANE(dt, T, V, 8, 8)                                                                     \
-  CS_LSE_LANE(dt, T, V, 16, 8)                                                                    \
-  CS_LSE_LANE(dt, T, V, 32, 8)                                                                    \
-  CS_LSE_LANE(dt, T, V, 32, 16)                                                                   \
-  CS_LSE_LANE(dt, T, V, 32, 24)                                                                   \
-  CS_LSE_LANE(dt, T, V, 32, 32)                                                                   \
-  CS_LSE_LANE(dt, T, V, 32, 40)                                                                   \
-  CS_LSE_LANE(dt, T, V, 32, 48)                                                                   \
-  CS_LSE_LANE(dt, T, V, 32, 56)                                                                   \
-  CS_LSE_LANE(dt, T, V, 32, 64)                                                                   \
-  CS_ENTRY(logsumexp_online_##dt##_b512, 512, 2, (cs::lse_online<T, 512>(p)))                     \
-  CS_ENTRY(logsumexp_split_stats_##dt##_b256, 256, 4, (cs::softmax_split_stats<T, 256>(p)))       \
-  CS_ENTRY(logsumexp_split_write_##dt##_b256, 256, 4, (cs::lse_split_write<256>(p)))
-
-CS_LSE_DTYPE(f32, float, 4)
-CS_LSE_DTYPE(f16, __half, 8)
-CS_LSE_DTYPE(bf16, __nv_bfloat16, 8)
+// ---- Entry points: made by build.rs from the kernel registry (build/kernel_entries.rs).

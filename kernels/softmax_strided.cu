@@ -308,34 +308,4 @@ __device__ __forceinline__ void strided_rows(const SoftmaxParams& p) {
 
 }  // namespace cs
 
-// ---- Entry points (keep in step with KernelConfig::all in src/planning/): per op and dtype,
-// Slices of 1, 8 and 32 warps a block (32, 256 and 1024 threads), each two-pass and on chip,
-// each with one row a lane (v1) and two (v2). Register budgets: 128 a thread at one warp a
-// block (16 blocks an SM), 64 otherwise.
-#define CS_STRIDED_ONE(op, Stats, dt, T, TO, S, variant, on_chip, P)                             \
-  CS_ENTRY(op##_strided_##variant##_##dt##_s##S##_v##P, 32 * S, (S == 1 ? 16 : 1024 / (32 * S)), \
-           (cs::strided_rows<T, S, on_chip, P, cs::Stats, TO>(p)))
-#define CS_STRIDED_SLICES(op, Stats, dt, T, TO, S)             \
-  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, twopass, false, 1)   \
-  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, twopass, false, 2)   \
-  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, onchip, true, 1)     \
-  CS_STRIDED_ONE(op, Stats, dt, T, TO, S, onchip, true, 2)
-#define CS_STRIDED_DTYPE(op, Stats, dt, T, TO)   \
-  CS_STRIDED_SLICES(op, Stats, dt, T, TO, 1)     \
-  CS_STRIDED_SLICES(op, Stats, dt, T, TO, 8)     \
-  CS_STRIDED_SLICES(op, Stats, dt, T, TO, 32)
-#define CS_STRIDED_OP(op, Stats)                             \
-  CS_STRIDED_DTYPE(op, Stats, f32, float, float)             \
-  CS_STRIDED_DTYPE(op, Stats, f16, __half, __half)           \
-  CS_STRIDED_DTYPE(op, Stats, bf16, __nv_bfloat16, __nv_bfloat16)
-// f32 output of 16-bit input (Softmax::forward_f32).
-#define CS_STRIDED_OP_TO_F32(op, Stats)                     \
-  CS_STRIDED_DTYPE(op##_to_f32, Stats, f16, __half, float) \
-  CS_STRIDED_DTYPE(op##_to_f32, Stats, bf16, __nv_bfloat16, float)
-
-CS_STRIDED_OP(softmax, ForwardStats<cs::SoftmaxOp>)
-CS_STRIDED_OP(log_softmax, ForwardStats<cs::LogSoftmaxOp>)
-CS_STRIDED_OP(softmax_backward, BackwardStats<cs::SoftmaxBackwardOp>)
-CS_STRIDED_OP(log_softmax_backward, BackwardStats<cs::LogSoftmaxBackwardOp>)
-CS_STRIDED_OP_TO_F32(softmax, ForwardStats<cs::SoftmaxOp>)
-CS_STRIDED_OP_TO_F32(log_softmax, ForwardStats<cs::LogSoftmaxOp>)
+// ---- Entry points: made by build.rs from the kernel registry (build/kernel_entries.rs).

@@ -11,6 +11,8 @@ mod image_cache;
 #[path = "../build/nvcc.rs"]
 #[allow(dead_code)]
 mod nvcc;
+#[path = "../build/ptx_variants.rs"]
+mod ptx_variants;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -454,4 +456,46 @@ fn the_build_script_takes_the_checkout_location_at_run_time() {
             );
         }
     }
+}
+
+/// sm_120's PTX is the compute_90 PTX with the backward block kernels' `.minnctapersm` at three
+/// quarters (at least 1), every other byte kept; PTX without such a kernel is an error, not a
+/// silent copy.
+#[test]
+fn the_sm120_ptx_changes_only_the_backward_block_launch_bounds() {
+    let entry = |name: &str, min_blocks: u32| {
+        format!(
+            ".visible .entry {name}(\n\t.param .align 8 .b8 {name}_param_0[80]\n)\n.maxntid 128, 1, 1\n\
+             .minnctapersm {min_blocks}\n{{\n\tret;\n}}\n"
+        )
+    };
+    let ptx = [
+        ".version 8.0\n.target sm_90\n.address_size 64\n".to_string(),
+        entry("softmax_block_f32_b128", 8),
+        entry("softmax_backward_block_f32_b128", 8),
+        entry("log_softmax_backward_block_bf16_b256", 4),
+        entry("softmax_backward_block_f16_b512", 2),
+        entry("softmax_backward_online_f32_b512", 2),
+        entry("softmax_backward_block_f32_b1024", 1),
+    ]
+    .concat();
+    let derived = ptx_variants::sm120_ptx(&ptx).expect("derives");
+    let expected = [
+        ".version 8.0\n.target sm_90\n.address_size 64\n".to_string(),
+        entry("softmax_block_f32_b128", 8),
+        entry("softmax_backward_block_f32_b128", 6),
+        entry("log_softmax_backward_block_bf16_b256", 3),
+        entry("softmax_backward_block_f16_b512", 1),
+        entry("softmax_backward_online_f32_b512", 2),
+        entry("softmax_backward_block_f32_b1024", 1),
+    ]
+    .concat();
+    assert_eq!(derived, expected);
+    let forward_only = [
+        entry("softmax_block_f32_b128", 8),
+        entry("softmax_warp_f32_w1_c8_v1", 8),
+    ]
+    .concat();
+    let err = ptx_variants::sm120_ptx(&forward_only).expect_err("no backward block kernel");
+    assert!(err.contains("build/ptx_variants.rs"), "{err}");
 }

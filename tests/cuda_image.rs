@@ -101,6 +101,42 @@ fn every_entry_point_is_in_the_ptx() {
     assert_eq!(entries, KernelConfig::all().len());
 }
 
+/// Every entry point of the PTX carries the launch bounds the registry gives it
+/// (`threads_per_block`, `min_blocks_per_sm`): build.rs makes the entries from the registry, and
+/// the planner launches by it.
+#[test]
+fn every_entry_point_has_the_registry_launch_bounds() {
+    let Some((ptx, _)) = image_or_skip("every_entry_point_has_the_registry_launch_bounds") else {
+        return;
+    };
+    for k in KernelConfig::all() {
+        let start = ptx
+            .find(&format!(".entry {}(", k.name()))
+            .unwrap_or_else(|| panic!("{} missing from the PTX", k.name()));
+        let header = &ptx[start..start + ptx[start..].find('{').expect("an entry has a body")];
+        let directive = |name: &str| {
+            header
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .unwrap_or_else(|| panic!("{}: no {name} directive", k.name()))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            directive(".maxntid"),
+            format!("{}, 1, 1", k.threads_per_block()),
+            "{}",
+            k.name()
+        );
+        assert_eq!(
+            directive(".minnctapersm"),
+            k.min_blocks_per_sm().to_string(),
+            "{}",
+            k.name()
+        );
+    }
+}
+
 #[test]
 fn ptx_version_and_driver_floor_match_the_compiler() {
     let Some(_) = image_or_skip("ptx_version_and_driver_floor_match_the_compiler") else {

@@ -16,6 +16,9 @@
 
 // (The re-exports are the crate's internal paths and, with `tools`, the tools' planner module.)
 #![cfg_attr(not(feature = "tools"), allow(unused_imports))]
+// (What op.rs and registry.rs take from their parent: build.rs compiles them too, beside its own.)
+use crate::types::dtype::Dtype;
+
 pub mod cross_entropy;
 pub mod limits;
 pub mod op;

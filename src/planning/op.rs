@@ -1,6 +1,6 @@
 //! The ops: what a kernel computes from each row, and the dtypes each has entry points for.
 
-use crate::types::element::Dtype;
+use super::Dtype;
 
 /// What a kernel computes from each row. Every op has entry points in every family, named
 /// `{op}_{family}_{dtype}...` (see `KernelConfig::name`).

@@ -1,8 +1,10 @@
 //! The kernel registry: every entry point (op x family x tile configuration x dtype), its
-//! dense index, symbol name and block size.
+//! dense index, symbol name and launch bounds. The one list of kernels: build.rs compiles this
+//! file too (with op.rs and src/types/dtype.rs) and makes the CUDA instantiations from
+//! [`KernelConfig::all`] (build/kernel_entries.rs), so the image, the emulator and this registry
+//! cannot disagree.
 
-use super::op::Op;
-use crate::types::element::Dtype;
+use super::{Dtype, Op};
 
 /// A kernel family and its tile configuration. Each maps to one `extern "C"` entry point per
 /// dtype in kernels/softmax.cu.
@@ -289,6 +291,26 @@ impl KernelConfig {
             | Family::SplitWrite { threads } => threads,
             Family::Strided { slices, .. } => 32 * slices,
             Family::CrossEntropy { stage } => stage.threads(),
+        }
+    }
+
+    /// The blocks per SM its register allocation must allow (the second `__launch_bounds__`
+    /// value: ptxas gives each thread 65536 / (threads x this) registers at most). Warp kernels
+    /// hold their row in registers: 64 registers up to 8 columns a lane, 128 up to 32, 255 at
+    /// 64. One-warp strided blocks: 128. Everything else: 1024 threads an SM, 64 registers (at
+    /// 1024 threads a block that spilled: block sizes stop at 512). Left to itself, ptxas for
+    /// sm_100/sm_120 picked budgets that spilled. (The backward block kernels keep three quarters
+    /// of this on sm_120: build/ptx_variants.rs.)
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))] // (build.rs and the image tests use it)
+    pub fn min_blocks_per_sm(&self) -> u32 {
+        match self.family {
+            Family::Warp { cols_per_lane, .. } => match cols_per_lane {
+                ..=8 => 8,
+                ..=32 => 4,
+                _ => 2,
+            },
+            Family::Strided { slices: 1, .. } => 16,
+            _ => (1024 / self.threads_per_block()).max(1),
         }
     }
 

@@ -2,6 +2,7 @@
 //! and the error type every call returns.
 
 pub mod borrow;
+pub mod dtype;
 pub mod element;
 pub mod error;
 pub mod tensor;

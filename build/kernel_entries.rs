@@ -1,0 +1,156 @@
+//! The CUDA side of the kernel registry: one `extern "C"` entry point for each
+//! [`KernelConfig`] of [`KernelConfig::all`] (src/planning/registry.rs, compiled into build.rs),
+//! written to OUT_DIR/kernel_entries.cu, the translation unit every kernel build compiles (the
+//! GPU image, the emulator and the run-time fallback's bundle). The list of kernels is the
+//! registry's; this file only says which template each (op, family) instantiates.
+
+use crate::registry::{CrossEntropyStage, Family, KernelConfig};
+use crate::{Dtype, Op};
+
+/// The kernel sources the entry points instantiate from (in kernels/).
+pub const KERNEL_SOURCES: [&str; 5] = [
+    "softmax.cu",
+    "softmax_backward.cu",
+    "softmax_logsumexp.cu",
+    "softmax_strided.cu",
+    "cross_entropy.cu",
+];
+
+/// The CUDA storage type of a dtype.
+fn cuda_type(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "float",
+        Dtype::F16 => "__half",
+        Dtype::Bf16 => "__nv_bfloat16",
+    }
+}
+
+/// The op policy (kernels/ops.cuh) of the softmax-family ops.
+fn policy(op: Op) -> &'static str {
+    match op {
+        Op::Softmax | Op::SoftmaxToF32 => "cs::SoftmaxOp",
+        Op::LogSoftmax | Op::LogSoftmaxToF32 => "cs::LogSoftmaxOp",
+        Op::SoftmaxBackward => "cs::SoftmaxBackwardOp",
+        Op::LogSoftmaxBackward => "cs::LogSoftmaxBackwardOp",
+        Op::LogSumExp | Op::CrossEntropy => "",
+    }
+}
+
+/// The entry point of `k`: `CS_ENTRY(name, threads, min_blocks, (call))`.
+pub fn entry(k: &KernelConfig) -> Result<String, String> {
+    let t = cuda_type(k.dtype);
+    let to = cuda_type(k.op.output_dtype(k.dtype));
+    let op = policy(k.op);
+    let unknown = || {
+        format!(
+            "no CUDA template for {} (build/kernel_entries.rs)",
+            k.name()
+        )
+    };
+    let call = match (k.op, k.family) {
+        (Op::CrossEntropy, Family::CrossEntropy { stage }) => {
+            let b = stage.threads();
+            match stage {
+                CrossEntropyStage::Prepare => format!("cs::ce_prepare<{b}>(p)"),
+                CrossEntropyStage::Stats => format!("cs::ce_stats<{t}, {b}>(p)"),
+                CrossEntropyStage::Finish => format!("cs::ce_finish<{t}>(p)"),
+                CrossEntropyStage::Reduce => format!("cs::ce_reduce<{b}>(p)"),
+                CrossEntropyStage::Grad => format!("cs::ce_grad<{t}, {b}>(p)"),
+                CrossEntropyStage::OnChip => format!("cs::ce_on_chip<{t}, {b}>(p)"),
+            }
+        }
+        (Op::LogSumExp, family) => match family {
+            Family::Warp {
+                width,
+                cols_per_lane,
+                vec,
+            } => format!("cs::lse_warp<{t}, {width}, {cols_per_lane}, {vec}>(p)"),
+            Family::Online { threads } => format!("cs::lse_online<{t}, {threads}>(p)"),
+            // The forward ops' stats pass: a chunk's (max, sum) is the same state.
+            Family::SplitStats { threads } => format!("cs::softmax_split_stats<{t}, {threads}>(p)"),
+            Family::SplitWrite { threads } => format!("cs::lse_split_write<{threads}>(p)"),
+            _ => return Err(unknown()),
+        },
+        (op_value, family) if op_value.is_backward() => match family {
+            Family::Warp {
+                width,
+                cols_per_lane,
+                vec,
+            } => format!("cs::backward_warp<{t}, {width}, {cols_per_lane}, {vec}, {op}>(p)"),
+            Family::Block { threads } => format!("cs::backward_block<{t}, {threads}, {op}>(p)"),
+            Family::Online { threads } => format!("cs::backward_online<{t}, {threads}, {op}>(p)"),
+            Family::SplitStats { threads } => {
+                format!("cs::backward_split_stats<{t}, {threads}, {op}>(p)")
+            }
+            Family::SplitWrite { threads } => {
+                format!("cs::backward_split_write<{t}, {threads}, {op}>(p)")
+            }
+            Family::Strided {
+                slices,
+                on_chip,
+                vec,
+            } => format!(
+                "cs::strided_rows<{t}, {slices}, {on_chip}, {vec}, cs::BackwardStats<{op}>, {to}>(p)"
+            ),
+            Family::CrossEntropy { .. } => return Err(unknown()),
+        },
+        (_, family) => match family {
+            Family::Warp {
+                width,
+                cols_per_lane,
+                vec,
+            } => format!("cs::softmax_warp<{t}, {width}, {cols_per_lane}, {vec}, {op}, {to}>(p)"),
+            Family::Block { threads } => {
+                format!("cs::softmax_block<{t}, {threads}, {op}, {to}>(p)")
+            }
+            Family::Online { threads } => {
+                format!("cs::softmax_online<{t}, {threads}, {op}, {to}>(p)")
+            }
+            // The same code for every forward op (the stats do not depend on it): each op keeps
+            // an entry of its own so that an op's entry points form one run of the registry.
+            Family::SplitStats { threads } => format!("cs::softmax_split_stats<{t}, {threads}>(p)"),
+            Family::SplitWrite { threads } => {
+                format!("cs::softmax_split_write<{t}, {threads}, {op}, {to}>(p)")
+            }
+            Family::Strided {
+                slices,
+                on_chip,
+                vec,
+            } => format!(
+                "cs::strided_rows<{t}, {slices}, {on_chip}, {vec}, cs::ForwardStats<{op}>, {to}>(p)"
+            ),
+            Family::CrossEntropy { .. } => return Err(unknown()),
+        },
+    };
+    let name = k.name();
+    let threads = k.threads_per_block();
+    let min_blocks = k.min_blocks_per_sm();
+    Ok(match k.family {
+        Family::CrossEntropy { .. } => format!(
+            "CS_ENTRY_WITH(cs::CrossEntropyParams, {name}, {threads}, {min_blocks}, ({call}))\n"
+        ),
+        // sm_120's own budget when compiled for it (kernels/softmax_backward.cu).
+        Family::Block { .. } if k.op.is_backward() => {
+            format!(
+                "CS_ENTRY({name}, {threads}, CS_BWD_BLOCK_MIN_BLOCKS({min_blocks}), ({call}))\n"
+            )
+        }
+        _ => format!("CS_ENTRY({name}, {threads}, {min_blocks}, ({call}))\n"),
+    })
+}
+
+/// OUT_DIR/kernel_entries.cu's text: the kernel sources, then every entry point in registry
+/// order.
+pub fn entries_file() -> Result<String, String> {
+    let mut text = String::from(
+        "// Generated by build.rs (build/kernel_entries.rs) from the kernel registry\n\
+         // (src/planning/registry.rs, KernelConfig::all): every entry point, in registry order.\n",
+    );
+    for source in KERNEL_SOURCES {
+        text += &format!("#include \"{source}\"\n");
+    }
+    for k in KernelConfig::all() {
+        text += &entry(&k)?;
+    }
+    Ok(text)
+}
