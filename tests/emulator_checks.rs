@@ -545,7 +545,12 @@ fn forward_f32_reads_16_bit_once_and_writes_f32_once() {
         (&[6, 1024], -1, "softmax_to_f32_warp_f16_w32_c32_v8", 1),
         (&[6, 8192], -1, "softmax_to_f32_block_f16", 1),
         (&[8, 65536], -1, "softmax_to_f32_online_f16", 2),
-        (&[3, 65536], -1, "softmax_to_f32_split_stats_f16", 2),
+        (
+            &[3, 65536],
+            -1,
+            "softmax_split_stats_f16_b256+softmax_to_f32_split_write_f16",
+            2,
+        ),
         (&[4, 64, 30], 1, "softmax_to_f32_strided_onchip_f16", 1),
         (&[2, 64, 3000], 1, "softmax_to_f32_strided", 1),
     ];

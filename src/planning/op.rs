@@ -21,7 +21,7 @@ pub enum Op {
     /// Log-softmax of f16/bf16 input with f32 output.
     LogSoftmaxToF32,
     /// Fused softmax cross-entropy (`CrossEntropy`): the stages of
-    /// [`Family::CrossEntropy`], planned by `plan_cross_entropy`.
+    /// `Family::CrossEntropy`, planned by `plan_cross_entropy`.
     CrossEntropy,
 }
 

@@ -265,7 +265,16 @@ impl KernelConfig {
             } => format!("{op}_warp_{dt}_w{width}_c{cols_per_lane}_v{vec}"),
             Family::Block { threads } => format!("{op}_block_{dt}_b{threads}"),
             Family::Online { threads } => format!("{op}_online_{dt}_b{threads}"),
+            // The forward ops' and logsumexp's chunk states are the same code (the op only
+            // matters when the chunks are merged): one entry a dtype.
+            Family::SplitStats { threads } if !self.op.is_backward() => {
+                format!("softmax_split_stats_{dt}_b{threads}")
+            }
             Family::SplitStats { threads } => format!("{op}_split_stats_{dt}_b{threads}"),
+            // logsumexp's merge reads only the f32 workspace: one entry for every dtype.
+            Family::SplitWrite { threads } if self.op == Op::LogSumExp => {
+                format!("{op}_split_write_b{threads}")
+            }
             Family::SplitWrite { threads } => format!("{op}_split_write_{dt}_b{threads}"),
             Family::Strided {
                 slices,
@@ -275,10 +284,31 @@ impl KernelConfig {
                 let variant = if on_chip { "onchip" } else { "twopass" };
                 format!("{op}_strided_{variant}_{dt}_s{slices}_v{vec}")
             }
+            // prepare and reduce touch no logits: one entry for every dtype.
+            Family::CrossEntropy {
+                stage: stage @ (CrossEntropyStage::Prepare | CrossEntropyStage::Reduce),
+            } => format!("{op}_{}_b{}", stage.name(), stage.threads()),
             Family::CrossEntropy { stage } => {
                 format!("{op}_{}_{dt}_b{}", stage.name(), stage.threads())
             }
         }
+    }
+
+    /// The entry points' symbol names, each once, in registry order. Configurations whose code
+    /// would be the same whatever their op or dtype share one entry point (a row of the registry
+    /// that differs only in a parameter its machine code ignores does not earn its build time):
+    /// the forward ops' and logsumexp's split stats (one a dtype), logsumexp's split merge and
+    /// cross-entropy's prepare and reduce stages (one for every dtype).
+    pub fn entry_names() -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for k in Self::all() {
+            let name = k.name();
+            if seen.insert(name.clone()) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     /// The block size the entry point is built for (its `__launch_bounds__`).
@@ -304,11 +334,9 @@ impl KernelConfig {
     #[cfg_attr(not(feature = "tools"), allow(dead_code))] // (build.rs and the image tests use it)
     pub fn min_blocks_per_sm(&self) -> u32 {
         match self.family {
-            Family::Warp { cols_per_lane, .. } => match cols_per_lane {
-                ..=8 => 8,
-                ..=32 => 4,
-                _ => 2,
-            },
+            Family::Warp { cols_per_lane, .. } if cols_per_lane <= 8 => 8,
+            Family::Warp { cols_per_lane, .. } if cols_per_lane <= 32 => 4,
+            Family::Warp { .. } => 2,
             Family::Strided { slices: 1, .. } => 16,
             _ => (1024 / self.threads_per_block()).max(1),
         }

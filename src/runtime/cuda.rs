@@ -231,7 +231,7 @@ impl CudaBackend {
             let (index, name) = entry_point(&kernel)?;
             self.function(index, name)?;
         }
-        Ok(KernelConfig::COUNT)
+        Ok(KernelConfig::entry_names().len())
     }
 
     /// Enqueues the operation's stages on the stream, in order; does not wait for them.

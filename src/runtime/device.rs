@@ -222,8 +222,7 @@ impl Device {
         match &*self.backend {
             Backend::Cuda(c) => c.preload(),
             Backend::Emulator(_) => {
-                let names: Vec<String> =
-                    KernelConfig::all().iter().map(KernelConfig::name).collect();
+                let names = KernelConfig::entry_names();
                 let available = crate::runtime::emulator::emulator_kernel_names();
                 if let Some(missing) = names.iter().find(|n| !available.contains(n)) {
                     return Err(Error::Launch {

@@ -2,7 +2,7 @@
 //! from the docs, no semver promise), and only with the crate feature `tools`.
 //!
 //! - [`check`]: seeded random inputs and the tolerance comparison every test uses;
-//! - [`reference`]: the f64 CPU reference of every op;
+//! - [`mod@reference`]: the f64 CPU reference of every op;
 //! - [`sass`]: the SASS census (instruction classes, access widths, loops);
 //! - [`timing`]: workloads and GB/s for the main job and the sweep;
 //! - [`occupancy`]: the occupancy model the SASS gate checks plans against;
