@@ -11,7 +11,7 @@ use crate::nvcc::{image_targets, nvcc_known_archs, ptxas_known_archs};
 use crate::nvcc_image::build_with_nvcc;
 use crate::nvrtc_image::build_with_nvrtc;
 use crate::toolchain12::Toolchain12;
-use crate::{cache_paths, nvrtc, stage_times};
+use crate::{cache_paths, kernel_entries, nvrtc, ptx_variants, stage_times};
 
 /// The flags build.rs gives each compiler (besides targets, outputs and -lineinfo). They are
 /// part of the image cache key, so a change here is a new image.
@@ -215,6 +215,15 @@ pub(crate) fn build_gpu_image(
             ]);
         }
         Compiler::Nvrtc(t) => settings.extend([
+            // sm_120's PTX is derived (build/ptx_variants.rs): its rule and kernels.
+            (
+                "sm_120 launch bounds",
+                format!(
+                    "{} for {}",
+                    ptx_variants::sm120_rule(),
+                    kernel_entries::sm120_budget_entries().join(",")
+                ),
+            ),
             ("compiler", format!("nvrtc+ptxas {}", t.root.display())),
             ("compiler version", t.describe()?),
             ("nvrtc flags", NVRTC_FLAGS.join(" ")),

@@ -1,6 +1,6 @@
 //! A content-addressed cache of built GPU images, shared by every profile and target dir
 //! (clippy, doc, test and release builds each run build.rs with their own OUT_DIR; without it
-//! each one recompiled 809 kernels for 7 architectures).
+//! each one recompiled every kernel for every architecture).
 //!
 //! The key hashes everything the image depends on ([`KeyInputs`]): the kernel sources (every
 //! file under kernels/ except the emulator's), the compiler's identity and version, the targets,

@@ -109,8 +109,8 @@ pub fn entry(k: &KernelConfig) -> Result<String, String> {
             Family::Online { threads } => {
                 format!("cs::softmax_online<{t}, {threads}, {op}, {to}>(p)")
             }
-            // The same code for every forward op (the stats do not depend on it): each op keeps
-            // an entry of its own so that an op's entry points form one run of the registry.
+            // The same code for every forward op (the stats do not depend on it): they share
+            // one entry a dtype (KernelConfig::entry_names).
             Family::SplitStats { threads } => format!("cs::softmax_split_stats<{t}, {threads}>(p)"),
             Family::SplitWrite { threads } => {
                 format!("cs::softmax_split_write<{t}, {threads}, {op}, {to}>(p)")
@@ -133,13 +133,30 @@ pub fn entry(k: &KernelConfig) -> Result<String, String> {
             "CS_ENTRY_WITH(cs::CrossEntropyParams, {name}, {threads}, {min_blocks}, ({call}))\n"
         ),
         // sm_120's own budget when compiled for it (kernels/softmax_backward.cu).
-        Family::Block { .. } if k.op.is_backward() => {
+        _ if has_sm120_budget(k) => {
             format!(
                 "CS_ENTRY({name}, {threads}, CS_BWD_BLOCK_MIN_BLOCKS({min_blocks}), ({call}))\n"
             )
         }
         _ => format!("CS_ENTRY({name}, {threads}, {min_blocks}, ({call}))\n"),
     })
+}
+
+/// Whether `k` keeps fewer blocks per SM on sm_120 (the backward block kernels: see
+/// build/ptx_variants.rs).
+pub fn has_sm120_budget(k: &KernelConfig) -> bool {
+    matches!(k.family, Family::Block { .. }) && k.op.is_backward()
+}
+
+/// The entry points with sm_120 launch bounds of their own.
+pub fn sm120_budget_entries() -> Vec<String> {
+    let mut names: Vec<String> = KernelConfig::all()
+        .iter()
+        .filter(|k| has_sm120_budget(k))
+        .map(KernelConfig::name)
+        .collect();
+    names.dedup();
+    names
 }
 
 /// OUT_DIR/kernel_entries.cu's text: the kernel sources, then every entry point once, in

@@ -10,7 +10,7 @@ use crate::gpu_image::{
     ptx_isa, run,
 };
 use crate::toolchain12::{self, Toolchain12};
-use crate::{compile_threads, nvrtc, ptx_variants, stage_times};
+use crate::{compile_threads, kernel_entries, nvrtc, ptx_variants, stage_times};
 
 /// The PTX NVRTC 12.0 compiles for SASS architecture `sm`: (architecture, variant). The
 /// kernels (and the fp16/bf16 headers) choose code by __CUDA_ARCH__ at 800 (L2 eviction
@@ -102,7 +102,10 @@ pub(crate) fn build_with_nvrtc(
             };
             match suffix.as_str() {
                 "+sm120" => stage_times::timed("PTX for sm_120, derived from compute_90", || {
-                    ptx_variants::sm120_ptx(base(&(*arch, String::new()))?)
+                    ptx_variants::sm120_ptx(
+                        base(&(*arch, String::new()))?,
+                        &kernel_entries::sm120_budget_entries(),
+                    )
                 }),
                 _ => Ok(base(&(*arch, suffix.clone()))?.clone()),
             }

@@ -5,37 +5,42 @@
 //! sm_120: NVRTC 12.0 knows nothing above compute_90, so sm_120's SASS comes from compute_90
 //! PTX. The block kernels of the backward ops keep three quarters of the blocks per SM there
 //! (85 registers a thread instead of 64: at 64, ptxas 12.9 spilled 16-40 bytes in the f32 ones
-//! for sm_120). The run-time fallback, which compiles for the GPU's own architecture, gets the
-//! same budget from the kernel source (`CS_BWD_BLOCK_MIN_BLOCKS` in
-//! kernels/softmax_backward.cu, under `__CUDA_ARCH__ >= 1200`); tests/cuda_image.rs checks that
-//! the image has no spill on any architecture.
-
-/// The part of an entry point's name that marks a backward block kernel.
-pub const SM120_OWN_BUDGET: &str = "_backward_block_";
+//! for sm_120). Which kernels: `has_sm120_budget` in build/kernel_entries.rs, from the registry;
+//! compiled for sm_120 itself (nvcc, or the run-time fallback) they get the same budget from
+//! the kernel source (`CS_BWD_BLOCK_MIN_BLOCKS` in kernels/softmax_backward.cu, under
+//! `__CUDA_ARCH__ >= 1200`, with which build/kernel_entries.rs wraps the same kernels).
 
 /// sm_120's blocks per SM for a kernel that asks for `n` elsewhere: three quarters, at least 1.
 pub fn sm120_min_blocks(n: u32) -> u32 {
     (n * 3 / 4).max(1)
 }
 
-/// The compute_90 PTX with sm_120's launch bounds: each `.minnctapersm N` of an entry whose name
-/// contains [`SM120_OWN_BUDGET`] becomes [`sm120_min_blocks`]`(N)`; every other byte is kept.
-/// An error when no such entry is found (the rule would be out of date with the kernels).
-pub fn sm120_ptx(compute_90: &str) -> Result<String, String> {
+/// The rule in words, for the image cache key: a change to it is a new image.
+pub fn sm120_rule() -> String {
+    let values: Vec<String> = (1..=16).map(|n| sm120_min_blocks(n).to_string()).collect();
+    format!("minnctapersm 1..16 -> {}", values.join(","))
+}
+
+/// The compute_90 PTX with sm_120's launch bounds: the `.minnctapersm N` of each entry named in
+/// `own_budget` becomes [`sm120_min_blocks`]`(N)`; every other byte is kept. An error unless
+/// each of those entries is found with exactly one such directive (the PTX and the registry
+/// would disagree).
+pub fn sm120_ptx(compute_90: &str, own_budget: &[String]) -> Result<String, String> {
     let mut out = String::with_capacity(compute_90.len());
-    let mut in_own_budget_entry = false;
-    let mut rewritten = 0;
+    let mut current: Option<&str> = None;
+    let mut rewritten: Vec<&str> = Vec::new();
     for line in compute_90.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed
-            .strip_prefix(".visible .entry ")
-            .or_else(|| trimmed.strip_prefix(".entry "))
-        {
+        // ".entry NAME(" with any linkage before it (.visible, .weak, none).
+        if let Some((_, rest)) = trimmed.split_once(".entry ") {
             let name = rest.split('(').next().unwrap_or("").trim();
-            in_own_budget_entry = name.contains(SM120_OWN_BUDGET);
+            current = own_budget.iter().find(|n| *n == name).map(String::as_str);
+        } else if trimmed.starts_with('{') {
+            // The body: launch bounds come before it.
+            current = None;
         }
-        match trimmed.strip_prefix(".minnctapersm ") {
-            Some(value) if in_own_budget_entry => {
+        match (trimmed.strip_prefix(".minnctapersm "), current) {
+            (Some(value), Some(name)) => {
                 let n: u32 = value
                     .trim()
                     .parse()
@@ -43,15 +48,22 @@ pub fn sm120_ptx(compute_90: &str) -> Result<String, String> {
                 let indent = &line[..line.len() - trimmed.len()];
                 let newline = if line.ends_with('\n') { "\n" } else { "" };
                 out += &format!("{indent}.minnctapersm {}{newline}", sm120_min_blocks(n));
-                rewritten += 1;
+                rewritten.push(name);
+                current = None;
             }
             _ => out += line,
         }
     }
-    if rewritten == 0 {
+    let mut missing: Vec<&String> = own_budget
+        .iter()
+        .filter(|n| !rewritten.contains(&n.as_str()))
+        .collect();
+    missing.truncate(4);
+    if !missing.is_empty() || rewritten.len() != own_budget.len() {
         return Err(format!(
-            "the compute_90 PTX has no kernel named *{SM120_OWN_BUDGET}* with launch bounds: update \
-             build/ptx_variants.rs with the kernels"
+            "the compute_90 PTX does not hold each of the {} kernels with sm_120 launch bounds once with a \
+             .minnctapersm directive (not found: {missing:?}): build/ptx_variants.rs and the registry disagree",
+            own_budget.len()
         ));
     }
     Ok(out)

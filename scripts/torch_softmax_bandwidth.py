@@ -35,7 +35,7 @@ def median_ms(fn, reps=7, iters=10, warmup=3):
 
 
 def sweep_ops(rows, cols, dtype, size):
-    """(name, minimum bytes, make inputs, call) per op, minimum bytes as src/cli/sweep.rs counts them."""
+    """(name, minimum bytes, make inputs, call) per op, minimum bytes as cli/src/sweep.rs counts them."""
     n = rows * cols * size
 
     def logits():

@@ -12,6 +12,7 @@ mod image_cache;
 #[allow(dead_code)]
 mod nvcc;
 #[path = "../build/ptx_variants.rs"]
+#[allow(dead_code)]
 mod ptx_variants;
 
 use std::collections::HashMap;
@@ -458,44 +459,57 @@ fn the_build_script_takes_the_checkout_location_at_run_time() {
     }
 }
 
-/// sm_120's PTX is the compute_90 PTX with the backward block kernels' `.minnctapersm` at three
-/// quarters (at least 1), every other byte kept; PTX without such a kernel is an error, not a
-/// silent copy.
+/// sm_120's PTX is the compute_90 PTX with the named kernels' `.minnctapersm` at three quarters
+/// (at least 1), every other byte kept; a named kernel the PTX lacks (or holds without the
+/// directive) is an error, not a silent copy.
 #[test]
-fn the_sm120_ptx_changes_only_the_backward_block_launch_bounds() {
-    let entry = |name: &str, min_blocks: u32| {
+fn the_sm120_ptx_changes_only_the_named_launch_bounds() {
+    let entry = |linkage: &str, name: &str, min_blocks: u32| {
         format!(
-            ".visible .entry {name}(\n\t.param .align 8 .b8 {name}_param_0[80]\n)\n.maxntid 128, 1, 1\n\
+            "{linkage}.entry {name}(\n\t.param .align 8 .b8 {name}_param_0[80]\n)\n.maxntid 128, 1, 1\n\
              .minnctapersm {min_blocks}\n{{\n\tret;\n}}\n"
         )
     };
+    let header = ".version 8.0\n.target sm_90\n.address_size 64\n".to_string();
     let ptx = [
-        ".version 8.0\n.target sm_90\n.address_size 64\n".to_string(),
-        entry("softmax_block_f32_b128", 8),
-        entry("softmax_backward_block_f32_b128", 8),
-        entry("log_softmax_backward_block_bf16_b256", 4),
-        entry("softmax_backward_block_f16_b512", 2),
-        entry("softmax_backward_online_f32_b512", 2),
-        entry("softmax_backward_block_f32_b1024", 1),
+        header.clone(),
+        entry(".visible ", "softmax_block_f32_b128", 8),
+        entry(".visible ", "softmax_backward_block_f32_b128", 8),
+        entry(".weak ", "log_softmax_backward_block_bf16_b256", 4),
+        entry("", "softmax_backward_block_f16_b512", 2),
+        entry(".visible ", "softmax_backward_online_f32_b512", 2),
+        entry(".visible ", "softmax_backward_block_f32_b1024", 1),
     ]
     .concat();
-    let derived = ptx_variants::sm120_ptx(&ptx).expect("derives");
+    let named: Vec<String> = [
+        "softmax_backward_block_f32_b128",
+        "log_softmax_backward_block_bf16_b256",
+        "softmax_backward_block_f16_b512",
+        "softmax_backward_block_f32_b1024",
+    ]
+    .map(String::from)
+    .to_vec();
+    let derived = ptx_variants::sm120_ptx(&ptx, &named).expect("derives");
     let expected = [
-        ".version 8.0\n.target sm_90\n.address_size 64\n".to_string(),
-        entry("softmax_block_f32_b128", 8),
-        entry("softmax_backward_block_f32_b128", 6),
-        entry("log_softmax_backward_block_bf16_b256", 3),
-        entry("softmax_backward_block_f16_b512", 1),
-        entry("softmax_backward_online_f32_b512", 2),
-        entry("softmax_backward_block_f32_b1024", 1),
+        header.clone(),
+        entry(".visible ", "softmax_block_f32_b128", 8),
+        entry(".visible ", "softmax_backward_block_f32_b128", 6),
+        entry(".weak ", "log_softmax_backward_block_bf16_b256", 3),
+        entry("", "softmax_backward_block_f16_b512", 1),
+        entry(".visible ", "softmax_backward_online_f32_b512", 2),
+        entry(".visible ", "softmax_backward_block_f32_b1024", 1),
     ]
     .concat();
     assert_eq!(derived, expected);
-    let forward_only = [
-        entry("softmax_block_f32_b128", 8),
-        entry("softmax_warp_f32_w1_c8_v1", 8),
-    ]
-    .concat();
-    let err = ptx_variants::sm120_ptx(&forward_only).expect_err("no backward block kernel");
-    assert!(err.contains("build/ptx_variants.rs"), "{err}");
+    // A named kernel missing from the PTX.
+    let mut more = named.clone();
+    more.push("softmax_backward_block_bf16_b128".into());
+    let err = ptx_variants::sm120_ptx(&ptx, &more).expect_err("a kernel is missing");
+    assert!(
+        err.contains("softmax_backward_block_bf16_b128") && err.contains("build/ptx_variants.rs"),
+        "{err}"
+    );
+    // A named kernel without launch bounds.
+    let bare = header + ".visible .entry softmax_backward_block_f32_b128(\n)\n{\n\tret;\n}\n";
+    assert!(ptx_variants::sm120_ptx(&bare, &named[..1]).is_err());
 }

@@ -1009,7 +1009,7 @@ __attribute__((noinline)) void shared_access(SharedSpace* s, long long offset, s
 }  // namespace emu
 
 // ---------------------------------------------------------------------------------------------
-// C interface for the Rust backend (src/emulator.rs mirrors these structs).
+// C interface for the Rust backend (src/runtime/emulator.rs mirrors these structs).
 extern "C" {
 
 struct CsEmuRegion {

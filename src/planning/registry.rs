@@ -6,8 +6,8 @@
 
 use super::{Dtype, Op};
 
-/// A kernel family and its tile configuration. Each maps to one `extern "C"` entry point per
-/// dtype in kernels/softmax.cu.
+/// A kernel family and its tile configuration. With an op and a dtype it names one `extern "C"`
+/// entry point (`KernelConfig::name`), which build.rs instantiates from kernels/*.cu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     /// `width` lanes per row, `cols_per_lane` elements per lane moved `vec` at a time.

@@ -772,3 +772,65 @@ fn the_shared_memory_check_counts_static_memory() {
         STATIC_SMEM_RESERVE + 8 * 32 * 16
     );
 }
+
+/// Entry points that several configurations share are never given dynamic shared memory: the
+/// backends keep a function's dynamic shared-memory allowance per configuration (by index), and
+/// two configurations asking one function for different allowances would undo each other.
+#[test]
+fn shared_entry_points_take_no_dynamic_shared_memory() {
+    let all = KernelConfig::all();
+    let mut count = std::collections::HashMap::new();
+    for k in &all {
+        *count.entry(k.name()).or_insert(0) += 1;
+    }
+    let check = |plan: &LaunchPlan| {
+        for s in &plan.stages {
+            if count[&s.kernel.name()] > 1 {
+                assert_eq!(s.shared_mem_bytes, 0, "{plan:?}");
+            }
+        }
+    };
+    let limits = [
+        DeviceLimits::H100,
+        DeviceLimits {
+            sm_count: 8,
+            max_shared_mem_per_block: 48 * 1024,
+        },
+    ];
+    let mut checked = 0;
+    for limits in &limits {
+        for op in Op::ALL.into_iter().filter(|&op| op != Op::CrossEntropy) {
+            for &dtype in op.dtypes() {
+                for cols in [1, 100, 2049, 20_000, 65_536, 1 << 20] {
+                    for rows in [1, 3, 200, 100_000] {
+                        let problem = SoftmaxProblem {
+                            op,
+                            rows,
+                            cols,
+                            dtype,
+                            aligned16: true,
+                        };
+                        check(&plan_softmax(&problem, limits));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        for dtype in Dtype::ALL {
+            for mode in [
+                CrossEntropyMode::CheckTargets,
+                CrossEntropyMode::Loss { reduce: true },
+                CrossEntropyMode::Loss { reduce: false },
+                CrossEntropyMode::LossAndGradient { reduce: true },
+                CrossEntropyMode::LossAndGradient { reduce: false },
+                CrossEntropyMode::GradientFromLse,
+            ] {
+                for (rows, cols) in [(1, 100), (4, 50_000), (1000, 32_000), (3, 1 << 20)] {
+                    check(&plan_cross_entropy(rows, cols, dtype, mode, limits));
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 500);
+}
