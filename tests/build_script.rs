@@ -471,36 +471,27 @@ fn the_sm120_ptx_changes_only_the_named_launch_bounds() {
         )
     };
     let header = ".version 8.0\n.target sm_90\n.address_size 64\n".to_string();
-    let ptx = [
-        header.clone(),
-        entry(".visible ", "softmax_block_f32_b128", 8),
-        entry(".visible ", "softmax_backward_block_f32_b128", 8),
-        entry(".weak ", "log_softmax_backward_block_bf16_b256", 4),
-        entry("", "softmax_backward_block_f16_b512", 2),
-        entry(".visible ", "softmax_backward_online_f32_b512", 2),
-        entry(".visible ", "softmax_backward_block_f32_b1024", 1),
-    ]
-    .concat();
-    let named: Vec<String> = [
-        "softmax_backward_block_f32_b128",
-        "log_softmax_backward_block_bf16_b256",
-        "softmax_backward_block_f16_b512",
-        "softmax_backward_block_f32_b1024",
-    ]
-    .map(String::from)
-    .to_vec();
+    // The same six entries with the given `.minnctapersm` each.
+    let kernels = [
+        (".visible ", "softmax_block_f32_b128"),
+        (".visible ", "softmax_backward_block_f32_b128"),
+        (".weak ", "log_softmax_backward_block_bf16_b256"),
+        ("", "softmax_backward_block_f16_b512"),
+        (".visible ", "softmax_backward_online_f32_b512"),
+        (".visible ", "softmax_backward_block_f32_b1024"),
+    ];
+    let ptx_with = |min_blocks: [u32; 6]| -> String {
+        let entries: String = kernels
+            .iter()
+            .zip(min_blocks)
+            .map(|((linkage, name), n)| entry(linkage, name, n))
+            .collect();
+        header.clone() + &entries
+    };
+    let ptx = ptx_with([8, 8, 4, 2, 2, 1]);
+    let named: Vec<String> = [1, 2, 3, 5].map(|i| kernels[i].1.to_string()).to_vec();
     let derived = ptx_variants::sm120_ptx(&ptx, &named).expect("derives");
-    let expected = [
-        header.clone(),
-        entry(".visible ", "softmax_block_f32_b128", 8),
-        entry(".visible ", "softmax_backward_block_f32_b128", 6),
-        entry(".weak ", "log_softmax_backward_block_bf16_b256", 3),
-        entry("", "softmax_backward_block_f16_b512", 1),
-        entry(".visible ", "softmax_backward_online_f32_b512", 2),
-        entry(".visible ", "softmax_backward_block_f32_b1024", 1),
-    ]
-    .concat();
-    assert_eq!(derived, expected);
+    assert_eq!(derived, ptx_with([8, 6, 3, 1, 2, 1]));
     // A named kernel missing from the PTX.
     let mut more = named.clone();
     more.push("softmax_backward_block_bf16_b128".into());
