@@ -12,10 +12,10 @@ use crate::{Dtype, Op};
 
 /// The kernel sources the entry points instantiate from (in kernels/).
 pub const KERNEL_SOURCES: [&str; 5] = [
-    "softmax.cu",
-    "softmax_backward.cu",
-    "softmax_logsumexp.cu",
-    "softmax_strided.cu",
+    "warp_rows.cu",
+    "block_rows.cu",
+    "two_pass_rows.cu",
+    "strided_rows.cu",
     "cross_entropy.cu",
 ];
 
@@ -28,8 +28,9 @@ fn cuda_type(dtype: Dtype) -> &'static str {
     }
 }
 
-/// The op policy (kernels/ops.cuh) of the softmax-family ops.
-fn policy(op: Op) -> &'static str {
+/// The op (kernels/ops.cuh) of the softmax-family ops: what the strided family's statistics
+/// policies wrap.
+fn op_struct(op: Op) -> &'static str {
     match op {
         Op::Softmax | Op::SoftmaxToF32 => "cs::SoftmaxOp",
         Op::LogSoftmax | Op::LogSoftmaxToF32 => "cs::LogSoftmaxOp",
@@ -39,11 +40,20 @@ fn policy(op: Op) -> &'static str {
     }
 }
 
+/// The row policy (kernels/ops.cuh) an op runs on the row families with: what it loads,
+/// reduces and stores.
+fn row_policy(op: Op) -> String {
+    match op {
+        Op::LogSumExp => "cs::LogSumExpRows".into(),
+        op if op.is_backward() => format!("cs::BackwardRows<{}>", op_struct(op)),
+        op => format!("cs::ForwardRows<{}>", op_struct(op)),
+    }
+}
+
 /// The entry point of `k`: `CS_ENTRY(name, threads, min_blocks, (call))`.
 pub fn entry(k: &KernelConfig) -> Result<String, String> {
     let t = cuda_type(k.dtype);
     let to = cuda_type(k.op.output_dtype(k.dtype));
-    let op = policy(k.op);
     let unknown = || {
         format!(
             "no CUDA template for {} (build/kernel_entries.rs)",
@@ -62,68 +72,56 @@ pub fn entry(k: &KernelConfig) -> Result<String, String> {
                 CrossEntropyStage::OnChip => format!("cs::ce_on_chip<{t}, {b}>(p)"),
             }
         }
-        (Op::LogSumExp, family) => match family {
-            Family::Warp {
-                width,
-                cols_per_lane,
-                vec,
-            } => format!("cs::lse_warp<{t}, {width}, {cols_per_lane}, {vec}>(p)"),
-            Family::Online { threads } => format!("cs::lse_online<{t}, {threads}>(p)"),
-            // The forward ops' stats pass: a chunk's (max, sum) is the same state.
-            Family::SplitStats { threads } => format!("cs::softmax_split_stats<{t}, {threads}>(p)"),
-            Family::SplitWrite { threads } => format!("cs::lse_split_write<{threads}>(p)"),
-            _ => return Err(unknown()),
-        },
-        (op_value, family) if op_value.is_backward() => match family {
-            Family::Warp {
-                width,
-                cols_per_lane,
-                vec,
-            } => format!("cs::backward_warp<{t}, {width}, {cols_per_lane}, {vec}, {op}>(p)"),
-            Family::Block { threads } => format!("cs::backward_block<{t}, {threads}, {op}>(p)"),
-            Family::Online { threads } => format!("cs::backward_online<{t}, {threads}, {op}>(p)"),
-            Family::SplitStats { threads } => {
-                format!("cs::backward_split_stats<{t}, {threads}, {op}>(p)")
+        (Op::CrossEntropy, _) | (_, Family::CrossEntropy { .. }) => return Err(unknown()),
+        (op, family) => {
+            let rows = row_policy(op);
+            match family {
+                Family::Warp {
+                    width,
+                    cols_per_lane,
+                    vec,
+                } => {
+                    format!("cs::warp_rows<{t}, {width}, {cols_per_lane}, {vec}, {rows}, {to}>(p)")
+                }
+                Family::Block { threads } => {
+                    format!("cs::block_rows<{t}, {threads}, {rows}, {to}>(p)")
+                }
+                Family::Online { threads } => {
+                    format!("cs::two_pass_rows<{t}, {threads}, {rows}, {to}>(p)")
+                }
+                // A chunk's (max, sum) is the same state for every forward op and logsumexp:
+                // they share one entry a dtype (KernelConfig::entry_names).
+                Family::SplitStats { threads } if !op.is_backward() => {
+                    format!("cs::split_stats<{t}, {threads}, cs::LogSumExpRows>(p)")
+                }
+                Family::SplitStats { threads } => {
+                    format!("cs::split_stats<{t}, {threads}, {rows}>(p)")
+                }
+                // logsumexp's merge reads no row (one entry for every dtype).
+                Family::SplitWrite { threads } if op == Op::LogSumExp => {
+                    format!("cs::split_write<float, {threads}, {rows}, float>(p)")
+                }
+                Family::SplitWrite { threads } => {
+                    format!("cs::split_write<{t}, {threads}, {rows}, {to}>(p)")
+                }
+                Family::Strided {
+                    slices,
+                    on_chip,
+                    vec,
+                } => {
+                    let stats = if op.is_backward() {
+                        "BackwardStats"
+                    } else {
+                        "ForwardStats"
+                    };
+                    let op = op_struct(op);
+                    format!(
+                        "cs::strided_rows<{t}, {slices}, {on_chip}, {vec}, cs::{stats}<{op}>, {to}>(p)"
+                    )
+                }
+                Family::CrossEntropy { .. } => return Err(unknown()),
             }
-            Family::SplitWrite { threads } => {
-                format!("cs::backward_split_write<{t}, {threads}, {op}>(p)")
-            }
-            Family::Strided {
-                slices,
-                on_chip,
-                vec,
-            } => format!(
-                "cs::strided_rows<{t}, {slices}, {on_chip}, {vec}, cs::BackwardStats<{op}>, {to}>(p)"
-            ),
-            Family::CrossEntropy { .. } => return Err(unknown()),
-        },
-        (_, family) => match family {
-            Family::Warp {
-                width,
-                cols_per_lane,
-                vec,
-            } => format!("cs::softmax_warp<{t}, {width}, {cols_per_lane}, {vec}, {op}, {to}>(p)"),
-            Family::Block { threads } => {
-                format!("cs::softmax_block<{t}, {threads}, {op}, {to}>(p)")
-            }
-            Family::Online { threads } => {
-                format!("cs::softmax_online<{t}, {threads}, {op}, {to}>(p)")
-            }
-            // The same code for every forward op (the stats do not depend on it): they share
-            // one entry a dtype (KernelConfig::entry_names).
-            Family::SplitStats { threads } => format!("cs::softmax_split_stats<{t}, {threads}>(p)"),
-            Family::SplitWrite { threads } => {
-                format!("cs::softmax_split_write<{t}, {threads}, {op}, {to}>(p)")
-            }
-            Family::Strided {
-                slices,
-                on_chip,
-                vec,
-            } => format!(
-                "cs::strided_rows<{t}, {slices}, {on_chip}, {vec}, cs::ForwardStats<{op}>, {to}>(p)"
-            ),
-            Family::CrossEntropy { .. } => return Err(unknown()),
-        },
+        }
     };
     let name = k.name();
     let threads = k.threads_per_block();
@@ -132,7 +130,7 @@ pub fn entry(k: &KernelConfig) -> Result<String, String> {
         Family::CrossEntropy { .. } => format!(
             "CS_ENTRY_WITH(cs::CrossEntropyParams, {name}, {threads}, {min_blocks}, ({call}))\n"
         ),
-        // sm_120's own budget when compiled for it (kernels/softmax_backward.cu).
+        // sm_120's own budget when compiled for it (kernels/block_rows.cu).
         _ if has_sm120_budget(k) => {
             format!(
                 "CS_ENTRY({name}, {threads}, CS_BWD_BLOCK_MIN_BLOCKS({min_blocks}), ({call}))\n"

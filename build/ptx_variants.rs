@@ -7,7 +7,7 @@
 //! (85 registers a thread instead of 64: at 64, ptxas 12.9 spilled 16-40 bytes in the f32 ones
 //! for sm_120). Which kernels: `has_sm120_budget` in build/kernel_entries.rs, from the registry;
 //! compiled for sm_120 itself (nvcc, or the run-time fallback) they get the same budget from
-//! the kernel source (`CS_BWD_BLOCK_MIN_BLOCKS` in kernels/softmax_backward.cu, under
+//! the kernel source (`CS_BWD_BLOCK_MIN_BLOCKS` in kernels/block_rows.cu, under
 //! `__CUDA_ARCH__ >= 1200`, with which build/kernel_entries.rs wraps the same kernels).
 
 /// sm_120's blocks per SM for a kernel that asks for `n` elsewhere: three quarters, at least 1.

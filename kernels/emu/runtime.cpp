@@ -1056,9 +1056,11 @@ int CS_EMU_C(launch)(const CsEmuLaunch* in, CsEmuStats* stats, char* err, uint64
   for (const emu::KernelInfo& info : emu::registry())
     if (std::strcmp(info.name, in->name) == 0) k = &info;
   if (k == nullptr) return fail(1, "no kernel named %s in the emulator image", in->name);
-  // The block may be longer than the kernel's parameter (the host passes one layout to every
-  // kernel; each reads its own prefix, as the CUDA driver copies what the kernel declares).
-  if (in->params_size < k->params_size) return fail(2, "%s", "kernel parameter block is too short");
+  // Each op's kernels take its own parameter block: the host must pass exactly that one (a
+  // block of another op's layout would be read as the wrong fields on a GPU).
+  if (in->params_size != k->params_size)
+    return fail(2, "kernel parameter block of %llu bytes, but %s declares %llu", (unsigned long long)in->params_size,
+                in->name, (unsigned long long)k->params_size);
   const uint64_t threads = uint64_t(in->block[0]) * in->block[1] * in->block[2];
   if (threads == 0 || threads > emu::kMaxThreadsPerBlock) return fail(2, "%s", "block must have 1..1024 threads");
   if (threads > k->max_threads)

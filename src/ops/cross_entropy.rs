@@ -16,7 +16,7 @@
 //! ```
 
 use crate::planning::{CrossEntropyMode, plan_cross_entropy};
-use crate::runtime::launch::{AccessRange, SoftmaxParams};
+use crate::runtime::launch::{AccessRange, CrossEntropyParams, SoftmaxParams};
 use crate::types::element::{Element, Index};
 use crate::types::error::{Error, Result};
 use crate::types::tensor::DeviceTensor;
@@ -422,7 +422,7 @@ impl<'w> CrossEntropy<'w> {
         );
         let mut ranges = vec![status.access_range(true), targets.access_range(false)];
         ranges.extend(self.weight.map(|w| w.access_range(false)));
-        let params = SoftmaxParams {
+        let params = CrossEntropyParams {
             status: status.addr(),
             ..self.params(targets, rows, plan.chunk_cols)
         };
@@ -449,7 +449,7 @@ impl<'w> CrossEntropy<'w> {
         targets: &DeviceTensor<I>,
         rows: Rows,
         chunk_cols: usize,
-    ) -> SoftmaxParams {
+    ) -> CrossEntropyParams {
         let mut flags = (self.reduction as i32) << FLAG_REDUCTION_SHIFT;
         if I::IS_I64 {
             flags |= FLAG_TARGETS_I64;
@@ -457,11 +457,14 @@ impl<'w> CrossEntropy<'w> {
         if self.ignore_index.is_some() {
             flags |= FLAG_HAS_IGNORE;
         }
-        SoftmaxParams {
-            rows: rows.n as i64,
-            cols: rows.classes as i64,
-            chunk_cols: chunk_cols as i64,
-            scale: 1.0,
+        CrossEntropyParams {
+            base: SoftmaxParams {
+                rows: rows.n as i64,
+                cols: rows.classes as i64,
+                chunk_cols: chunk_cols as i64,
+                scale: 1.0,
+                ..SoftmaxParams::default()
+            },
             targets: targets.addr(),
             weight: self.weight.map_or(0, |w| w.addr()),
             ignore_index: self.ignore_index.unwrap_or(0),
@@ -469,7 +472,7 @@ impl<'w> CrossEntropy<'w> {
             z: self.z_loss,
             softcap: self.softcap.unwrap_or(0.0),
             ce_flags: flags,
-            ..SoftmaxParams::default()
+            ..CrossEntropyParams::default()
         }
     }
 
@@ -497,8 +500,8 @@ impl<'w> CrossEntropy<'w> {
             &device.planner_limits(),
         );
         let mut params = self.params(targets, rows, plan.chunk_cols);
-        params.x = l.logits_addr;
-        params.y = l.grad.map_or(0, |g| g.addr);
+        params.base.x = l.logits_addr;
+        params.base.y = l.grad.map_or(0, |g| g.addr);
         if let Some(out) = out {
             params.loss = out.loss.addr();
             params.lse = out.lse.addr();

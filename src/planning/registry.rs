@@ -345,7 +345,7 @@ impl KernelConfig {
     #[cfg(feature = "tools")]
     /// The row lengths `plan_softmax` gives a warp-family kernel, `None` for other families.
     /// The kernels rely on the lower end: the packs every lane holds in its shortest row are
-    /// loaded without a bounds compare (`warp_min_cols` in kernels/softmax.cu computes the same
+    /// loaded without a bounds compare (`warp_min_cols` in kernels/common.cuh computes the same
     /// bound; a test of every row length keeps the two in step).
     pub fn warp_row_lengths(&self) -> Option<std::ops::RangeInclusive<usize>> {
         let Family::Warp {

@@ -13,7 +13,7 @@ use cudarc::driver::{
 
 use crate::planning::{DeviceLimits, KernelConfig, Stage};
 use crate::runtime::image;
-use crate::runtime::launch::{Launch, SoftmaxParams, entry_point, name_str};
+use crate::runtime::launch::{KernelParams, Launch, entry_point, name_str};
 use crate::types::error::{Error, Result};
 
 /// One entry point's cached state.
@@ -242,7 +242,7 @@ impl CudaBackend {
             .try_for_each(|stage| self.launch_stage(stage, &launch.params))
     }
 
-    fn launch_stage(&self, stage: &Stage, params: &SoftmaxParams) -> Result<()> {
+    fn launch_stage(&self, stage: &Stage, params: &KernelParams) -> Result<()> {
         let (index, name) = entry_point(&stage.kernel)?;
         let slot = self.function(index, name)?;
         let Some(function) = slot.function.get() else {
@@ -282,8 +282,12 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         let mut builder = self.stream.launch_builder(function);
-        builder.arg(params);
-        // SAFETY: the parameter block matches the kernel signature (one SoftmaxParams by value);
+        match params {
+            KernelParams::Softmax(p) => builder.arg(p),
+            KernelParams::CrossEntropy(p) => builder.arg(p),
+        };
+        // SAFETY: the parameter block matches the kernel signature (one block by value, of the
+        // type the kernel declares: Device::launch checked it with KernelParams::check_fits);
         // the op validated that both tensors hold rows * cols elements at these addresses, and
         // the split-row workspace holds the plan's workspace_floats.
         unsafe { builder.launch(cfg) }.map_err(|e| Error::Launch {

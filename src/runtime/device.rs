@@ -10,7 +10,7 @@ use crate::runtime::cuda::CudaBackend;
 use crate::runtime::emulator::{
     EMULATOR_LIMITS, Emulator, EmulatorConfig, HostBuffer, LaunchStats,
 };
-use crate::runtime::launch::{AccessRange, Launch, SoftmaxParams};
+use crate::runtime::launch::{AccessRange, KernelParams, Launch};
 use crate::types::element::TensorElement;
 use crate::types::error::{Error, Result};
 
@@ -266,15 +266,18 @@ impl Device {
     /// Runs the stages of one operation in order on this device's stream, with `params` and
     /// the memory `ranges` they may touch. When `workspace_floats` is not 0 the stages share the
     /// device's split-row workspace (at least that many f32 elements): its address goes into
-    /// `params.workspace` and its range joins `ranges`. A repeated call formats no name, looks
+    /// `params`' workspace field and its range joins `ranges`. The block must be the one every
+    /// stage's kernel declares (an error otherwise). A repeated call formats no name, looks
     /// nothing up by name and allocates nothing here.
     pub(crate) fn launch(
         &self,
         stages: &[Stage],
-        mut params: SoftmaxParams,
+        params: impl Into<KernelParams>,
         ranges: &[AccessRange],
         workspace_floats: usize,
     ) -> Result<()> {
+        let mut params = params.into();
+        params.check_fits(stages)?;
         // The planners' invariant, checked before anything is enqueued: a plan whose blocks do
         // not fit the device's shared memory is a planner bug, reported as an error.
         if let Err((kernel, detail)) = check_shared_memory(stages, &self.planner_limits()) {
@@ -293,7 +296,8 @@ impl Device {
                     });
                 }
                 let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-                params.workspace = self.reserve_workspace(&mut workspace, workspace_floats)?;
+                params.base_mut().workspace =
+                    self.reserve_workspace(&mut workspace, workspace_floats)?;
                 // Enqueued before the lock is released: a later call that grows the workspace
                 // frees this buffer on the stream, after these launches.
                 c.launch(&Launch {
@@ -333,7 +337,7 @@ impl Device {
                     bytes: (workspace_floats * size_of::<f32>()) as u64,
                     writable: true,
                 };
-                params.workspace = addr;
+                params.base_mut().workspace = addr;
                 e.launch(
                     &stream,
                     &Launch {
@@ -426,7 +430,13 @@ impl Device {
             detail: "kernel name contains a NUL byte".into(),
         })?;
         let _stream = e.stream();
-        let stats = e.run(&name, None, [1, 1, threads, dynamic_smem], &params, &ranges)?;
+        let stats = e.run(
+            &name,
+            None,
+            [1, 1, threads, dynamic_smem],
+            &params.into(),
+            &ranges,
+        )?;
         e.record(stats);
         Ok(())
     }

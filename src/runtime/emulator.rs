@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::planning::{DeviceLimits, KernelConfig};
-use crate::runtime::launch::{AccessRange, Launch, SoftmaxParams, entry_point};
+use crate::runtime::launch::{AccessRange, KernelParams, Launch, entry_point};
 use crate::types::error::{Error, Result};
 
 #[repr(C)]
@@ -315,10 +315,11 @@ impl Emulator {
         name: &CStr,
         slot: Option<usize>,
         geometry: [u32; 4],
-        params: &SoftmaxParams,
+        params: &KernelParams,
         ranges: &[AccessRange],
     ) -> Result<LaunchStats> {
         let [grid_x, grid_y, block, smem] = geometry;
+        let (params_addr, params_size) = params.as_bytes();
         // Writable ranges first, so that a range listed as both is writable.
         let mut ranges = ranges.to_vec();
         ranges.sort_by_key(|r| !r.writable);
@@ -343,8 +344,8 @@ impl Emulator {
             dynamic_smem: smem as u64,
             smem_attribute: self.allow_dynamic_smem(slot, name, smem) as u64,
             smem_limit: EMULATOR_LIMITS.max_shared_mem_per_block as u64,
-            params: params as *const SoftmaxParams as *const c_void,
-            params_size: size_of::<SoftmaxParams>() as u64,
+            params: params_addr,
+            params_size: params_size as u64,
             regions: regions.as_ptr(),
             n_regions: regions.len() as u64,
             schedule,

@@ -1,12 +1,14 @@
-//! The parameter block every softmax entry point takes (mirrors `cs::SoftmaxParams` in
-//! kernels/common.cuh), and the description of one launch that both backends execute.
+//! The parameter blocks of the entry points (mirroring `cs::SoftmaxParams` in kernels/common.cuh
+//! and `cs::CrossEntropyParams` in kernels/cross_entropy.cu), and the description of one launch
+//! that both backends execute.
 
 use std::ffi::{CStr, CString};
 use std::sync::OnceLock;
 
-use crate::planning::{KernelConfig, Stage};
+use crate::planning::{Family, KernelConfig, Stage};
 use crate::types::error::{Error, Result};
 
+/// The parameter block of the softmax family's entry points (`cs::SoftmaxParams`, 72 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SoftmaxParams {
@@ -28,7 +30,16 @@ pub(crate) struct SoftmaxParams {
     pub scale: f32,
     /// Spells out the padding after `scale`, so that the layout has none implicit.
     pub pad: u32,
-    /// Cross-entropy only (0 for other ops): the targets' address (i32 or i64).
+}
+
+/// The parameter block of the cross-entropy entry points (`cs::CrossEntropyParams`, 152
+/// bytes): the softmax block (x the logits, y the gradient, the stages' workspace, rows, cols,
+/// chunk_cols), then cross-entropy's own fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CrossEntropyParams {
+    pub base: SoftmaxParams,
+    /// The targets' address (i32 or i64).
     pub targets: u64,
     /// Class weights (f32, one a class), or 0.
     pub weight: u64,
@@ -54,14 +65,76 @@ pub(crate) struct SoftmaxParams {
     pub ce_flags: i32,
 }
 
-// SAFETY: plain #[repr(C)] data with the same layout as the CUDA structs (pointers, 64-bit
-// integers, two 32-bit fields, the cross-entropy pointers and i64, four 32-bit fields; no
-// padding), passed by value as the kernel's only parameter. The softmax family's kernels
-// declare `cs::SoftmaxParams`, the fields up to `pad` (72 bytes): the driver (and the emulator)
-// copies the bytes the kernel's parameter declares, so they read that prefix. The cross-entropy
-// kernels declare `cs::CrossEntropyParams`, all of it. (The softmax kernels keep the short
-// struct: declaring the long one changed their SASS, 288 -> 304 instructions in one.)
+// SAFETY: plain #[repr(C)] data with the layout of the CUDA structs of the same names (pointers
+// and 64-bit integers, then 32-bit fields; no padding: the layout test below), each passed by
+// value as the only parameter of the kernels that declare it (KernelParams::check_fits). Each op
+// passes its own block: a field added for one op changes no other op's parameter (a larger
+// cs::SoftmaxParams did change the softmax kernels' SASS, 288 -> 304 instructions in one).
 unsafe impl cudarc::driver::DeviceRepr for SoftmaxParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for CrossEntropyParams {}
+
+/// One launch's parameter block, of the type its kernels declare.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KernelParams {
+    Softmax(SoftmaxParams),
+    CrossEntropy(CrossEntropyParams),
+}
+
+impl From<SoftmaxParams> for KernelParams {
+    fn from(p: SoftmaxParams) -> Self {
+        KernelParams::Softmax(p)
+    }
+}
+
+impl From<CrossEntropyParams> for KernelParams {
+    fn from(p: CrossEntropyParams) -> Self {
+        KernelParams::CrossEntropy(p)
+    }
+}
+
+impl KernelParams {
+    /// The fields every block starts with.
+    pub(crate) fn base_mut(&mut self) -> &mut SoftmaxParams {
+        match self {
+            KernelParams::Softmax(p) => p,
+            KernelParams::CrossEntropy(p) => &mut p.base,
+        }
+    }
+
+    /// The block's bytes, for the emulator's C interface.
+    pub(crate) fn as_bytes(&self) -> (*const std::ffi::c_void, usize) {
+        match self {
+            KernelParams::Softmax(p) => (
+                p as *const SoftmaxParams as *const std::ffi::c_void,
+                size_of::<SoftmaxParams>(),
+            ),
+            KernelParams::CrossEntropy(p) => (
+                p as *const CrossEntropyParams as *const std::ffi::c_void,
+                size_of::<CrossEntropyParams>(),
+            ),
+        }
+    }
+
+    /// An error (a planner bug, never a user's) unless every stage's kernel declares this
+    /// block: a kernel given another op's block would read the wrong bytes.
+    pub(crate) fn check_fits(&self, stages: &[Stage]) -> Result<()> {
+        for stage in stages {
+            let wants_ce = matches!(stage.kernel.family, Family::CrossEntropy { .. });
+            if wants_ce != matches!(self, KernelParams::CrossEntropy(_)) {
+                return Err(Error::Launch {
+                    kernel: stage.kernel.name(),
+                    detail: format!(
+                        "given the {} parameter block (a planner bug: please report the shape \
+                         and dtype)",
+                        if wants_ce { "softmax" } else { "cross-entropy" }
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A memory range a launch may touch; the emulator rejects accesses outside every range.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,7 +158,7 @@ impl AccessRange {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Launch<'a> {
     pub stages: &'a [Stage],
-    pub params: SoftmaxParams,
+    pub params: KernelParams,
     pub ranges: &'a [AccessRange],
 }
 
@@ -130,12 +203,13 @@ pub(crate) fn dynamic_smem_to_allow(allowed: u32, requested: u32) -> Option<u32>
 
 #[cfg(test)]
 mod tests {
-    /// The block's layout matches kernels/cross_entropy.cu's static_assert: 72 bytes of
-    /// `cs::SoftmaxParams`, 152 of `cs::CrossEntropyParams`.
+    /// The blocks' layouts match kernels/cross_entropy.cu's static_assert: 72 bytes of
+    /// `cs::SoftmaxParams`, 152 of `cs::CrossEntropyParams`, which starts with it.
     #[test]
     fn parameter_block_layout() {
-        assert_eq!(std::mem::offset_of!(super::SoftmaxParams, targets), 72);
-        assert_eq!(std::mem::size_of::<super::SoftmaxParams>(), 152);
+        assert_eq!(std::mem::size_of::<super::SoftmaxParams>(), 72);
+        assert_eq!(std::mem::offset_of!(super::CrossEntropyParams, targets), 72);
+        assert_eq!(std::mem::size_of::<super::CrossEntropyParams>(), 152);
     }
 
     /// Ranges overlap where they share a byte: not when they only touch, never when empty,
