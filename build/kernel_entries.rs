@@ -91,7 +91,7 @@ pub fn entry(k: &KernelConfig) -> Result<String, String> {
                 }
                 // A chunk's (max, sum) is the same state for every forward op and logsumexp:
                 // they share one entry a dtype (KernelConfig::entry_names).
-                Family::SplitStats { threads } if !op.is_backward() => {
+                Family::SplitStats { threads } if op.shares_forward_stats() => {
                     format!("cs::split_stats<{t}, {threads}, cs::LogSumExpRows>(p)")
                 }
                 Family::SplitStats { threads } => {

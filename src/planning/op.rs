@@ -86,7 +86,7 @@ impl Op {
 
     /// Whether the op has a shared-memory block family (the row held on chip). logsumexp needs
     /// none: its block kernel reads x once without holding it.
-    pub fn has_block_family(self) -> bool {
+    pub const fn has_block_family(self) -> bool {
         !matches!(self, Op::LogSumExp | Op::CrossEntropy)
     }
 
@@ -97,8 +97,14 @@ impl Op {
 
     /// Whether the op has the strided-dimension family (rows `inner` apart: a softmax over a
     /// dimension other than the last). logsumexp is over the last dimension only.
-    pub fn has_strided_family(self) -> bool {
+    pub const fn has_strided_family(self) -> bool {
         !matches!(self, Op::LogSumExp | Op::CrossEntropy)
+    }
+
+    /// Whether the op's row statistics are the (max, sum) of x alone, the same code for every
+    /// such op: their split-row stats pass is one entry point a dtype.
+    pub fn shares_forward_stats(self) -> bool {
+        self.inputs() == 1 && !matches!(self, Op::CrossEntropy)
     }
 
     #[cfg(feature = "tools")]

@@ -159,11 +159,20 @@ thread_local! {
 impl Op {
     /// Entry points per dtype.
     pub(crate) const fn configs_per_dtype(self) -> usize {
-        match self {
-            Op::LogSumExp => CONFIGS_PER_DTYPE - BLOCK_THREADS.len(),
-            Op::CrossEntropy => CrossEntropyStage::ALL.len(),
-            _ => CONFIGS_PER_DTYPE + STRIDED_CONFIGS,
+        if matches!(self, Op::CrossEntropy) {
+            return CrossEntropyStage::ALL.len();
         }
+        let blocks = if self.has_block_family() {
+            0
+        } else {
+            BLOCK_THREADS.len()
+        };
+        let strided = if self.has_strided_family() {
+            STRIDED_CONFIGS
+        } else {
+            0
+        };
+        CONFIGS_PER_DTYPE - blocks + strided
     }
 
     /// Position of this op's first entry point in `KernelConfig::all()`.
@@ -267,7 +276,7 @@ impl KernelConfig {
             Family::Online { threads } => format!("{op}_online_{dt}_b{threads}"),
             // The forward ops' and logsumexp's chunk states are the same code (the op only
             // matters when the chunks are merged): one entry a dtype.
-            Family::SplitStats { threads } if !self.op.is_backward() => {
+            Family::SplitStats { threads } if self.op.shares_forward_stats() => {
                 format!("softmax_split_stats_{dt}_b{threads}")
             }
             Family::SplitStats { threads } => format!("{op}_split_stats_{dt}_b{threads}"),
