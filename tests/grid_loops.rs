@@ -112,7 +112,7 @@ impl Offsets {
         let size = dtype.size_bytes();
         let out = op.output_dtype(dtype).size_bytes();
         let mut t = vec![(self.x * size, size)];
-        if op.is_backward() {
+        if op.inputs() == 2 {
             t.push((self.dy * size, size));
         }
         if !op.writes_one_per_row() {

@@ -81,11 +81,7 @@ fn element_bytes(kernel: &str) -> (u32, u32) {
 
 /// Tensors the kernel reads an element of: y and dy for a backward pass.
 fn inputs(kernel: &str) -> u32 {
-    if config_of(kernel).op.is_backward() {
-        2
-    } else {
-        1
-    }
+    config_of(kernel).op.inputs() as u32
 }
 
 fn all_loops(f: &Function) -> Vec<LoopCensus> {
@@ -235,8 +231,8 @@ fn budget(config: &KernelConfig) -> f64 {
         Family::CrossEntropy {
             stage: CrossEntropyStage::Stats,
         } => 1.0,
-        _ if config.op.is_backward() => 3.0,
-        _ => 2.0,
+        // The inputs and the output.
+        _ => 1.0 + config.op.inputs() as f64,
     };
     per_two_tensors * tensors / 2.0
 }
