@@ -60,14 +60,18 @@ __device__ __forceinline__ void write_span(const Rows& rows, const T* a, const T
   const auto one = [&](long long c) {
     store_one(out + c, rows.out(load_one(a + c), Rows::kInputs == 2 ? load_one(b + c) : 0.0f, r));
   };
-  const long long head = head_elements(a, n);
+  // One input: the head first (the output's test needs it). Two: the head after the test, as
+  // the backward kernel had it before the skeleton (formed before the test, the f32
+  // log-softmax backward write loop took two instructions more).
+  const long long head_x = Rows::kInputs == 1 ? head_elements(a, n) : 0;
   bool line_up;
   if constexpr (Rows::kInputs == 1) {
-    line_up = packs_line_up(a, out, head);
+    line_up = packs_line_up(a, out, head_x);
   } else {
     line_up = same_alignment(a, b, static_cast<const T*>(out));
   }
   if (line_up) {
+    const long long head = Rows::kInputs == 1 ? head_x : head_elements(a, n);
     const long long packs = (n - head) / V;
     for (long long c = threadIdx.x; c < head; c += Block) one(c);
     if constexpr (Rows::kInputs == 1) {
