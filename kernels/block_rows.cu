@@ -112,24 +112,16 @@ __device__ __forceinline__ void block_rows(const SoftmaxParams& p) {
       // Pass 3: the output. When y's packs line up with the inputs' (the usual case) they go
       // shared -> global as LDS.128 / STG.128 (two STG.128 for f32 output of 16-bit input);
       // otherwise y is still stored in packs by its own alignment, read from shared memory element
-      // by element.
+      // by element. (Two inputs took the pack path only if the output lines up too, else they
+      // store element by element: a pack path for the output alone made ptxas spill on sm_120
+      // at its budget.)
+      bool packed_out;
       if constexpr (kInputs == 2) {
-        // (Two inputs took the pack path only if the output lines up too; else element by
-        // element: a pack path for the output alone made ptxas spill on sm_120 at its budget.)
-        if constexpr (kPacked) {
-          for_each_on_chip<T, Block, kInputs>(buf_a, buf_b, lead, head, packs, p.cols,
-                                              [&](long long c, auto& fa, auto& fb) {
-                                                constexpr int n = sizeof(fa) / sizeof(float);
-#pragma unroll
-                                                for (int j = 0; j < n; ++j) fa[j] = rows.out(fa[j], fb[j], r);
-                                                store_pack<TO, n>(yr + c, fa);
-                                              });
-        } else {
-          for (long long c = threadIdx.x; c < p.cols; c += Block) {
-            store_one(yr + c, rows.out(to_f32(static_cast<T>(buf_a[c + lead])), to_f32(static_cast<T>(buf_b[c + lead])), r));
-          }
-        }
-      } else if (packs_line_up(ar, yr, head)) {
+        packed_out = kPacked;
+      } else {
+        packed_out = packs_line_up(ar, yr, head);
+      }
+      if (packed_out) {
         constexpr bool kWide = sizeof(TO) > sizeof(T);
         for_each_on_chip<T, Block, kInputs, kWide>(buf_a, buf_b, lead, head, packs, p.cols,
                                                    [&](long long c, auto& fa, auto& fb) {
@@ -138,6 +130,10 @@ __device__ __forceinline__ void block_rows(const SoftmaxParams& p) {
                                                      for (int j = 0; j < n; ++j) fa[j] = rows.out(fa[j], fb[j], r);
                                                      store_pack<TO, n>(yr + c, fa);
                                                    });
+      } else if constexpr (kInputs == 2) {
+        for (long long c = threadIdx.x; c < p.cols; c += Block) {
+          store_one(yr + c, rows.out(to_f32(static_cast<T>(buf_a[c + lead])), to_f32(static_cast<T>(buf_b[c + lead])), r));
+        }
       } else {
         for_each_stored<TO, Block>(yr, p.cols, [&](long long c, auto& v) {
           constexpr int n = sizeof(v) / sizeof(float);

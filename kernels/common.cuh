@@ -105,9 +105,9 @@ struct SoftmaxParams {
   extern "C" __global__ void __launch_bounds__(max_threads, min_blocks) name(Params p) { call; }
 #endif
 // The softmax family's entry points take SoftmaxParams. (Cross-entropy's take a longer block
-// that starts with it: kernels/cross_entropy.cu. The host passes one block of the longer
-// layout to every kernel; a kernel reads the bytes its parameter declares, as the CUDA driver
-// copies them. A larger SoftmaxParams changed the softmax kernels' SASS: keep it as it is.)
+// that starts with it: kernels/cross_entropy.cu. The host passes each kernel the block it
+// declares: KernelParams in src/runtime/launch.rs. A larger SoftmaxParams changed the softmax
+// kernels' SASS: keep it as it is.)
 #define CS_ENTRY(name, max_threads, min_blocks, call) CS_ENTRY_WITH(cs::SoftmaxParams, name, max_threads, min_blocks, call)
 
 

@@ -36,8 +36,8 @@ namespace cs {
 
 // The parameter block of the cross-entropy entry points: SoftmaxParams (x the logits, y the
 // gradient, workspace the stages' scratch, rows, cols, chunk_cols), then the fields below.
-// Mirrored by src/runtime/launch.rs, whose one block serves every entry point (a softmax kernel reads
-// its SoftmaxParams prefix).
+// Mirrored by src/runtime/launch.rs (CrossEntropyParams), which passes it to these entry points
+// only.
 struct CrossEntropyParams : SoftmaxParams {
   const void* targets;     // [rows] class indices, i32 or i64 (ce_flags)
   const float* weight;     // [cols] class weights, or null
